@@ -1,0 +1,29 @@
+# `make demo` and `make test` work on a fresh clone with nothing installed: they create .venv
+# and install the package the first time (a few minutes; torch is large), and skip it after.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export SPEECHTUNE_CACHE ?= $(CURDIR)/.cache
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test install benchmark clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/speechtune tune tune_jobs/jobs/demo.yaml --report-dir reports/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf experiments reports .pytest_cache

@@ -1,0 +1,162 @@
+"""Load a Tune experiment directory into a trials table and a history table.
+
+A metric a trial never reported is NaN, never 0. A corrupt line of ``result.json`` is skipped
+with a warning naming the file and line; a trial that failed before reporting stays in the
+table with status ``failed`` and its error.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+JOB_RECORD = "speechtune_job.json"  # written by tune_jobs.runner
+METRICS = ("val_cer", "val_wer", "val_loss", "train_loss")
+LOWER_IS_BETTER = {"val_cer", "val_wer", "val_loss", "train_loss", "val_levenshtein", "val_mel_loss"}
+
+
+def read_job_record(exp_dir: str | os.PathLike) -> dict:
+    p = Path(exp_dir) / JOB_RECORD
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _trial_dirs(exp_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in exp_dir.glob("*/params.json"))
+
+
+def _tune_statuses(exp_dir: Path) -> dict[str, str]:
+    """trial dir name -> Tune status (TERMINATED, ERROR, RUNNING, PENDING...) from Tune's state file."""
+    out: dict[str, str] = {}
+    files = sorted(glob.glob(str(exp_dir / "experiment_state-*.json")), key=os.path.getmtime)
+    if not files:
+        return out
+    try:
+        state = json.loads(Path(files[-1]).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("%s: unreadable Tune state (%s); statuses inferred from trial files", files[-1], e)
+        return out
+    for entry in state.get("trial_data", []):
+        try:
+            t = json.loads(entry[0]) if isinstance(entry, (list, tuple)) else entry
+            name = t.get("storage", {}).get("trial_dir_name") if isinstance(t.get("storage"), dict) else None
+            name = name or t.get("relative_logdir") or t.get("trial_dir_name")
+            if name:
+                out[os.path.basename(str(name))] = t.get("status", "")
+        except (TypeError, ValueError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def _read_results(path: Path) -> list[dict]:
+    rows = []
+    if not path.is_file():
+        return rows
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s:%d: corrupt result line skipped", path, lineno)
+    return rows
+
+
+def _flatten_config(params: dict) -> dict:
+    cfg = params.get("train_loop_config", params)
+    return {k: v for k, v in cfg.items() if not isinstance(v, (dict, list))}
+
+
+def _num(v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (trials, history). One row per trial / per reported epoch."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise FileNotFoundError(f"experiment directory not found: {exp_dir}")
+    record = read_job_record(exp_dir)
+    metric = record.get("metric", "val_cer")
+    mode = record.get("mode", "min")
+    statuses = _tune_statuses(exp_dir)
+    trials, history = [], []
+    for tdir in _trial_dirs(exp_dir):
+        try:
+            params = json.loads((tdir / "params.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("%s: unreadable params.json (%s); trial skipped", tdir, e)
+            continue
+        cfg = _flatten_config(params)
+        rows = _read_results(tdir / "result.json")
+        trial_id = rows[0].get("trial_id") if rows else tdir.name.split("_")[1] if "_" in tdir.name else tdir.name
+        for r in rows:
+            history.append({"trial": tdir.name, "trial_id": trial_id, "epoch": r.get("epoch", r.get("training_iteration")),
+                            **{k: _num(r.get(k)) for k in (*METRICS, "epoch_time_s", "utts_per_s", "lr")},
+                            "time_total_s": _num(r.get("time_total_s"))})
+        err_file = tdir / "error.txt"
+        error = err_file.read_text(errors="replace").strip().splitlines()[-1] if err_file.is_file() else ""
+        planned = cfg.get("epochs", record.get("epochs"))
+        last_epoch = max((r.get("epoch", 0) or 0 for r in rows), default=0)
+        tune_status = statuses.get(tdir.name, "")
+        if error or tune_status == "ERROR":
+            status = "failed"
+        elif planned is not None and last_epoch >= int(planned):
+            status = "finished"
+        elif tune_status == "TERMINATED":
+            status = "early-stopped"
+        else:
+            status = "incomplete"
+        row = {"trial": tdir.name, "trial_id": trial_id, "status": status, "error": error,
+               "epochs_run": last_epoch, "epochs_planned": planned,
+               "time_total_s": _num(rows[-1].get("time_total_s")) if rows else math.nan}
+        for m in METRICS:
+            vals = [(_num(r.get(m)), r.get("epoch")) for r in rows if not math.isnan(_num(r.get(m)))]
+            if vals:
+                pick = min(vals) if m in LOWER_IS_BETTER else max(vals)
+                row[f"best_{m}"], row[f"best_{m}_epoch"] = pick
+                row[f"last_{m}"] = vals[-1][0]
+            else:
+                row[f"best_{m}"] = row[f"best_{m}_epoch"] = row[f"last_{m}"] = math.nan
+        for k, v in cfg.items():
+            row[f"config/{k}"] = v
+        trials.append(row)
+    tdf = pd.DataFrame(trials)
+    hdf = pd.DataFrame(history)
+    if not tdf.empty:
+        key = f"best_{metric}"
+        if key not in tdf:
+            raise KeyError(f"ranking metric '{metric}' is absent from every trial of {exp_dir}")
+        tdf = tdf.sort_values(by=[key], ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+    return tdf, hdf
+
+
+def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode: str | None = None) -> Path:
+    """The kept checkpoint with the best ``metric`` over all trials (from each checkpoint's meta.json)."""
+    exp_dir = Path(exp_dir)
+    record = read_job_record(exp_dir)
+    metric = metric or record.get("metric", "val_cer")
+    mode = mode or record.get("mode", "min")
+    best, best_val = None, None
+    for meta_path in exp_dir.glob("*/checkpoint_*/meta.json"):
+        try:
+            v = _num(json.loads(meta_path.read_text())["metrics"].get(metric))
+        except (OSError, json.JSONDecodeError, KeyError):
+            continue
+        if math.isnan(v):
+            continue
+        if best_val is None or (v < best_val if mode == "min" else v > best_val):
+            best, best_val = meta_path.parent, v
+    if best is None:
+        raise FileNotFoundError(f"no checkpoint with metric '{metric}' under {exp_dir}")
+    return best

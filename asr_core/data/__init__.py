@@ -1,0 +1,1 @@
+"""Corpora (JSONL manifests), demo synthesis, features, tokenizer and batching."""

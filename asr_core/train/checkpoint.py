@@ -1,0 +1,36 @@
+"""Checkpoints: ``state.pt`` (model, optimizer, scheduler, epoch) and ``meta.json`` (what is
+needed to rebuild the model and read new audio: family, params, tokenizer, CMVN, metrics)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+STATE = "state.pt"
+META = "meta.json"
+
+
+def save(dirpath: str | os.PathLike, *, model, optimizer, scheduler, epoch: int, run, tokenizer,
+         mean, std, metrics: dict) -> None:
+    d = Path(dirpath)
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch}, d / STATE)
+    meta = {
+        "family": run.family, "params": run.params, "epoch": epoch,
+        "tokenizer": tokenizer.to_dict(), "features": asdict(run.features),
+        "cmvn": {"mean": [float(x) for x in mean], "std": [float(x) for x in std]},
+        "metrics": metrics,
+    }
+    (d / META).write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+
+
+def load_state(dirpath: str | os.PathLike) -> dict:
+    return torch.load(Path(dirpath) / STATE, map_location="cpu", weights_only=False)
+
+
+def load_meta(dirpath: str | os.PathLike) -> dict:
+    return json.loads((Path(dirpath) / META).read_text())

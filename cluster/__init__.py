@@ -1,0 +1,1 @@
+"""Local test cluster and connections to existing Ray clusters."""

@@ -1,0 +1,61 @@
+"""Shared fixtures: one tiny synthesized corpus per session, a real local 2-CPU Ray, factories."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import tune_jobs  # noqa: F401  (Train/Tune integration env before ray.train loads)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cache")
+    os.environ["SPEECHTUNE_CACHE"] = str(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def corpus(cache_dir) -> dict[str, str]:
+    """demo-mono at test size: real eSpeak NG audio, 160/24/24 utterances."""
+    from asr_core.data.synth import ensure_corpus
+
+    return ensure_corpus("demo-mono", cache_dir=cache_dir, train=160, dev=24, test=24, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ray_start_2_cpus():
+    """A real local Ray with 2 CPUs (Ray's own test fixture name)."""
+    import ray
+
+    from cluster.local import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def make_params(corpus: dict, cache_dir, **overrides) -> dict:
+    """A tiny, fast crnn_ctc run config (factory used across tests)."""
+    p = {"family": "crnn_ctc", "preset": "tiny", "train_manifest": corpus["train"], "dev_manifest": corpus["dev"],
+         "cache_dir": str(cache_dir), "epochs": 2, "n_mels": 40, "batch_bins": 200_000, "lr": 3e-3}
+    p.update(overrides)
+    return p
+
+
+def copy_manifest(src: str, dst: Path, edit=None) -> Path:
+    """Copy a manifest with absolute audio paths, optionally editing rows: edit(i, row) -> row."""
+    base = Path(src).parent
+    rows = [json.loads(l) for l in Path(src).read_text().splitlines() if l.strip()]
+    out = []
+    for i, r in enumerate(rows):
+        r["audio"] = str((base / r["audio"]).resolve())
+        if edit is not None:
+            r = edit(i, r)
+        out.append(json.dumps(r, ensure_ascii=False))
+    dst.write_text("\n".join(out) + "\n")
+    return dst

@@ -1,0 +1,94 @@
+"""Synthesis, manifests, features cache, tokenizer, batching, metrics."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from asr_core.data.features import FeatureConfig, load_features
+from asr_core.data.manifest import read_manifest
+from asr_core.data.synth import ensure_corpus
+from asr_core.data.tokenizer import CharTokenizer
+from asr_core.data.batching import make_batches, shard
+from asr_core.errors import InputError
+from asr_core.metrics import cer, wer
+
+
+def _rows(path):
+    return [json.loads(l) for l in Path(path).read_text().splitlines()]
+
+
+def test_synthesis_is_deterministic_and_splits_are_disjoint(tmp_path):
+    a = ensure_corpus("demo-bilingual", cache_dir=tmp_path / "a", train=30, dev=8, test=8, progress=False)
+    b = ensure_corpus("demo-bilingual", cache_dir=tmp_path / "b", train=30, dev=8, test=8, progress=False)
+    for split in ("train", "dev", "test"):
+        ra, rb = _rows(a[split]), _rows(b[split])
+        assert ra == rb
+        wa, _ = soundfile.read(Path(a[split]).parent / ra[0]["audio"])
+        wb, _ = soundfile.read(Path(b[split]).parent / rb[0]["audio"])
+        assert np.array_equal(wa, wb)
+    rows = {s: _rows(a[s]) for s in ("train", "dev", "test")}
+    voices = {s: {r["speaker"] for r in rows[s]} for s in rows}
+    sents = {s: {r["text"] for r in rows[s]} for s in rows}
+    for x, y in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not voices[x] & voices[y], (x, y)
+        assert not sents[x] & sents[y], (x, y)
+    assert {r["language"] for r in rows["train"]} == {"en", "fa"}
+    info = soundfile.info(str(Path(a["train"]).parent / rows["train"][0]["audio"]))
+    assert info.samplerate == 16000 and info.frames > 8000
+
+
+def test_corpus_is_reused_not_resynthesized(corpus, cache_dir):
+    before = Path(corpus["train"]).stat().st_mtime_ns
+    again = ensure_corpus("demo-mono", cache_dir=cache_dir, train=160, dev=24, test=24, progress=False)
+    assert again == corpus and Path(corpus["train"]).stat().st_mtime_ns == before
+
+
+def test_feature_cache_is_shared(corpus, tmp_path):
+    m = read_manifest(corpus["dev"])
+    cfg = FeatureConfig(n_mels=40)
+    first = load_features(m, cfg, tmp_path, progress=False)
+    second = load_features(m, cfg, tmp_path, progress=False)  # a second trial on the same node
+    assert first.extracted == len(m) and second.extracted == 0
+    f = second.feats(0)
+    assert f.shape[1] == 40 and f.shape[0] == second.num_frames[0] > 50
+    assert np.array_equal(first.feats(3), second.feats(3))
+    assert not second.feats(0).flags.owndata  # a view into the memory-mapped file
+    other = load_features(m, FeatureConfig(n_mels=80), tmp_path, progress=False)  # new settings, new entry
+    assert other.extracted == len(m) and other.path != second.path
+
+
+def test_tokenizer_round_trip_with_language_tags():
+    tok = CharTokenizer.build(["hello world", "سلام دنیا"], ["en", "fa"])
+    for text, lang in (("hello world", "en"), ("سلام دنیا", "fa")):
+        ids = tok.encode(text, lang)
+        assert tok.language_of(ids) == lang
+        assert tok.decode(ids) == text
+    assert 0 not in tok.encode("hello")  # 0 is the CTC blank
+    with pytest.raises(InputError, match="'Q'"):
+        tok.encode("Quiet", where="dev.jsonl:3")
+    assert CharTokenizer.from_dict(tok.to_dict()).tokens == tok.tokens
+
+
+def test_error_rates_equal_hand_computed_values():
+    # "the cat sat" -> "the bat sat down": 1 substitution + 1 insertion over 3 words
+    assert wer(["the cat sat"], ["the bat sat down"]) == pytest.approx(2 / 3)
+    # "abcd" -> "abxd": 1 substitution over 4 chars; "hello" -> "helo": 1 deletion over 5
+    assert cer(["abcd", "hello"], ["abxd", "helo"]) == pytest.approx(2 / 9)
+    assert cer(["same"], ["same"]) == 0.0
+
+
+def test_batches_respect_batch_bins_and_shards_are_even():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(50, 400, size=200).tolist()
+    tokens = rng.integers(5, 40, size=200).tolist()
+    batches = make_batches(frames, tokens, feat_dim=40, batch_bins=100_000)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for b in batches:
+        if len(b) > 1:
+            assert len(b) * (max(frames[i] for i in b) * 40 + max(tokens[i] for i in b)) <= 100_000
+    s0, s1 = shard(batches, 0, 2, 0, 1), shard(batches, 1, 2, 0, 1)
+    assert len(s0) == len(s1) and not {id(b) for b in s0} & {id(b) for b in s1}

@@ -1,0 +1,58 @@
+"""The Train-under-Tune trap: ASHA stops trials whose 2 DDP workers must be freed at once.
+
+On 2 CPUs each trial needs both CPUs, so a stopped trial that kept its workers' placement group
+would leave every later trial waiting forever (Train V2: "timed out after 60.0 seconds waiting for
+2 workers"). Here every trial must end and all CPUs must be free again at the end.
+"""
+from __future__ import annotations
+
+import textwrap
+import time
+
+import pytest
+
+from analysis.load import load_experiment
+from tune_jobs.runner import run_tune
+from tune_jobs.spec import load_job
+
+
+@pytest.mark.timeout(300)  # the whole search must finish in under 5 minutes
+def test_asha_stops_trials_and_none_waits_for_held_resources(corpus, cache_dir, tmp_path, ray_start_2_cpus):
+    ray = ray_start_2_cpus
+    job_file = tmp_path / "asha.yaml"
+    job_file.write_text(textwrap.dedent(f"""\
+        name: asha_trap
+        family: crnn_ctc
+        preset: tiny
+        data: {{train_manifest: {corpus['train']}, dev_manifest: {corpus['dev']}}}
+        params: {{epochs: 4, n_mels: 40, batch_bins: 200000, cache_dir: {cache_dir}}}
+        search_space:
+          lr: {{loguniform: [1.0e-5, 1.0e-2]}}
+        searcher: {{name: random, seed: 3}}
+        scheduler: {{name: asha, grace_period: 1, max_t: 4, reduction_factor: 3}}
+        metric: val_loss
+        num_trials: 6
+        max_concurrent: 1
+        resources: {{num_workers: 2, cpus_per_worker: 1}}
+        storage_path: {tmp_path / 'exp'}
+        """))
+    job = load_job(job_file)
+    t0 = time.time()
+    results, exp_dir, _ = run_tune(job, cache_dir=str(cache_dir), progress=False)
+    elapsed = time.time() - t0
+    assert len(results) == 6 and not [r.error for r in results if r.error]
+    trials, _ = load_experiment(exp_dir)
+    assert len(trials) == 6
+    assert set(trials.status) <= {"finished", "early-stopped"}
+    assert (trials.status == "early-stopped").sum() >= 2, trials[["trial_id", "status", "epochs_run"]]
+    assert (trials.status == "finished").sum() >= 1
+    # every stopped trial's workers and placement group are gone: the node is whole again
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 2
+    from ray.util import placement_group_table
+
+    live = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
+    assert not live, live
+    assert elapsed < 300

@@ -1,0 +1,163 @@
+"""``speechtune``: tune, train, evaluate, report."""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+import tune_jobs  # noqa: F401  (Train/Tune integration env)
+from asr_core.errors import InputError
+
+
+def _parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError("--set", f"expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def cmd_tune(a) -> int:
+    from analysis.load import best_checkpoint
+    from analysis.report import write_report
+    from asr_core.evaluate import evaluate
+    from tune_jobs.runner import run_tune
+    from tune_jobs.spec import load_job
+
+    job = load_job(a.job)
+    if a.skip_bad:
+        job.data.skip_bad = True
+    if a.storage:
+        job.storage_path = a.storage
+    t0 = time.time()
+    results, exp_dir, manifests = run_tune(job, address=a.address, num_cpus=a.num_cpus, resume=a.resume)
+    elapsed = time.time() - t0
+    errors = sum(1 for r in results if r.error)
+    print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {errors} failed; experiment: {exp_dir}")
+    extra = {"search wall time": f"{elapsed:.0f} s"}
+    if job.test_eval and "test" in manifests:
+        best = best_checkpoint(exp_dir, job.metric, job.mode)
+        ev = evaluate(str(best), manifests["test"], progress=False)
+        extra.update({"best checkpoint": f"`{best}` (epoch {ev['epoch']})",
+                      "test CER": f"{100 * ev['cer']:.2f}% on {ev['utterances']} test utterances "
+                                  f"(unseen voices and sentences: `{manifests['test']}`)",
+                      "test WER": f"{100 * ev['wer']:.2f}%"})
+        print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
+    report = write_report(exp_dir, a.report_dir, extra=extra)
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from asr_core.data.synth import default_cache_dir, ensure_corpus
+    from tune_jobs.runner import run_train
+    from tune_jobs.spec import ResourcesSpec
+
+    params = {"family": a.family, **_parse_sets(a.set or [])}
+    if a.preset:
+        params["preset"] = a.preset
+    if a.train_manifest:
+        params.update(train_manifest=a.train_manifest, dev_manifest=a.dev_manifest)
+    else:
+        m = ensure_corpus(a.corpus)
+        params.update(train_manifest=m["train"], dev_manifest=m["dev"])
+    params.setdefault("cache_dir", str(default_cache_dir()))
+    if a.skip_bad:
+        params["skip_bad"] = True
+    res = ResourcesSpec(num_workers=a.workers, cpus_per_worker=a.cpus_per_worker)
+    result = run_train(params, res, a.storage, a.name or f"train_{a.family}", address=a.address,
+                       num_cpus=a.num_cpus, resume_from=a.resume_from)
+    df = result.metrics_dataframe
+    cols = [c for c in ("epoch", "train_loss", "val_loss", "val_cer", "val_wer", "utts_per_s") if c in df]
+    print(df[cols].to_string(index=False))
+    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from analysis.load import best_checkpoint
+    from asr_core.evaluate import evaluate
+
+    target = Path(a.target)
+    ckpt = target if (target / "meta.json").is_file() else best_checkpoint(target)
+    ev = evaluate(str(ckpt), a.manifest, skip_bad=a.skip_bad)
+    skipped = f", skipped {ev['skipped']} bad row(s)" if ev["skipped"] else ""
+    print(f"checkpoint {ckpt} (epoch {ev['epoch']}) on {a.manifest}: {ev['utterances']} utterances{skipped}")
+    print(f"CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from analysis.report import write_report
+
+    print(f"report: {write_report(a.exp_dir, a.out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speechtune", description="Tune speech models on Ray.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("tune", help="run a tuning job file")
+    t.add_argument("job")
+    t.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    t.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+    t.add_argument("--resume", action="store_true", help="continue the job's interrupted experiment")
+    t.add_argument("--skip-bad", action="store_true", help="skip bad manifest rows and report how many")
+    t.add_argument("--storage", help="override the job's storage_path")
+    t.add_argument("--report-dir", help="where report.md goes (default: the experiment directory)")
+    t.set_defaults(fn=cmd_tune)
+
+    r = sub.add_parser("train", help="train one configuration without tuning")
+    r.add_argument("family")
+    r.add_argument("--preset")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE")
+    r.add_argument("--corpus", default="demo-mono")
+    r.add_argument("--train-manifest")
+    r.add_argument("--dev-manifest")
+    r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--cpus-per-worker", type=float, default=1.0)
+    r.add_argument("--storage", default="experiments")
+    r.add_argument("--name")
+    r.add_argument("--address")
+    r.add_argument("--num-cpus", type=int)
+    r.add_argument("--skip-bad", action="store_true")
+    r.add_argument("--resume-from", metavar="CHECKPOINT_DIR", help="continue from a checkpoint's next epoch")
+    r.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="CER/WER of a checkpoint (or an experiment's best) on a manifest")
+    e.add_argument("target", help="experiment directory or checkpoint directory")
+    e.add_argument("--manifest", required=True)
+    e.add_argument("--skip-bad", action="store_true")
+    e.set_defaults(fn=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="write report.md and Parquet tables from an experiment directory")
+    rep.add_argument("exp_dir")
+    rep.add_argument("--out")
+    rep.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    a = build_parser().parse_args(argv)
+    if a.cmd == "train" and bool(a.train_manifest) != bool(a.dev_manifest):
+        print("error: --train-manifest and --dev-manifest go together", file=sys.stderr)
+        return 2
+    try:
+        return a.fn(a)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
