@@ -54,15 +54,17 @@ def write_report(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         for k, v in extra.items():
             lines.append(f"- {k}: {v}")
     lines += ["", "## Ranking", ""]
-    head = ["rank", "trial", "best val CER", "best val WER", "epoch of best", "epochs", "status",
-            *[c.removeprefix("config/") for c in params]]
+    own = metric not in ("val_cer", "val_wer") and f"best_{metric}" in trials
+    head = ["rank", "trial", "best val CER", "best val WER", *([f"best {metric}"] if own else []),
+            f"epoch of best {metric}", "epochs", "status", *[c.removeprefix("config/") for c in params]]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, (_, r) in enumerate(ok.iterrows(), start=1):
         lines.append("| " + " | ".join([
             str(rank), f"`{r.trial_id}`", _pct(r.best_val_cer), _pct(r.best_val_wer),
-            _fmt(r[f"best_{metric}_epoch"]), _fmt(r.epochs_run), r.status, *[_fmt(r[c]) for c in params]]) + " |")
+            *([_fmt(r[f"best_{metric}"])] if own else []), _fmt(r[f"best_{metric}_epoch"]), _fmt(r.epochs_run), r.status, *[_fmt(r[c]) for c in params]]) + " |")
     for _, r in failed.iterrows():
-        lines.append("| " + " | ".join(["-", f"`{r.trial_id}`", "FAILED", "-", "-", _fmt(r.epochs_run),
+        lines.append("| " + " | ".join(["-", f"`{r.trial_id}`", "FAILED", "-", *(["-"] if own else []), "-",
+                                        _fmt(r.epochs_run),
                                         f"failed: {r.error[:120]}", *[_fmt(r[c]) for c in params]]) + " |")
     lines += ["", "Statuses: finished = ran all planned epochs; early-stopped = stopped by the scheduler; "
               "failed = raised an error (listed last with its message). A metric a trial never reported "

@@ -16,9 +16,9 @@ from tune_jobs.runner import run_tune
 from tune_jobs.spec import load_job
 
 
-@pytest.mark.timeout(300)  # the whole search must finish in under 5 minutes
-def test_asha_stops_trials_and_none_waits_for_held_resources(corpus, cache_dir, tmp_path, ray_start_2_cpus):
-    ray = ray_start_2_cpus
+@pytest.fixture(scope="module")
+def asha_run(corpus, cache_dir, tmp_path_factory, ray_start_2_cpus):
+    tmp_path = tmp_path_factory.mktemp("asha")
     job_file = tmp_path / "asha.yaml"
     job_file.write_text(textwrap.dedent(f"""\
         name: asha_trap
@@ -38,8 +38,14 @@ def test_asha_stops_trials_and_none_waits_for_held_resources(corpus, cache_dir, 
         """))
     job = load_job(job_file)
     t0 = time.time()
-    results, exp_dir, _ = run_tune(job, cache_dir=str(cache_dir), progress=False)
-    elapsed = time.time() - t0
+    results, exp_dir, manifests = run_tune(job, cache_dir=str(cache_dir), progress=False)
+    return results, exp_dir, manifests, time.time() - t0
+
+
+@pytest.mark.timeout(300)  # the whole search must finish in under 5 minutes
+def test_asha_stops_trials_and_none_waits_for_held_resources(asha_run, ray_start_2_cpus):
+    ray = ray_start_2_cpus
+    results, exp_dir, _, elapsed = asha_run
     assert len(results) == 6 and not [r.error for r in results if r.error]
     trials, _ = load_experiment(exp_dir)
     assert len(trials) == 6
@@ -56,3 +62,44 @@ def test_asha_stops_trials_and_none_waits_for_held_resources(corpus, cache_dir, 
     live = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
     assert not live, live
     assert elapsed < 300
+
+
+def test_report_equals_result_files_and_ray_result_grid(asha_run, tmp_path):
+    import json
+    import math
+    from pathlib import Path
+
+    import pandas as pd
+
+    from analysis.report import write_report
+
+    results, exp_dir, _, _ = asha_run
+    report = write_report(exp_dir, tmp_path)
+    text = report.read_text()
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    history = pd.read_parquet(tmp_path / "history.parquet")
+    by_id = {r.metrics["trial_id"]: r for r in results}
+    assert set(trials.trial_id) == set(by_id)
+    assert len(history) == sum(len(r.metrics_dataframe) for r in results)
+    for _, row in trials.iterrows():
+        lines = [json.loads(l) for l in (Path(exp_dir) / row.trial / "result.json").read_text().splitlines()]
+        best = min(l["val_loss"] for l in lines)
+        assert row.best_val_loss == best
+        assert row.best_val_cer == min(l["val_cer"] for l in lines)
+        ray_df = by_id[row.trial_id].metrics_dataframe
+        assert row.best_val_cer == ray_df["val_cer"].min()
+        assert row.epochs_run == ray_df["epoch"].max()
+        assert f"`{row.trial_id}`" in text
+        cer = f"{100 * row.best_val_cer:.2f}%" if not math.isnan(row.best_val_cer) else "n/a"
+        assert cer in text
+    ranked = [l.split("|")[2].strip(" `") for l in text.splitlines() if l.startswith("| 1 ") or l.startswith("| 2 ")]
+    assert ranked == trials.trial_id.tolist()[:2]  # ranked by the job's metric (val_loss)
+
+
+def test_evaluate_cli_scores_the_best_checkpoint(asha_run, capsys):
+    from tune_jobs.cli import main
+
+    results, exp_dir, manifests, _ = asha_run
+    assert main(["evaluate", exp_dir, "--manifest", manifests["dev"]]) == 0
+    out = capsys.readouterr().out
+    assert "24 utterances" in out and "CER" in out and "WER" in out

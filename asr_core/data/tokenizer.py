@@ -45,8 +45,8 @@ class CharTokenizer:
                 raise InputError(where, f"language '{language}' is unknown to the tokenizer (known: {self.languages})")
             ids.append(self.index[tag])
         for c in text:
-            i = self.index.get(c)
-            if i is None or i == 0 or self.tokens[i].startswith("<") and len(self.tokens[i]) > 1:
+            i = self.index.get(c)  # single characters never match a tag or the blank
+            if i is None:
                 raise InputError(where, f"character {c!r} (U+{ord(c):04X}) cannot be mapped by the tokenizer "
                                         f"built from the training manifest")
             ids.append(i)
