@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--preset", default="demo_small")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    m = ensure_corpus("demo-mono")
+    m = ensure_corpus("demo-mono", train=2500)  # the demo's corpus: shares its cache
     params = {"family": "crnn_ctc", "preset": a.preset, "train_manifest": m["train"], "dev_manifest": m["dev"],
               "epochs": a.epochs, "max_train_utts": a.utts, "batch_bins": 400_000, "schedule": "constant"}
     bare = bare_loop(params, a.epochs, a.threads)
