@@ -63,13 +63,17 @@ def main() -> None:
     m = ensure_corpus("demo-mono", train=2500)  # the demo's corpus: shares its cache
     params = {"family": "crnn_ctc", "preset": a.preset, "train_manifest": m["train"], "dev_manifest": m["dev"],
               "epochs": a.epochs, "max_train_utts": a.utts, "batch_bins": 400_000, "schedule": "constant"}
-    bare = bare_loop(params, a.epochs, a.threads)
+    # The bare loop runs before and after the Ray run and the two are averaged, so that a slow
+    # or fast spell of this shared machine does not land on one side only.
+    bare_before = bare_loop(params, a.epochs, a.threads)
     with tempfile.TemporaryDirectory() as storage:
         result = run_train(params, ResourcesSpec(num_workers=1, cpus_per_worker=a.threads), storage, "bench",
                            num_cpus=a.threads)
         ours = max(result.metrics_dataframe["utts_per_s"].iloc[1:].tolist() or [result.metrics["utts_per_s"]])
+    bare_after = bare_loop(params, a.epochs, a.threads)
+    bare = (bare_before + bare_after) / 2
     print(f"model crnn_ctc/{a.preset}, {a.utts} utterances, {a.epochs} epochs, {a.threads} threads")
-    print(f"bare PyTorch loop     : {bare:8.1f} utt/s")
+    print(f"bare PyTorch loop     : {bare:8.1f} utt/s   (before Ray {bare_before:.1f}, after {bare_after:.1f})")
     print(f"Ray Train (1 worker)  : {ours:8.1f} utt/s")
     print(f"ratio ours/bare       : {ours / bare:8.3f}   (goal >= 0.90)")
 
