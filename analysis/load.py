@@ -17,8 +17,11 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 JOB_RECORD = "speechtune_job.json"  # written by tune_jobs.runner
-METRICS = ("val_cer", "val_wer", "val_loss", "train_loss")
-LOWER_IS_BETTER = {"val_cer", "val_wer", "val_loss", "train_loss", "val_levenshtein", "val_mel_loss"}
+# every metric a family reports (asr_core.metrics, models/tts_acoustic.py, the loop)
+METRICS = ("val_cer", "val_wer", "val_loss", "train_loss", "val_char_acc", "val_seq_acc", "val_levenshtein",
+           "val_lid_acc", "val_mel_loss", "val_stop_acc", "val_att_diag", "steps_to_target")
+LOWER_IS_BETTER = {"val_cer", "val_wer", "val_loss", "train_loss", "val_levenshtein", "val_mel_loss",
+                   "steps_to_target"}
 
 
 def read_job_record(exp_dir: str | os.PathLike) -> dict:
@@ -89,6 +92,7 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
     record = read_job_record(exp_dir)
     metric = record.get("metric", "val_cer")
     mode = record.get("mode", "min")
+    metrics = tuple(dict.fromkeys((*METRICS, metric)))
     statuses = _tune_statuses(exp_dir)
     trials, history = [], []
     for tdir in _trial_dirs(exp_dir):
@@ -102,14 +106,20 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         trial_id = rows[0].get("trial_id") if rows else tdir.name.split("_")[1] if "_" in tdir.name else tdir.name
         for r in rows:
             history.append({"trial": tdir.name, "trial_id": trial_id, "epoch": r.get("epoch", r.get("training_iteration")),
-                            **{k: _num(r.get(k)) for k in (*METRICS, "epoch_time_s", "utts_per_s", "lr")},
+                            **{k: _num(r.get(k)) for k in (*metrics, "epoch_time_s", "utts_per_s", "lr")},
                             "time_total_s": _num(r.get("time_total_s"))})
         err_file = tdir / "error.txt"
         error = err_file.read_text(errors="replace").strip().splitlines()[-1] if err_file.is_file() else ""
         planned = cfg.get("epochs", record.get("epochs"))
         last_epoch = max((r.get("epoch", 0) or 0 for r in rows), default=0)
         tune_status = statuses.get(tdir.name, "")
-        if error or tune_status == "ERROR":
+        last = rows[-1] if rows else {}
+        if last.get("diverged"):
+            # the loop's last report of a diverged trial (asr_core.train.loop.run_epochs)
+            status = "diverged"
+            error = (f"loss became {last.get('diverged_value')} at step {last.get('diverged_step')} "
+                     f"(epoch {last.get('epoch')})")
+        elif error or tune_status == "ERROR":
             status = "failed"
         elif planned is not None and last_epoch >= int(planned):
             status = "finished"
@@ -120,10 +130,11 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         row = {"trial": tdir.name, "trial_id": trial_id, "status": status, "error": error,
                "epochs_run": last_epoch, "epochs_planned": planned,
                "time_total_s": _num(rows[-1].get("time_total_s")) if rows else math.nan}
-        for m in METRICS:
+        for m in metrics:
             vals = [(_num(r.get(m)), r.get("epoch")) for r in rows if not math.isnan(_num(r.get(m)))]
             if vals:
-                pick = min(vals) if m in LOWER_IS_BETTER else max(vals)
+                lower = (mode == "min") if m == metric else m in LOWER_IS_BETTER
+                pick = min(vals) if lower else max(vals)
                 row[f"best_{m}"], row[f"best_{m}_epoch"] = pick
                 row[f"last_{m}"] = vals[-1][0]
             else:

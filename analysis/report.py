@@ -43,8 +43,9 @@ def write_report(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     rec = read_job_record(exp_dir)
     metric = rec.get("metric", "val_cer")
     params = tuned_params(exp_dir, trials)
-    ok = trials[trials.status != "failed"] if not trials.empty else trials
-    failed = trials[trials.status == "failed"] if not trials.empty else trials
+    broken = trials.status.isin(["failed", "diverged"]) if not trials.empty else None
+    ok = trials[~broken] if not trials.empty else trials
+    failed = trials[broken] if not trials.empty else trials
     lines = [f"# Tuning report: {rec.get('name', exp_dir.name)}", ""]
     lines += [f"- experiment: `{exp_dir}`",
               f"- family: `{rec.get('family', 'n/a')}`, ranked by `{metric}` ({rec.get('mode', 'min')})",
@@ -63,11 +64,12 @@ def write_report(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
             str(rank), f"`{r.trial_id}`", _pct(r.best_val_cer), _pct(r.best_val_wer),
             *([_fmt(r[f"best_{metric}"])] if own else []), _fmt(r[f"best_{metric}_epoch"]), _fmt(r.epochs_run), r.status, *[_fmt(r[c]) for c in params]]) + " |")
     for _, r in failed.iterrows():
-        lines.append("| " + " | ".join(["-", f"`{r.trial_id}`", "FAILED", "-", *(["-"] if own else []), "-",
+        lines.append("| " + " | ".join(["-", f"`{r.trial_id}`", r.status.upper(), "-", *(["-"] if own else []), "-",
                                         _fmt(r.epochs_run),
-                                        f"failed: {r.error[:120]}", *[_fmt(r[c]) for c in params]]) + " |")
+                                        f"{r.status}: {r.error[:120]}", *[_fmt(r[c]) for c in params]]) + " |")
     lines += ["", "Statuses: finished = ran all planned epochs; early-stopped = stopped by the scheduler; "
-              "failed = raised an error (listed last with its message). A metric a trial never reported "
+              "diverged = its loss became NaN or infinite (the step is given); "
+              "failed = raised an error (both listed last with their reason). A metric a trial never reported "
               "shows as n/a.", ""]
     lines += ["Files: `trials.parquet` (one row per trial), `history.parquet` (one row per reported epoch).", ""]
     path = out / "report.md"

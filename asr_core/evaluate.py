@@ -8,7 +8,7 @@ from asr_core.data.features import FeatureConfig
 from asr_core.data.manifest import read_manifest
 from asr_core.data.synth import default_cache_dir
 from asr_core.data.tokenizer import CharTokenizer
-from asr_core.metrics import ErrorCounts
+from asr_core.metrics import asr_counts
 from asr_core.models import get_family
 from asr_core.train import checkpoint as ckpt
 from asr_core.train.config import split_params
@@ -28,7 +28,9 @@ def load_model(ckpt_dir: str):
 
 @torch.no_grad()
 def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, batch_bins: int = 1_000_000,
-             skip_bad: bool = False, progress: bool = True) -> dict:
+             skip_bad: bool = False, progress: bool = True, **decode_overrides) -> dict:
+    """Metrics of a checkpoint on a manifest; ``decode_overrides`` (``decoder``, ``beam_size``,
+    ``lexicon`` ...) replace the checkpoint's own decoding settings."""
     model, family, tok, run, meta = load_model(ckpt_dir)
     manifest = read_manifest(manifest_path, skip_bad=skip_bad)
     mean = np.asarray(meta["cmvn"]["mean"], np.float32)
@@ -36,9 +38,17 @@ def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, ba
     data = dataset_for(manifest, tok, FeatureConfig(**meta["features"]),
                        cache_dir or run.data.cache_dir or str(default_cache_dir()), mean, std,
                        run.data.with_lang_tag, progress=progress)
-    errs = ErrorCounts()
-    for batch in data.iterate(data.batches(batch_bins)):
-        hyps = [tok.decode(ids) for ids in family.decode(model, batch)]
-        errs.add(batch.texts, hyps)
-    return {"cer": errs.cer, "wer": errs.wer, "utterances": len(data), "skipped": len(manifest.skipped),
-            "checkpoint": str(ckpt_dir), "epoch": meta["epoch"]}
+    counts: dict[str, float] = {}
+    padding = getattr(run.model, "PADDING", True)
+    for batch in data.iterate(data.batches(batch_bins, padding=padding)):
+        if decode_overrides:
+            c = asr_counts(family.decode(model, batch, tok, **decode_overrides), batch, tok, run.data.with_lang_tag)
+        else:
+            c = family.counts(model, batch, tok, run.data.with_lang_tag)
+        for k, v in c.items():
+            counts[k] = counts.get(k, 0.0) + float(v)
+    metrics = family.metrics(counts)
+    return {"cer": metrics.get("val_cer", float("nan")), "wer": metrics.get("val_wer", float("nan")),
+            "metrics": {k.removeprefix("val_"): v for k, v in metrics.items()},
+            "utterances": len(data), "skipped": len(manifest.skipped), "checkpoint": str(ckpt_dir),
+            "epoch": meta["epoch"]}

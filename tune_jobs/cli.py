@@ -76,7 +76,9 @@ def cmd_train(a) -> int:
     result = run_train(params, res, a.storage, a.name or f"train_{a.family}", address=a.address,
                        num_cpus=a.num_cpus, resume_from=a.resume_from)
     df = result.metrics_dataframe
-    cols = [c for c in ("epoch", "train_loss", "val_loss", "val_cer", "val_wer", "utts_per_s") if c in df]
+    shown = ("epoch", "train_loss", "val_loss", "val_cer", "val_wer", "val_seq_acc", "val_lid_acc", "val_mel_loss",
+             "val_stop_acc", "utts_per_s")
+    cols = [c for c in shown if c in df and df[c].notna().any()]
     print(df[cols].to_string(index=False))
     print(f"checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
     return 0
@@ -88,10 +90,43 @@ def cmd_evaluate(a) -> int:
 
     target = Path(a.target)
     ckpt = target if (target / "meta.json").is_file() else best_checkpoint(target)
-    ev = evaluate(str(ckpt), a.manifest, skip_bad=a.skip_bad)
+    overrides = {k: v for k, v in (("decoder", a.decoder), ("beam_size", a.beam_size), ("lexicon", a.lexicon),
+                                   ("kenlm", a.kenlm), ("decode_ctc_weight", a.ctc_weight)) if v is not None}
+    ev = evaluate(str(ckpt), a.manifest, skip_bad=a.skip_bad, **overrides)
     skipped = f", skipped {ev['skipped']} bad row(s)" if ev["skipped"] else ""
     print(f"checkpoint {ckpt} (epoch {ev['epoch']}) on {a.manifest}: {ev['utterances']} utterances{skipped}")
-    print(f"CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
+    if ev["cer"] == ev["cer"]:
+        print(f"CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
+    print("  ".join(f"{k} {v:.4g}" for k, v in ev["metrics"].items() if v == v))
+    return 0
+
+
+def cmd_describe(a) -> int:
+    import dataclasses
+
+    from asr_core.models import count_parameters, get_family
+    from asr_core.train.config import split_params
+
+    params = {"family": a.family, "train_manifest": "-", "dev_manifest": "-", **_parse_sets(a.set or [])}
+    if a.preset:
+        params["preset"] = a.preset
+    try:
+        run = split_params(params, where="describe")
+    except ValueError as e:  # unknown family
+        raise InputError("describe", str(e)) from None
+    family = get_family(run.family)
+    feat_dim = getattr(run.model, "input_dim", 0) or a.feat_dim or run.features.n_mels
+    vocab = getattr(run.model, "num_classes", 0) or a.vocab_size
+    model = family.build(run.model, vocab, feat_dim)
+    print(f"family: {family.name}" + (f"  preset: {a.preset}" if a.preset else ""))
+    print(f"ranks by: {family.default_metric} ({family.default_mode})")
+    preset_keys = set(family.presets.get(a.preset, {})) if a.preset else set()
+    for title, obj in (("model", run.model), ("train", run.train), ("features", run.features)):
+        print(f"{title}:")
+        for f in dataclasses.fields(obj):
+            mark = "  # preset" if f.name in preset_keys else ""
+            print(f"  {f.name}: {getattr(obj, f.name)!r}{mark}")
+    print(f"parameters: {count_parameters(model):,}  ({feat_dim}-dim input, {vocab} output tokens)")
     return 0
 
 
@@ -137,7 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="experiment directory or checkpoint directory")
     e.add_argument("--manifest", required=True)
     e.add_argument("--skip-bad", action="store_true")
+    e.add_argument("--decoder", choices=["greedy", "prefix_beam", "flashlight"], help="CTC families")
+    e.add_argument("--beam-size", type=int, help="beam search (CTC and attention families)")
+    e.add_argument("--lexicon", help="flashlight lexicon file (word<TAB>c h a r s |)")
+    e.add_argument("--kenlm", help="flashlight KenLM model")
+    e.add_argument("--ctc-weight", type=float, help="conformer_aed: joint CTC/attention decoding weight")
     e.set_defaults(fn=cmd_evaluate)
+
+    d = sub.add_parser("describe", help="a family's config (with a preset) and its parameter count")
+    d.add_argument("family")
+    d.add_argument("--preset")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE")
+    d.add_argument("--feat-dim", type=int, help="input features (default: the config's n_mels)")
+    d.add_argument("--vocab-size", type=int, default=40, help="output tokens when the config pins none")
+    d.set_defaults(fn=cmd_describe)
 
     rep = sub.add_parser("report", help="write report.md and Parquet tables from an experiment directory")
     rep.add_argument("exp_dir")

@@ -42,8 +42,14 @@ def base_params(job: JobSpec, manifests: dict[str, str], cache_dir: str) -> dict
 def check_and_cache(params: dict, progress: bool = True) -> None:
     """Everything that can fail on bad input fails here, before any trial starts: manifests,
     tokenizer coverage of the dev set, and feature extraction into the node's cache."""
+    from asr_core.models import get_family
+
     run = split_params(params, where="job params")
     data = prepare_data(run.data, run.features, progress=progress)
+    try:  # a model that cannot be built for this data fails here, not in every trial
+        get_family(run.family).build(run.model, data.tokenizer.vocab_size, run.features.n_mels)
+    except ValueError as e:
+        raise InputError("job params", str(e)) from None
     for m in (data.train_manifest, data.dev_manifest):
         if m.skipped:
             print(f"--skip-bad: skipped {len(m.skipped)} bad row(s) in {m.path}; first: {m.skipped[0]}")
@@ -136,12 +142,19 @@ def _write_record(exp_dir: str, job: JobSpec, manifests: dict, params: dict) -> 
 
 
 def run_train(params: dict, res: ResourcesSpec, storage_path: str, name: str, address: str | None = None,
-              num_cpus: int | None = None, metric: str = "val_cer", resume_from: str | None = None,
+              num_cpus: int | None = None, metric: str | None = None, resume_from: str | None = None,
               progress: bool = True):
-    """One training run (no search). ``resume_from`` continues a checkpoint at its next epoch."""
+    """One training run (no search). ``resume_from`` continues a checkpoint at its next epoch.
+    Checkpoints are ranked by ``metric`` (default: the run's select_metric or its family's)."""
+    from asr_core.models import get_family
+
     check_and_cache(params, progress=progress)
+    run = split_params(params, where="train params")
+    family = get_family(run.family)
+    mode = run.train.select_mode or family.default_mode
+    metric = metric or run.train.select_metric or family.default_metric
     init_ray(address, num_cpus=num_cpus)
     check_fits(res, "--workers/--cpus-per-worker")
-    trainer = make_trainer(params, res, metric=metric, mode="min", storage_path=storage_path, name=name,
+    trainer = make_trainer(params, res, metric=metric, mode=mode, storage_path=storage_path, name=name,
                            resume_from=resume_from)
     return trainer.fit()

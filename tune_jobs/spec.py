@@ -132,7 +132,15 @@ def load_job(path: str | Path) -> JobSpec:
     if bad:
         raise InputError(loc(f"scheduler.{bad[0]}"), f"unknown option '{bad[0]}' for scheduler {sname}; "
                                                       f"known: {sorted(SCHEDULER_OPTIONS[sname])}")
-    mode = data.get("mode", "min")
+    try:
+        from asr_core.models import get_family
+
+        fam = get_family(str(data.get("family")))
+        default_metric, default_mode = fam.default_metric, fam.default_mode
+    except ValueError:  # reported with its line below
+        default_metric, default_mode = "val_cer", "min"
+    metric_name = str(data.get("metric", default_metric))
+    mode = data.get("mode", default_mode if metric_name == default_metric else "min")
     if mode not in ("min", "max"):
         raise InputError(loc("mode"), f"mode must be 'min' or 'max', got {mode!r}")
 
@@ -166,7 +174,7 @@ def load_job(path: str | Path) -> JobSpec:
     return JobSpec(
         path=str(path), name=str(data.get("name", Path(path).stem)), family=data["family"],
         preset=data.get("preset"), data=dspec, params=params, search_space=space_raw, searcher=searcher,
-        scheduler={"name": sname, **sched}, metric=str(data.get("metric", "val_cer")), mode=mode,
+        scheduler={"name": sname, **sched}, metric=metric_name, mode=mode,
         num_trials=num_trials, max_concurrent=max_conc, resources=resources,
         storage_path=str(data.get("storage_path", "experiments")), max_failures=max_failures,
         test_eval=bool(data.get("test_eval", True)),

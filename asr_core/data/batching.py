@@ -21,15 +21,21 @@ from asr_core.data.tokenizer import CharTokenizer
 
 
 def make_batches(frames: Sequence[int], tokens: Sequence[int], feat_dim: int, batch_bins: int,
-                 min_batch_size: int = 1) -> list[list[int]]:
-    """Indices grouped into batches of similar length whose padded numel fits ``batch_bins``."""
+                 min_batch_size: int = 1, batch_size: int = 0, padding: bool = True) -> list[list[int]]:
+    """Indices grouped into batches of similar length whose padded numel fits ``batch_bins``, or of
+    ``batch_size`` utterances when it is > 0. ``padding=False`` (seed 002's PADDING=OFF) puts only
+    utterances of exactly the same number of frames together, so no frame is padding."""
     order = sorted(range(len(frames)), key=lambda i: (frames[i], i))
     batches: list[list[int]] = []
     cur: list[int] = []
     max_f = max_t = 0
     for i in order:
         nf, nt = max(max_f, frames[i]), max(max_t, tokens[i])
-        if cur and (len(cur) + 1) * (nf * feat_dim + nt) > batch_bins and len(cur) >= min_batch_size:
+        if batch_size > 0:
+            full = len(cur) >= batch_size
+        else:
+            full = (len(cur) + 1) * (nf * feat_dim + nt) > batch_bins and len(cur) >= min_batch_size
+        if cur and (full or (not padding and frames[i] != frames[cur[-1]])):
             batches.append(cur)
             cur, nf, nt = [], frames[i], tokens[i]
         cur.append(i)
@@ -87,8 +93,9 @@ class SpeechDataset:
     def __len__(self) -> int:
         return len(self.utts)
 
-    def batches(self, batch_bins: int) -> list[list[int]]:
-        return make_batches(self.frames, [len(t) for t in self.tokens], self.store.n_mels, batch_bins)
+    def batches(self, batch_bins: int, batch_size: int = 0, padding: bool = True) -> list[list[int]]:
+        return make_batches(self.frames, [len(t) for t in self.tokens], self.store.n_mels, batch_bins,
+                            batch_size=batch_size, padding=padding)
 
     def collate(self, idx: Sequence[int]) -> Batch:
         T = max(self.frames[i] for i in idx)

@@ -13,7 +13,11 @@ from typing import Any, Callable, Iterator
 import torch
 
 _MODULES = {
+    "conformer_aed": "asr_core.models.conformer_aed",
     "crnn_ctc": "asr_core.models.crnn_ctc",
+    "seq2seq": "asr_core.models.seq2seq",
+    "tts_acoustic": "asr_core.models.tts_acoustic",
+    "wavenet_ctc": "asr_core.models.wavenet_ctc",
 }
 
 
@@ -25,10 +29,32 @@ class Family:
     build: Callable[[Any, int, int], torch.nn.Module]
     # compute_loss(model, batch) -> (summed loss over the batch, number of utterances)
     compute_loss: Callable[..., tuple[torch.Tensor, int]]
-    # decode(model, batch) -> list of token-id sequences (one per utterance)
-    decode: Callable[..., list[list[int]]]
+    # decode(model, batch, beam_size=None) -> token-id sequences, one per utterance (ASR families;
+    # None for tts_acoustic). beam_size None = the config's own decoding setting.
+    decode: Callable[..., list[list[int]]] | None
     presets: dict[str, dict] = field(default_factory=dict)
     default_metric: str = "val_cer"
+    default_mode: str = "min"
+    # training keys the family's runs default to (under presets and the user's values)
+    train_defaults: dict = field(default_factory=dict)
+    # validation_counts(model, batch, tokenizer, with_lang_tag) -> additive counts (summed over
+    # batches and workers); summarize(counts) -> metrics. Default: ASR error counts of decode().
+    validation_counts: Callable[..., dict[str, float]] | None = None
+    summarize: Callable[[dict[str, float]], dict[str, float]] | None = None
+
+    def counts(self, model, batch, tokenizer, with_lang_tag: bool) -> dict[str, float]:
+        if self.validation_counts is not None:
+            return self.validation_counts(model, batch, tokenizer, with_lang_tag)
+        from asr_core.metrics import asr_counts
+
+        return asr_counts(self.decode(model, batch), batch, tokenizer, with_lang_tag)
+
+    def metrics(self, counts: dict[str, float]) -> dict[str, float]:
+        if self.summarize is not None:
+            return self.summarize(counts)
+        from asr_core.metrics import asr_metrics
+
+        return asr_metrics(counts)
 
     def make_config(self, params: dict, preset: str | None = None, where: str = "<config>"):
         from asr_core.config import from_dict
@@ -69,3 +95,7 @@ FAMILIES: Mapping[str, Family] = _Registry()
 
 def get_family(name: str) -> Family:
     return FAMILIES[name]
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,18 +1,19 @@
 """CNN + BiLSTM + CTC (seed 004): Conv1d/BatchNorm/GELU front end with time downsampling,
-a BiLSTM stack with locked dropout, an MLP classifier, CTC loss, greedy decoding."""
+a BiLSTM stack with locked dropout, an MLP classifier, CTC loss; greedy, prefix beam or
+flashlight (lexicon, KenLM) decoding. Preset ``seed004`` is the seed's published network."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from asr_core.models import Family
+from asr_core.models.ctc import CTCDecoding, compute_loss, decode
 
 
 @dataclass
-class CRNNConfig:
+class CRNNConfig(CTCDecoding):
     conv_channels: tuple[int, ...] = (256, 256)
     conv_kernels: tuple[int, ...] = (5, 5)
     conv_strides: tuple[int, ...] = (1, 2)  # total time downsampling = product
@@ -21,8 +22,11 @@ class CRNNConfig:
     lstm_dropout: float = 0.1  # locked (variational) dropout between LSTM layers
     mlp_dim: int = 512
     dropout: float = 0.1  # classifier dropout
+    input_dim: int = 0  # 0 = the features' dimension; seed004 pins 15
+    num_classes: int = 0  # 0 = the tokenizer's size; seed004 pins 41
 
     def validate(self) -> None:
+        self.validate_decoding()
         if not (len(self.conv_channels) == len(self.conv_kernels) == len(self.conv_strides)):
             raise ValueError("conv_channels, conv_kernels and conv_strides must have the same length")
         if self.lstm_layers < 1 or self.lstm_hidden < 1:
@@ -50,7 +54,7 @@ class CRNN(nn.Module):
     def __init__(self, cfg: CRNNConfig, vocab_size: int, feat_dim: int):
         super().__init__()
         self.cfg = cfg
-        layers, c_in = [], feat_dim
+        layers, c_in = [], cfg.input_dim or feat_dim
         for c_out, k, s in zip(cfg.conv_channels, cfg.conv_kernels, cfg.conv_strides):
             layers += [nn.Conv1d(c_in, c_out, k, stride=s, padding=k // 2), nn.BatchNorm1d(c_out), nn.GELU()]
             c_in = c_out
@@ -62,7 +66,7 @@ class CRNN(nn.Module):
         self.locked = LockedDropout(cfg.lstm_dropout)
         self.cls = nn.Sequential(
             nn.Linear(2 * cfg.lstm_hidden, cfg.mlp_dim), nn.Dropout(cfg.dropout), nn.GELU(),
-            nn.Linear(cfg.mlp_dim, vocab_size),
+            nn.Linear(cfg.mlp_dim, cfg.num_classes or vocab_size),
         )
 
     def out_lens(self, lens: torch.Tensor) -> torch.Tensor:
@@ -84,36 +88,22 @@ class CRNN(nn.Module):
 
 
 def build(cfg: CRNNConfig, vocab_size: int, feat_dim: int) -> CRNN:
+    for key, have in (("input_dim", feat_dim), ("num_classes", vocab_size)):
+        want = getattr(cfg, key)
+        if want and have and want != have:
+            raise ValueError(f"key '{key}': the config pins {want} but the data gives {have} "
+                             f"(set {key}: 0 to follow the data, or n_mels to match)")
     return CRNN(cfg, vocab_size, feat_dim)
-
-
-def compute_loss(model: nn.Module, batch) -> tuple[torch.Tensor, int]:
-    log_probs, out_lens = model(batch.feats, batch.feat_lens)
-    loss = F.ctc_loss(log_probs.transpose(0, 1), batch.targets, out_lens, batch.target_lens,
-                      blank=0, reduction="sum", zero_infinity=True)
-    return loss, len(batch)
-
-
-def greedy_ctc(log_probs: torch.Tensor, lens: torch.Tensor) -> list[list[int]]:
-    """Best path: argmax per frame, merge repeats, drop blanks. (B, T, V) -> token ids."""
-    best = log_probs.argmax(-1)  # (B, T)
-    out = []
-    for b in range(best.size(0)):
-        seq = torch.unique_consecutive(best[b, : int(lens[b])])
-        out.append([int(t) for t in seq if t != 0])
-    return out
-
-
-@torch.no_grad()
-def decode(model: nn.Module, batch) -> list[list[int]]:
-    log_probs, out_lens = model(batch.feats, batch.feat_lens)
-    return greedy_ctc(log_probs, out_lens)
 
 
 PRESETS = {
     # CPU-sized: trains in minutes on the demo corpus.
     "demo_small": dict(conv_channels=[128, 128], conv_kernels=[5, 5], conv_strides=[1, 3],
                        lstm_hidden=128, lstm_layers=2, lstm_dropout=0.1, mlp_dim=256, dropout=0.1),
+    # Seed 004's best network (its model summary, 22,322,217 parameters): 15-dim input, 41 classes.
+    "seed004": dict(conv_channels=[1024, 1024], conv_kernels=[7, 5], conv_strides=[1, 2],
+                    lstm_hidden=512, lstm_layers=2, lstm_dropout=0.3, mlp_dim=4096, dropout=0.3,
+                    input_dim=15, num_classes=41),
     "tiny": dict(conv_channels=[64, 64], conv_kernels=[5, 5], conv_strides=[1, 2],
                  lstm_hidden=64, lstm_layers=1, lstm_dropout=0.0, mlp_dim=128, dropout=0.0),
 }

@@ -14,11 +14,11 @@ META = "meta.json"
 
 
 def save(dirpath: str | os.PathLike, *, model, optimizer, scheduler, epoch: int, run, tokenizer,
-         mean, std, metrics: dict) -> None:
+         mean, std, metrics: dict, loop: dict | None = None) -> None:
     d = Path(dirpath)
     d.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch}, d / STATE)
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "loop": loop or {}}, d / STATE)
     meta = {
         "family": run.family, "params": run.params, "epoch": epoch,
         "tokenizer": tokenizer.to_dict(), "features": asdict(run.features),

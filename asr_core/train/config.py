@@ -18,22 +18,53 @@ from asr_core.models import get_family
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    nepochs: int = 0  # seed 000's name for ``epochs``; when > 0 it sets ``epochs``
     lr: float = 1e-3
-    optimizer: Literal["adam", "adamw"] = "adamw"
+    optimizer: Literal["adam", "adamw", "adamax", "adagrad", "sgd"] = "adamw"
     weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
     batch_bins: int = 400_000  # ESPnet "numel" meaning, see asr_core.data.batching
-    grad_clip: float = 5.0
-    schedule: Literal["constant", "cosine"] = "cosine"
+    batch_size: int = 0  # > 0: this many utterances a batch (seeds 001/002's BATCH) instead of batch_bins
+    accum_grad: int = 1  # optimizer step every accum_grad batches
+    grad_clip: float = 5.0  # max gradient norm; 0 = off
+    # Learning-rate schedule (asr_core.train.schedules): per step unless noted.
+    schedule: Literal["constant", "noam", "cosine", "cosine_restarts", "plateau", "step"] = "cosine"
     warmup_steps: int = 0
+    warmup_epochs: float = 0.0  # seed 004's warm-up in epochs (0.2); added to warmup_steps
+    cosine_stages: int = 1  # cosine: the span after warm-up split into this many restarts (seed 004: 3)
+    restart_steps: int = 1000  # cosine_restarts: first period (SGDR T_0)
+    restart_mult: float = 1.0  # cosine_restarts: period growth (SGDR T_mult)
+    min_lr: float = 0.0
+    plateau_patience: int = 3  # plateau: epochs without improvement of select_metric
+    plateau_factor: float = 0.5
+    step_size: int = 10  # step: epochs between decays
+    step_gamma: float = 0.5
+    amp: bool = False  # mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU
+    early_stop_patience: int = 0  # epochs without improvement of select_metric; 0 = off
+    early_stop_min_delta: float = 0.0
+    select_metric: str = ""  # metric that picks the best epoch; "" = the family's default
+    select_mode: Literal["", "min", "max"] = ""
+    target_metric: str = ""  # steps_to_target: first step at which this metric passes target_value
+    target_value: float = float("nan")
     seed: int = 0
 
     def validate(self) -> None:
+        if self.nepochs > 0:
+            self.epochs = self.nepochs
         if self.epochs < 1:
             raise ValueError("key 'epochs' must be >= 1")
         if self.lr <= 0:
             raise ValueError("key 'lr' must be > 0")
-        if self.batch_bins <= 0:
-            raise ValueError("key 'batch_bins' must be > 0")
+        if self.batch_bins <= 0 or self.batch_size < 0:
+            raise ValueError("key 'batch_bins' must be > 0 and 'batch_size' >= 0")
+        if self.accum_grad < 1:
+            raise ValueError("key 'accum_grad' must be >= 1")
+        if self.cosine_stages < 1 or self.restart_steps < 1 or self.restart_mult < 1:
+            raise ValueError("keys 'cosine_stages', 'restart_steps' and 'restart_mult' must be >= 1")
+        if self.schedule == "plateau" and (self.warmup_steps or self.warmup_epochs):
+            raise ValueError("key 'schedule': plateau takes no warm-up (set warmup_steps: 0)")
+        if self.target_metric and self.target_value != self.target_value:
+            raise ValueError("key 'target_value' is required with 'target_metric'")
 
 
 @dataclass
@@ -71,6 +102,13 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
         raise InputError(where, "key 'family' is required")
     family = get_family(params["family"])
     preset = params.get("preset")
+    if preset is not None and preset not in family.presets:
+        raise InputError(where, f"unknown preset for {family.name}: {preset} (known: {sorted(family.presets)})")
+    # A preset is a flat dict like the user's (seed tables mix model and training keys).
+    merged = {**family.train_defaults, **(family.presets[preset] if preset else {}), **params}
+    if "epochs" in params and "nepochs" not in params:  # the user's epochs beat a preset's nepochs
+        merged.pop("nepochs", None)
+    params = merged
     groups: dict[str, dict] = {g: {} for g, _ in _GROUPS}
     model: dict = {}
     known = {g: {f.name for f in dataclasses.fields(cls)} for g, cls in _GROUPS}
@@ -87,7 +125,7 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
             allowed = sorted(set().union(*known.values(), model_keys))
             raise InputError(where, f"unknown key '{k}' for family {family.name}; known keys: {allowed}")
     try:
-        model_cfg = family.make_config(model, preset, where=where)
+        model_cfg = family.make_config(model, None, where=where)
     except InputError:
         raise
     except ValueError as e:

@@ -6,40 +6,22 @@ counts are summed over workers, and every epoch reports metrics and a checkpoint
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from asr_core.data.batching import SpeechDataset, shard
-from asr_core.metrics import ErrorCounts
 from asr_core.models import Family, get_family
 from asr_core.train import checkpoint as ckpt
 from asr_core.train.config import RunConfig, TrainConfig, split_params
-from asr_core.train.data import prepare_data
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    """Per-step schedule: linear warm-up over ``warmup_steps``, then constant or cosine to 0."""
-    warm = max(cfg.warmup_steps, 0)
-
-    def factor(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+from asr_core.train.data import RunData, prepare_data
+from asr_core.train.schedules import Schedule, make_optimizer  # noqa: F401  (re-exported)
 
 
 def _world() -> tuple[int, int]:
@@ -55,44 +37,191 @@ def _all_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def train_one_epoch(model, family: Family, data: SpeechDataset, batches, optimizer, scheduler,
-                    cfg: TrainConfig) -> tuple[float, int]:
-    """One pass over this worker's batches; returns (summed loss, utterances) of this worker."""
+class Diverged(Exception):
+    """The training loss or the gradient became NaN or infinite."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss became {value} at step {step}")
+        self.step, self.value = step, value
+
+
+@dataclass
+class StepState:
+    """What the loop carries between batches and epochs (and into checkpoints)."""
+    step: int = 0  # optimizer steps taken
+    best: float = float("nan")  # best select_metric so far
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best (early stopping)
+    target_step: float = float("nan")  # steps_to_target once reached
+    extra: dict = field(default_factory=dict)
+
+
+def amp_context(cfg: TrainConfig, device: torch.device):
+    if not cfg.amp:
+        return contextlib.nullcontext()
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def train_one_epoch(model, family: Family, data: SpeechDataset, batches, optimizer, schedule: Schedule,
+                    cfg: TrainConfig, state: StepState, scaler=None) -> tuple[float, int]:
+    """One pass over this worker's batches; returns (summed loss, utterances) of this worker.
+
+    Gradients are accumulated over ``accum_grad`` batches (DDP syncs only on the last one). A
+    non-finite gradient norm (identical on every worker after DDP's all-reduce, so all workers
+    stop together) or loss raises ``Diverged``.
+    """
     model.train()
     total, n = 0.0, 0
     device = next(model.parameters()).device
-    for batch in data.iterate(batches):
+    accum = cfg.accum_grad
+    optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(data.iterate(batches)):
         batch = batch.to(device)
-        loss, count = family.compute_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        (loss / count).backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        sync = (i + 1) % accum == 0 or i + 1 == len(batches)
+        no_sync = getattr(model, "no_sync", None)
+        with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
+            with amp_context(cfg, device):
+                loss, count = family.compute_loss(model, batch)
+            scaled = loss / count / accum
+            (scaler.scale(scaled) if scaler else scaled).backward()
         total += float(loss.detach())
         n += count
+        if not sync:
+            continue
+        if scaler:
+            scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if not torch.isfinite(norm) and scaler is None:
+            raise Diverged(state.step + 1, float(loss.detach()) if not torch.isfinite(loss) else float(norm))
+        if scaler:
+            scaler.step(optimizer)  # skips the step on inf gradients and lowers the scale
+            scaler.update()
+            if scaler.get_scale() < 1e-6:
+                raise Diverged(state.step + 1, float(loss.detach()))
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        state.step += 1
     return total, n
 
 
 @torch.no_grad()
-def compute_validation_loss(model, family: Family, data: SpeechDataset, batches, tokenizer) -> dict:
-    """Loss and error counts over this worker's validation batches, summed across workers."""
+def compute_validation_loss(model, family: Family, data: SpeechDataset, batches, tokenizer,
+                            with_lang_tag: bool = False) -> dict:
+    """Loss and the family's counts over this worker's validation batches, summed across workers."""
     model.eval()
     inner = getattr(model, "module", model)  # decode without DDP's forward hooks
-    loss_sum, n = 0.0, 0
-    errs = ErrorCounts()
+    counts: dict[str, float] = {"loss_sum": 0.0, "loss_n": 0.0}
     device = next(inner.parameters()).device
     for batch in data.iterate(batches):
         batch = batch.to(device)
         loss, count = family.compute_loss(inner, batch)
-        loss_sum += float(loss)
-        n += count
-        hyps = [tokenizer.decode(ids) for ids in family.decode(inner, batch)]
-        errs.add(batch.texts, hyps)
-    loss_sum, n, *counts = _all_sum([loss_sum, n, *errs.as_list()])
-    errs = ErrorCounts(*[int(c) for c in counts])
-    return {"val_loss": loss_sum / n if n else float("nan"), "val_cer": errs.cer, "val_wer": errs.wer}
+        counts["loss_sum"] += float(loss)
+        counts["loss_n"] += count
+        for k, v in family.counts(inner, batch, tokenizer, with_lang_tag).items():
+            counts[k] = counts.get(k, 0.0) + float(v)
+    keys = sorted(counts)  # same order on every worker
+    counts = dict(zip(keys, _all_sum([counts[k] for k in keys])))
+    n = counts.pop("loss_n")
+    return {"val_loss": counts.pop("loss_sum") / n if n else float("nan"), **family.metrics(counts)}
+
+
+def _improved(value: float, best: float, mode: str, min_delta: float) -> bool:
+    if value != value:
+        return False
+    if best != best:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _passed(value: float, target: float, mode: str) -> bool:
+    return value == value and (value <= target if mode == "min" else value >= target)
+
+
+def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint_state: dict | None,
+               rank: int = 0, world: int = 1, wrap_model=lambda m: m) -> None:
+    """The epochs of one run: train, validate, report ``(metrics, checkpoint_writer)`` each epoch.
+
+    ``report(metrics, save)`` is Ray Train's report (``save(dir)`` writes a checkpoint into dir)
+    or any callable in tests and benchmarks; everything Ray-specific stays in the caller.
+    """
+    cfg = run.train
+    tok = data.tokenizer
+    model = family.build(run.model, tok.vocab_size, run.features.n_mels)
+    padding = getattr(run.model, "PADDING", True)  # wavenet_ctc (seed 002) can batch without padding
+    train_batches = data.train.batches(cfg.batch_bins, cfg.batch_size, padding=padding)
+    dev_batches = shard(data.dev.batches(cfg.batch_bins, cfg.batch_size, padding=padding), rank, world, 0, 0,
+                        shuffle=False)
+    per_worker = len(train_batches) // world if len(train_batches) >= world else len(train_batches)
+    steps_per_epoch = max(1, math.ceil(per_worker / cfg.accum_grad))
+    optimizer = make_optimizer(model, cfg)
+    metric = cfg.select_metric or family.default_metric
+    mode = cfg.select_mode or (family.default_mode if not cfg.select_metric else "min")
+    schedule = Schedule(optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)
+    state = StepState()
+    start_epoch = 1
+    if checkpoint_state is not None:
+        model.load_state_dict(checkpoint_state["model"])
+        optimizer.load_state_dict(checkpoint_state["optimizer"])
+        schedule.load_state_dict(checkpoint_state["scheduler"])
+        start_epoch = int(checkpoint_state["epoch"]) + 1
+        state = StepState(**checkpoint_state.get("loop", {}))
+    model = wrap_model(model)
+    device = next(model.parameters()).device
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+    target_mode = "max" if cfg.target_metric.endswith("_acc") else "min"
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        mine = shard(train_batches, rank, world, cfg.seed, epoch)
+        try:
+            loss_sum, n = train_one_epoch(model, family, data.train, mine, optimizer, schedule, cfg, state, scaler)
+        except Diverged as d:
+            # The trial ends here with status "diverged" (analysis.load reads these keys); no
+            # checkpoint of a broken model is written, and the search goes on with other trials.
+            report({"epoch": epoch, "diverged": 1, "diverged_step": d.step, "diverged_value": str(d.value),
+                    "train_loss": float("nan"), "val_loss": float("nan"), metric: float("nan")}, None)
+            return
+        train_time = time.perf_counter() - t0
+        loss_sum, n = _all_sum([loss_sum, n])
+        val = compute_validation_loss(model, family, data.dev, dev_batches, tok, run.data.with_lang_tag)
+        value = val.get(metric, float("nan"))
+        if _improved(value, state.best, mode, cfg.early_stop_min_delta):
+            state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
+        else:
+            state.bad_epochs += 1
+        if cfg.target_metric and state.target_step != state.target_step \
+                and _passed(val.get(cfg.target_metric, float("nan")), cfg.target_value, target_mode):
+            state.target_step = float(state.step)
+        schedule.epoch_end(value)
+        stop = bool(cfg.early_stop_patience) and state.bad_epochs >= cfg.early_stop_patience
+        metrics = {
+            "epoch": epoch,
+            "step": state.step,
+            "train_loss": loss_sum / n if n else float("nan"),
+            **val,
+            f"best_{metric}": state.best,
+            "best_epoch": state.best_epoch,
+            "epoch_time_s": time.perf_counter() - t0,
+            "utts_per_s": n / train_time if train_time > 0 else float("nan"),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if cfg.target_metric:
+            metrics["steps_to_target"] = state.target_step
+        if stop:
+            metrics["early_stop"] = 1
+        inner = getattr(model, "module", model)
+
+        def save(d: str, _m=metrics, _e=epoch, _s=dataclasses.asdict(state)) -> None:
+            ckpt.save(d, model=inner, optimizer=optimizer, scheduler=schedule, epoch=_e, run=run,
+                      tokenizer=tok, mean=data.train.mean, std=data.train.std, metrics=_m, loop=_s)
+
+        report(metrics, save if rank == 0 else None)
+        if stop:
+            return
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -103,50 +232,21 @@ def train_loop_per_worker(config: dict) -> None:
     run: RunConfig = split_params(config, where="trial config")
     family = get_family(run.family)
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(run.train.seed)
     data = prepare_data(run.data, run.features, progress=False)
-    tok = data.tokenizer
-
-    model = family.build(run.model, tok.vocab_size, run.features.n_mels)
-    train_batches = data.train.batches(run.train.batch_bins)
-    dev_batches = shard(data.dev.batches(run.train.batch_bins), rank, world, 0, 0, shuffle=False)
-    steps_per_epoch = len(train_batches) // world if len(train_batches) >= world else len(train_batches)
-    optimizer = make_optimizer(model, run.train)
-    scheduler = make_scheduler(optimizer, run.train, steps_per_epoch * run.train.epochs)
-
-    start_epoch = 1
     restored = ray.train.get_checkpoint()
+    state = None
     if restored is not None:
         with restored.as_directory() as d:
             state = ckpt.load_state(d)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
 
-    model = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the device
-
-    for epoch in range(start_epoch, run.train.epochs + 1):
-        t0 = time.perf_counter()
-        mine = shard(train_batches, rank, world, run.train.seed, epoch)
-        loss_sum, n = train_one_epoch(model, family, data.train, mine, optimizer, scheduler, run.train)
-        train_time = time.perf_counter() - t0
-        loss_sum, n = _all_sum([loss_sum, n])
-        val = compute_validation_loss(model, family, data.dev, dev_batches, tok)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": loss_sum / n if n else float("nan"),
-            **val,
-            "epoch_time_s": time.perf_counter() - t0,
-            "utts_per_s": n / train_time if train_time > 0 else float("nan"),
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                inner = getattr(model, "module", model)
-                ckpt.save(tmp, model=inner, optimizer=optimizer, scheduler=scheduler, epoch=epoch, run=run,
-                          tokenizer=tok, mean=data.train.mean, std=data.train.std, metrics=metrics)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
+    def report(metrics: dict, save) -> None:
+        if save is None:
             ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save(tmp)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    run_epochs(run, family, data, report, state, ctx.get_world_rank(), ctx.get_world_size(),
+               wrap_model=ray.train.torch.prepare_model)  # DDP when world > 1; moves to the device

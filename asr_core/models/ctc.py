@@ -1,0 +1,44 @@
+"""What every CTC family shares: decoding settings, the loss and the decoder entry point.
+
+A CTC family's module maps ``(feats (B, T, F), lens (B,)) -> (log_probs (B, T', V), lens' (B,))``
+and keeps its config as ``self.cfg`` (a subclass of ``CTCDecoding``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from asr_core.decoding import CTC_DECODERS, ctc_decode, ctc_loss
+
+
+@dataclass
+class CTCDecoding:
+    decoder: str = "greedy"  # greedy | prefix_beam | flashlight (torchaudio ctc_decoder)
+    beam_size: int = 8
+    lexicon: str = ""  # flashlight: lexicon file (word<TAB>c h a r s |)
+    kenlm: str = ""  # flashlight: KenLM binary or ARPA file
+    lm_weight: float = 1.0
+    word_score: float = 0.0
+
+    def validate_decoding(self) -> None:
+        if self.decoder not in CTC_DECODERS:
+            raise ValueError(f"key 'decoder': {self.decoder!r} is not one of {list(CTC_DECODERS)}")
+        if self.beam_size < 1:
+            raise ValueError("key 'beam_size' must be >= 1")
+
+
+DECODE_KEYS = ("decoder", "beam_size", "lexicon", "kenlm", "lm_weight", "word_score")
+
+
+def compute_loss(model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+    log_probs, out_lens = model(batch.feats, batch.feat_lens)
+    return ctc_loss(log_probs, out_lens, batch.targets, batch.target_lens), len(batch)
+
+
+@torch.no_grad()
+def decode(model: nn.Module, batch, tokenizer=None, **overrides) -> list[list[int]]:
+    log_probs, out_lens = model(batch.feats, batch.feat_lens)
+    opts = {k: overrides.get(k, getattr(model.cfg, k)) for k in DECODE_KEYS}
+    return ctc_decode(log_probs, out_lens, tokenizer, **opts)
