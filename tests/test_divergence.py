@@ -52,7 +52,8 @@ def test_every_family_trains_through_speechtune_train(family, preset, corpus, ca
                                                       ray_start_2_cpus):
     small = copy_manifest(corpus["train"], tmp_path / "train.jsonl")
     small.write_text("\n".join(small.read_text().splitlines()[:24]) + "\n")
-    rc = main(["train", family, "--preset", preset, "--train-manifest", str(small), "--dev-manifest", corpus["dev"],
+    # validated on its own training utterances: a 24-utterance tokenizer may miss a dev character
+    rc = main(["train", family, "--preset", preset, "--train-manifest", str(small), "--dev-manifest", str(small),
                "--storage", str(tmp_path / "exp"), "--set", "epochs=1", "--set", "n_mels=40",
                "--set", "batch_size=8", "--set", f"cache_dir={cache_dir}"])
     assert rc == 0
