@@ -60,7 +60,12 @@ def _loglik(x: torch.Tensor, seq: list[int]) -> float:
 def test_torchaudio_decoder_matches_our_prefix_beam_search(trained, corpus):
     """Both are beam searches over the same CTC posteriors (no lexicon, no LM). They must agree
     on most transcripts, and where they differ the two answers must be near-ties: neither
-    decoder may miss a clearly more likely labelling that the other one found."""
+    decoder may miss a clearly more likely labelling that the other one found.
+
+    Beam 32: at beam 8 the two prune differently (flashlight keeps blank/non-blank states as
+    separate hypotheses, we keep prefixes), so on this weakly trained model they agreed on 11-16
+    of 24 utterances from run to run; at 32 both are close to the best labelling (19/24 here, the
+    rest within 0.1-0.4 nats of each other)."""
     import numpy as np
 
     model, family, tok, run, meta = load_model(trained)
@@ -73,10 +78,10 @@ def test_torchaudio_decoder_matches_our_prefix_beam_search(trained, corpus):
     with torch.no_grad():
         for batch in data.iterate(data.batches(400_000)):
             lp, lens = model(batch.feats, batch.feat_lens)
-            theirs = torchaudio_ctc_beam(lp, lens, tok.tokens, beam=8)
+            theirs = torchaudio_ctc_beam(lp, lens, tok.tokens, beam=32)
             for b in range(len(batch)):
                 x = lp[b, : int(lens[b])]
-                ours = ctc_prefix_beam_search(x, beam=8)
+                ours = ctc_prefix_beam_search(x, beam=32)
                 same += norm(ours) == norm(theirs[b])
                 gaps.append(_loglik(x, ours) - _loglik(x, theirs[b]))
                 total += 1
@@ -84,5 +89,5 @@ def test_torchaudio_decoder_matches_our_prefix_beam_search(trained, corpus):
     print(f"flashlight == ours on {same}/{total} test utterances; log-likelihood ours - theirs: "
           f"min {worst:.2f}, max {max(gaps):.2f}")
     assert same >= 0.5 * total
-    assert sum(g > -1.0 for g in gaps) >= 0.9 * total  # ours is never clearly worse ...
-    assert sum(g < 1.0 for g in gaps) >= 0.9 * total  # ... nor clearly better
+    assert worst > -1.0  # ours never misses a labelling e times as likely ...
+    assert max(gaps) < 1.0  # ... nor does flashlight
