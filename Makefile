@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export SPEECHTUNE_CACHE ?= $(CURDIR)/.cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-slow install benchmark clean
+.PHONY: demo test install benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/speechtune tune tune_jobs/jobs/demo.yaml --report-dir reports/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
-
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow -s --durations=0
+	$(PY) -m pytest -q --durations=10
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from asr_core.models import Family
 from asr_core.models.ctc import CTCDecoding, compute_loss, decode
+from asr_core.models.rnn import BiLSTM
 
 
 @dataclass
@@ -61,8 +62,7 @@ class CRNN(nn.Module):
         self.front = nn.Sequential(*layers)
         self.lstms = nn.ModuleList()
         for i in range(cfg.lstm_layers):
-            self.lstms.append(nn.LSTM(c_in if i == 0 else 2 * cfg.lstm_hidden, cfg.lstm_hidden,
-                                      batch_first=True, bidirectional=True))
+            self.lstms.append(BiLSTM(c_in if i == 0 else 2 * cfg.lstm_hidden, cfg.lstm_hidden))
         self.locked = LockedDropout(cfg.lstm_dropout)
         self.cls = nn.Sequential(
             nn.Linear(2 * cfg.lstm_hidden, cfg.mlp_dim), nn.Dropout(cfg.dropout), nn.GELU(),
@@ -77,11 +77,8 @@ class CRNN(nn.Module):
     def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.front(feats.transpose(1, 2)).transpose(1, 2)  # (B, T', C)
         lens = self.out_lens(lens).clamp(min=1, max=x.size(1))
-        # No PackedSequence: on CPU its backward zero-fills the whole packed tensor at every
-        # time step (measured 6x slower here). Batches are length-bucketed, so the few padded
-        # frames the backward direction reads first cost little.
         for i, lstm in enumerate(self.lstms):
-            x, _ = lstm(x)  # (B, T', 2H)
+            x = lstm(x, lens)  # (B, T', 2H)
             if i < len(self.lstms) - 1:
                 x = self.locked(x)
         return self.cls(x).log_softmax(-1), lens  # (B, T', V), (B,)

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asr_core.models import Family
+from asr_core.models.rnn import BiLSTM
 
 
 @dataclass
@@ -29,7 +30,12 @@ class TTSConfig:
     prenet_dim: int = 128
     decoder_dim: int = 256
     attention_dim: int = 128
+    attention: Literal["location", "dot"] = "location"  # Tacotron 2's location-sensitive or plain dot product
+    location_filters: int = 16
+    location_kernel: int = 15
     reduction: int = 4  # mel frames predicted per decoder step
+    postnet_dim: int = 256  # Tacotron 2's residual conv postnet refining the whole mel; 0 = none
+    postnet_layers: int = 3
     dropout: float = 0.1
     prenet_dropout: float = 0.5  # Tacotron keeps it on at inference too; here only in training
     mel_loss: Literal["l1", "huber"] = "l1"
@@ -61,7 +67,7 @@ class TTSAcoustic(nn.Module):
         self.convs = nn.Sequential(
             nn.Conv1d(cfg.embed_dim, cfg.embed_dim, 5, padding=2), nn.BatchNorm1d(cfg.embed_dim), nn.ReLU(),
             nn.Conv1d(cfg.embed_dim, cfg.embed_dim, 5, padding=2), nn.BatchNorm1d(cfg.embed_dim), nn.ReLU())
-        self.enc = nn.LSTM(cfg.embed_dim, cfg.encoder_dim, batch_first=True, bidirectional=True)
+        self.enc = BiLSTM(cfg.embed_dim, cfg.encoder_dim)
         self.ref_conv = nn.Sequential(nn.Conv1d(n_mels, cfg.ref_dim, 3, stride=2, padding=1), nn.ReLU(),
                                       nn.Conv1d(cfg.ref_dim, cfg.ref_dim, 3, stride=2, padding=1), nn.ReLU())
         self.ref_gru = nn.GRU(cfg.ref_dim, cfg.ref_dim, batch_first=True)
@@ -73,15 +79,28 @@ class TTSAcoustic(nn.Module):
         self.cell = nn.LSTMCell(cfg.prenet_dim + e, cfg.decoder_dim)
         self.query = nn.Linear(cfg.decoder_dim, cfg.attention_dim)
         self.key = nn.Linear(e, cfg.attention_dim)
+        if cfg.attention == "location":  # Shen et al. 2018: energies also see the attention so far
+            self.loc_conv = nn.Conv1d(2, cfg.location_filters, cfg.location_kernel,
+                                      padding=cfg.location_kernel // 2, bias=False)
+            self.loc_proj = nn.Linear(cfg.location_filters, cfg.attention_dim, bias=False)
+            self.energy = nn.Linear(cfg.attention_dim, 1, bias=False)
         self.mel_out = nn.Linear(cfg.decoder_dim + e, r * n_mels)
         self.stop_out = nn.Linear(cfg.decoder_dim + e, r)
+        layers: list[nn.Module] = []
+        for i in range(cfg.postnet_layers if cfg.postnet_dim else 0):
+            last = i == cfg.postnet_layers - 1
+            layers += [nn.Conv1d(n_mels if i == 0 else cfg.postnet_dim, n_mels if last else cfg.postnet_dim, 5,
+                                 padding=2)]
+            if not last:
+                layers += [nn.BatchNorm1d(cfg.postnet_dim), nn.Tanh(), nn.Dropout(cfg.dropout)]
+        self.postnet = nn.Sequential(*layers)
 
     def forward(self, tokens, token_lens, mels, mel_lens) -> dict[str, torch.Tensor]:
         """Teacher-forced pass. tokens (B, N), mels (B, T, M) -> predictions and attention."""
         cfg, r = self.cfg, self.cfg.reduction
         B, T, M = mels.shape
         x = self.convs(self.embed(tokens).transpose(1, 2)).transpose(1, 2)  # (B, N, E)
-        enc, _ = self.enc(x)  # (B, N, 2H)
+        enc = self.enc(x, token_lens)  # (B, N, 2H)
         tpad = torch.arange(tokens.size(1), device=tokens.device)[None] >= token_lens[:, None]  # (B, N)
         # reference encoder: q(z | mel) -> z (sampled while training, the mean otherwise)
         ref, _ = self.ref_gru(self.ref_conv(mels.transpose(1, 2)).transpose(1, 2))
@@ -100,19 +119,27 @@ class TTSAcoustic(nn.Module):
         h = enc.new_zeros(B, cfg.decoder_dim)
         c = torch.zeros_like(h)
         ctx = enc.new_zeros(B, enc.size(2))
+        att = enc.new_zeros(B, enc.size(1))
+        cum = torch.zeros_like(att)
         mel_steps, stop_steps, atts = [], [], []
         for s in range(steps):
             h, c = self.cell(torch.cat([pre[:, s], ctx], -1), (h, c))
-            scores = torch.einsum("ba,bna->bn", self.query(h), keys) / keys.size(-1) ** 0.5
+            if cfg.attention == "location":
+                loc = self.loc_proj(self.loc_conv(torch.stack([att, cum], 1)).transpose(1, 2))  # (B, N, A)
+                scores = self.energy(torch.tanh(self.query(h)[:, None] + keys + loc)).squeeze(-1)  # (B, N)
+            else:
+                scores = torch.einsum("ba,bna->bn", self.query(h), keys) / keys.size(-1) ** 0.5
             att = scores.masked_fill(tpad, -1e9).softmax(-1)  # (B, N)
+            cum = cum + att
             ctx = torch.einsum("bn,bne->be", att, enc)
             hc = torch.cat([h, ctx], -1)
             mel_steps.append(self.mel_out(hc).view(B, r, M))
             stop_steps.append(self.stop_out(hc))
             atts.append(att)
-        mel = torch.cat(mel_steps, 1)[:, :T]  # (B, T, M)
+        coarse = torch.cat(mel_steps, 1)[:, :T]  # (B, T, M)
+        mel = coarse + self.postnet(coarse.transpose(1, 2)).transpose(1, 2) if len(self.postnet) else coarse
         stop = torch.cat(stop_steps, 1)[:, :T]  # (B, T) logits
-        return {"mel": mel, "stop": stop, "att": torch.stack(atts, 1), "kl": kl}  # att (B, steps, N)
+        return {"mel": mel, "coarse": coarse, "stop": stop, "att": torch.stack(atts, 1), "kl": kl}  # att (B, S, N)
 
 
 def _losses(model: nn.Module, cfg: TTSConfig, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -121,11 +148,17 @@ def _losses(model: nn.Module, cfg: TTSConfig, batch) -> tuple[dict[str, torch.Te
     out = model(batch.targets, batch.target_lens, mels, lens)
     B, T, M = mels.shape
     fmask = (torch.arange(T, device=mels.device)[None] < lens[:, None]).float()  # (B, T)
-    if cfg.mel_loss == "huber":
-        err = F.huber_loss(out["mel"], mels, reduction="none", delta=cfg.huber_delta)
-    else:
-        err = (out["mel"] - mels).abs()
-    mel = (err.mean(-1) * fmask).sum(1) / lens  # (B,) per-utterance mean
+
+    def mel_err(pred: torch.Tensor) -> torch.Tensor:  # (B,) per-utterance mean over real frames
+        if cfg.mel_loss == "huber":
+            err = F.huber_loss(pred, mels, reduction="none", delta=cfg.huber_delta)
+        else:
+            err = (pred - mels).abs()
+        return (err.mean(-1) * fmask).sum(1) / lens
+
+    mel = mel_err(out["mel"])  # the metric: the refined (postnet) output
+    # Tacotron 2 trains the decoder output before the postnet too, so the decoder itself learns mels
+    mel_train = mel + mel_err(out["coarse"]) if len(getattr(model, "module", model).postnet) else mel
     stop_t = (torch.arange(T, device=mels.device)[None] >= (lens - 1)[:, None]).float()
     eps = cfg.stop_label_smoothing
     stop = (F.binary_cross_entropy_with_logits(out["stop"], stop_t * (1 - eps) + (1 - stop_t) * eps,
@@ -142,7 +175,7 @@ def _losses(model: nn.Module, cfg: TTSConfig, batch) -> tuple[dict[str, torch.Te
     guided = (att * w).sum(-1).mul(smask).sum(1) / steps_b
     near = ((n - s).abs() < cfg.guided_sigma).float()
     diag = (att * near).sum(-1).mul(smask).sum(1) / steps_b  # (B,) share of attention near the diagonal
-    parts = {"mel": mel, "kl": out["kl"], "stop": stop, "guided": guided}
+    parts = {"mel": mel, "mel_train": mel_train, "kl": out["kl"], "stop": stop, "guided": guided}
     stop_correct = (((out["stop"] > 0).float() == stop_t).float() * fmask).sum()
     return parts, torch.stack([stop_correct, fmask.sum(), diag.sum()])
 
@@ -150,7 +183,7 @@ def _losses(model: nn.Module, cfg: TTSConfig, batch) -> tuple[dict[str, torch.Te
 def compute_loss(model: nn.Module, batch) -> tuple[torch.Tensor, int]:
     cfg = getattr(model, "module", model).cfg
     parts, _ = _losses(model, cfg, batch)
-    total = (cfg.mel_loss_weight * parts["mel"] + cfg.kl_loss_weight * parts["kl"]
+    total = (cfg.mel_loss_weight * parts["mel_train"] + cfg.kl_loss_weight * parts["kl"]
              + cfg.stop_loss_weight * parts["stop"] + cfg.attention_loss_weight * parts["guided"])
     return total.sum(), len(batch)
 
@@ -183,7 +216,7 @@ PRESETS = {
                          batch_size=48, amp=True, early_stop_patience=40, early_stop_min_delta=0.00005),
     # CPU-sized for tests and demos
     "tiny": dict(embed_dim=64, encoder_dim=64, ref_dim=32, latent_dim=8, prenet_dim=64, decoder_dim=128,
-                 attention_dim=64, reduction=4, dropout=0.0, prenet_dropout=0.1),
+                 attention_dim=64, reduction=4, postnet_dim=128, dropout=0.0, prenet_dropout=0.1),
 }
 
 FAMILY = Family(name="tts_acoustic", config_cls=TTSConfig, build=build, compute_loss=compute_loss, decode=None,
