@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export SPEECHTUNE_CACHE ?= $(CURDIR)/.cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test install benchmark clean
+.PHONY: demo demo-bilingual test install benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/speechtune tune tune_jobs/jobs/demo.yaml --report-dir reports/demo
+
+# conformer_aed on English + Persian: one CPU-sized run that reports val_wer and val_lid_acc
+demo-bilingual: $(STAMP)
+	$(VENV)/bin/speechtune tune tune_jobs/jobs/conformer_bilingual_cpu.yaml --report-dir reports/bilingual
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=10

@@ -56,15 +56,19 @@ def write_report(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
             lines.append(f"- {k}: {v}")
     lines += ["", "## Ranking", ""]
     own = metric not in ("val_cer", "val_wer") and f"best_{metric}" in trials
-    head = ["rank", "trial", "best val CER", "best val WER", *([f"best {metric}"] if own else []),
+    # bilingual runs: the language-identification accuracy sits beside the error rates
+    lid = metric != "val_lid_acc" and "best_val_lid_acc" in trials and bool(trials["best_val_lid_acc"].notna().any())
+    head = ["rank", "trial", "best val CER", "best val WER", *(["best val LID acc"] if lid else []),
+            *([f"best {metric}"] if own else []),
             f"epoch of best {metric}", "epochs", "status", *[c.removeprefix("config/") for c in params]]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, (_, r) in enumerate(ok.iterrows(), start=1):
         lines.append("| " + " | ".join([
             str(rank), f"`{r.trial_id}`", _pct(r.best_val_cer), _pct(r.best_val_wer),
-            *([_fmt(r[f"best_{metric}"])] if own else []), _fmt(r[f"best_{metric}_epoch"]), _fmt(r.epochs_run), r.status, *[_fmt(r[c]) for c in params]]) + " |")
+            *([_pct(r.best_val_lid_acc)] if lid else []), *([_fmt(r[f"best_{metric}"])] if own else []), _fmt(r[f"best_{metric}_epoch"]), _fmt(r.epochs_run), r.status, *[_fmt(r[c]) for c in params]]) + " |")
     for _, r in failed.iterrows():
-        lines.append("| " + " | ".join(["-", f"`{r.trial_id}`", r.status.upper(), "-", *(["-"] if own else []), "-",
+        lines.append("| " + " | ".join(["-", f"`{r.trial_id}`", r.status.upper(), "-", *(["-"] if lid else []),
+                                        *(["-"] if own else []), "-",
                                         _fmt(r.epochs_run),
                                         f"{r.status}: {r.error[:120]}", *[_fmt(r[c]) for c in params]]) + " |")
     lines += ["", "Statuses: finished = ran all planned epochs; early-stopped = stopped by the scheduler; "
