@@ -18,9 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 
-from asr_core.decoding import CTCPrefixScorer, attention_beam_search, ctc_loss
+from asr_core.decoding import CTCPrefixScorer, ctc_loss
 from asr_core.models import Family
-from asr_core.models.seq_common import add_sos_eos, batched_greedy, sinusoid, smoothed_ce, strip_eos
+from asr_core.models.seq_common import add_sos_eos, batched_greedy, beam_each, sinusoid, smoothed_ce, strip_eos
 
 
 @dataclass
@@ -233,19 +233,11 @@ def decode(model: ConformerAED, batch, tokenizer=None, **overrides) -> list[list
     if mode == "greedy":
         return [strip_eos(h, model.eos) for h in batched_greedy(
             lambda ys: model.decode_step(memory, pad, ys)[:, -1], model.sos, model.eos, memory.size(0), max_len)]
-    out = []
     ctc_lp = model.ctc(memory).log_softmax(-1) if (model.ctc is not None and ctc_w > 0) else None
-    for b in range(memory.size(0)):
-        m, p = memory[b: b + 1, : enc_lens[b]], pad[b: b + 1, : enc_lens[b]]
-        scorer = CTCPrefixScorer(ctc_lp[b, : enc_lens[b]], blank=0, eos=model.eos) if ctc_lp is not None else None
-
-        def step(prefixes: torch.Tensor, m=m, p=p) -> torch.Tensor:
-            n = prefixes.size(0)
-            return model.decode_step(m.expand(n, -1, -1), p.expand(n, -1), prefixes)[:, -1]
-
-        out.append(attention_beam_search(step, model.sos, model.eos, max_len, beam=beam, ctc=scorer,
-                                         ctc_weight=ctc_w if scorer is not None else 0.0))
-    return out
+    return beam_each(memory, pad, enc_lens, lambda m, p, ys: model.decode_step(m, p, ys)[:, -1], model.sos,
+                     model.eos, max_len, beam,
+                     scorer=(lambda b: CTCPrefixScorer(ctc_lp[b, : enc_lens[b]], blank=0, eos=model.eos))
+                     if ctc_lp is not None else None, ctc_weight=ctc_w)
 
 
 SEED000_MONO = dict(hidden_dim=256, attention_heads=4, linear_units=2048, eblocks=12, edropout=0.1,

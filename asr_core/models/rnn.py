@@ -14,12 +14,15 @@ import torch
 import torch.nn as nn
 
 
-def reverse_within(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """(B, T, C) -> each row's first ``lens[b]`` frames reversed, padding left in place.
-    The permutation is its own inverse."""
-    T = x.size(1)
-    t = torch.arange(T, device=x.device)[None]  # (1, T)
-    idx = torch.where(t < lens[:, None], lens[:, None] - 1 - t, t)  # (B, T)
+def reversal_index(lens: torch.Tensor, T: int) -> torch.Tensor:
+    """(B,) -> (B, T) gather index reversing each row's first ``lens[b]`` frames, padding left in
+    place. The permutation is its own inverse."""
+    t = torch.arange(T, device=lens.device)[None]  # (1, T)
+    return torch.where(t < lens[:, None], lens[:, None] - 1 - t, t)
+
+
+def reverse_within(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) gathered along time by a ``reversal_index``."""
     return x.gather(1, idx[..., None].expand(-1, -1, x.size(2)))
 
 
@@ -34,6 +37,6 @@ class BiLSTM(nn.Module):
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """(B, T, C), (B,) -> (B, T, 2H); frames past ``lens`` hold values nobody should read."""
         f, _ = self.fwd(x)  # (B, T, H): the forward direction never sees later padding
-        lens = lens.to(x.device)
-        b, _ = self.bwd(reverse_within(x, lens))  # (B, T, H)
-        return torch.cat([f, reverse_within(b, lens)], -1)
+        idx = reversal_index(lens.to(x.device), x.size(1))  # one index for both gathers
+        b, _ = self.bwd(reverse_within(x, idx))  # (B, T, H)
+        return torch.cat([f, reverse_within(b, idx)], -1)

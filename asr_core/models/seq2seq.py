@@ -15,10 +15,10 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from asr_core.decoding import attention_beam_search, ctc_loss, greedy_ctc
+from asr_core.decoding import ctc_loss, greedy_ctc
 from asr_core.models import Family
 from asr_core.models.rnn import BiLSTM
-from asr_core.models.seq_common import add_sos_eos, smoothed_ce, strip_eos
+from asr_core.models.seq_common import add_sos_eos, beam_each, smoothed_ce, strip_eos
 
 
 @dataclass
@@ -146,16 +146,8 @@ def decode(model: Seq2Seq, batch, tokenizer=None, **overrides) -> list[list[int]
     beam = int(overrides.get("beam_size", model.cfg.beam_size))
     if beam <= 1:
         return model.greedy(enc, pad, max_len)
-    out = []
-    for b in range(enc.size(0)):
-        e, p = enc[b: b + 1, : enc_lens[b]], pad[b: b + 1, : enc_lens[b]]
-
-        def step(prefixes: torch.Tensor, e=e, p=p) -> torch.Tensor:
-            n = prefixes.size(0)
-            return model.decode_steps(e.expand(n, -1, -1), p.expand(n, -1), prefixes)[:, -1]
-
-        out.append(attention_beam_search(step, model.sos, model.eos, max_len, beam=beam))
-    return out
+    return beam_each(enc, pad, enc_lens, lambda e, p, ys: model.decode_steps(e, p, ys)[:, -1], model.sos, model.eos,
+                     max_len, beam)
 
 
 PRESETS = {

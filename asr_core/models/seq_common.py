@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from asr_core.decoding import CTCPrefixScorer, attention_beam_search
+
 IGNORE = -1  # target positions that carry no loss
 
 
@@ -53,6 +55,28 @@ def batched_greedy(step: Callable[[torch.Tensor], torch.Tensor], sos: int, eos: 
         if bool(done.all()):
             break
     return [row[1:].tolist() for row in ys]
+
+
+def beam_each(memory: torch.Tensor, pad: torch.Tensor, lens: torch.Tensor,
+              step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], sos: int, eos: int,
+              max_len: int, beam: int, scorer: Callable[[int], CTCPrefixScorer | None] | None = None,
+              ctc_weight: float = 0.0) -> list[list[int]]:
+    """Attention beam search, one utterance at a time, over a batch's encoder output
+    ``memory`` (B, T, D) with padding mask ``pad`` (B, T). ``step(memory (N, T, D), pad (N, T),
+    prefixes (N, L)) -> (N, V)`` next-token log-probs; ``scorer(b)`` gives utterance b's CTC
+    prefix scorer for joint decoding, or None."""
+    out = []
+    for b in range(memory.size(0)):
+        m, p = memory[b: b + 1, : lens[b]], pad[b: b + 1, : lens[b]]
+        ctc = scorer(b) if scorer is not None else None
+
+        def fn(prefixes: torch.Tensor, m=m, p=p) -> torch.Tensor:
+            n = prefixes.size(0)
+            return step(m.expand(n, -1, -1), p.expand(n, -1), prefixes)
+
+        out.append(attention_beam_search(fn, sos, eos, max_len, beam=beam, ctc=ctc,
+                                         ctc_weight=ctc_weight if ctc is not None else 0.0))
+    return out
 
 
 def strip_eos(ids: list[int], eos: int) -> list[int]:
