@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 export SPEECHTUNE_CACHE ?= $(CURDIR)/.cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-bilingual test install benchmark clean
+.PHONY: demo demo-bilingual demo-seeds test install benchmark clean
+SEEDS := seed000_mono seed000_bilingual seed001_presets seed002_staged seed003_convergence seed004_crnn
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,13 @@ demo: $(STAMP)
 # conformer_aed on English + Persian: one CPU-sized run that reports val_wer and val_lid_acc
 demo-bilingual: $(STAMP)
 	$(VENV)/bin/speechtune tune tune_jobs/jobs/conformer_bilingual_cpu.yaml --report-dir reports/bilingual
+
+# every seed's job at its CPU profile, one after the other (reports in reports/seeds/NAME)
+demo-seeds: $(STAMP)
+	set -e; for j in $(SEEDS); do \
+	  echo "== $$j"; \
+	  $(VENV)/bin/speechtune tune tune_jobs/jobs/$$j.yaml --profile cpu --report-dir reports/seeds/$$j; \
+	done
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=10

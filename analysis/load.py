@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 JOB_RECORD = "speechtune_job.json"  # written by tune_jobs.runner
 # every metric a family reports (asr_core.metrics, models/tts_acoustic.py, the loop)
 METRICS = ("val_cer", "val_wer", "val_loss", "train_loss", "val_char_acc", "val_seq_acc", "val_levenshtein",
-           "val_lid_acc", "val_mel_loss", "val_stop_acc", "val_att_diag", "steps_to_target")
+           "val_lid_acc", "val_mel_loss", "val_stop_acc", "val_att_diag", "steps_to_target", "val_mel_loss_auc")
 LOWER_IS_BETTER = {"val_cer", "val_wer", "val_loss", "train_loss", "val_levenshtein", "val_mel_loss",
-                   "steps_to_target"}
+                   "steps_to_target", "val_mel_loss_auc"}
 
 
 def read_job_record(exp_dir: str | os.PathLike) -> dict:
@@ -71,6 +71,43 @@ def _read_results(path: Path) -> list[dict]:
     return rows
 
 
+def _with_progress_csv(rows: list[dict], csv: Path) -> list[dict]:
+    """Ray 2.60 restores a retried trial's result.json from the storage copy, which lags the
+    driver's own; reports made between the last sync and the failure vanish from it, but not from
+    progress.csv. The epochs missing before the first report are taken from there."""
+    first = rows[0].get("epoch") if rows else None
+    if not csv.is_file() or (rows and (first is None or first <= 1)):
+        return rows
+    try:
+        prog = pd.read_csv(csv)
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        log.warning("%s: unreadable (%s)", csv, e)
+        return rows
+    if "epoch" not in prog:
+        return rows
+    before = prog[prog.epoch < (first if first is not None else math.inf)]
+    lost = [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+            for r in before.to_dict("records")]
+    if lost:
+        log.warning("%s: epochs %s missing from result.json were read from progress.csv",
+                    csv.parent, [r["epoch"] for r in lost])
+    return lost + rows
+
+
+def _lineage(rows: list[dict]) -> list[dict]:
+    """The reports on the line of the trial's final model. A trial restored from a checkpoint
+    (resumed experiment, retried worker, PBT exploit) reports ``restored_from_epoch``; reports it
+    made after that epoch before the restore belong to a run that was lost (the driver died
+    before Tune saved their checkpoint) and are re-run, so they are dropped, not counted twice."""
+    out: list[dict] = []
+    for r in rows:
+        back = r.get("restored_from_epoch")
+        if back is not None and out:
+            out = [o for o in out if (o.get("epoch") or 0) <= back]
+        out.append(r)
+    return out
+
+
 def _flatten_config(params: dict) -> dict:
     cfg = params.get("train_loop_config", params)
     return {k: v for k, v in cfg.items() if not isinstance(v, (dict, list))}
@@ -84,15 +121,35 @@ def _num(v) -> float:
     return f
 
 
+def _meets(row: dict, require: dict) -> bool:
+    for m, bound in require.items():
+        v = _num(row.get(m))
+        if math.isnan(v) or ("min" in bound and v < bound["min"]) or ("max" in bound and v > bound["max"]):
+            return False
+    return True
+
+
 def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (trials, history). One row per trial / per reported epoch."""
-    exp_dir = Path(exp_dir)
+    """Return (trials, history). One row per trial / per reported epoch.
+
+    ``exp_dir`` may be an object-store URI (``s3://...``): it is read through a local copy.
+    Cost columns: ``cost_wall_s`` (the trial's wall time, all its runs), ``cost_cpu_s`` (CPU
+    seconds its workers used), ``cost_cpu_reserved_s`` / ``cost_gpu_s`` (wall time x the CPUs /
+    GPUs the trial held) and ``time_to_target_s`` (wall time until ``steps_to_target`` was met).
+    A job's ``require`` bounds (``val_lid_acc >= 0.9``) decide which epochs may count for the
+    ranking metric: a trial with none is ranked last and marked ``feasible`` False.
+    """
+    from analysis import store
+
+    exp_dir = store.local_copy(exp_dir)
     if not exp_dir.is_dir():
         raise FileNotFoundError(f"experiment directory not found: {exp_dir}")
     record = read_job_record(exp_dir)
     metric = record.get("metric", "val_cer")
     mode = record.get("mode", "min")
     metrics = tuple(dict.fromkeys((*METRICS, metric)))
+    require = record.get("require") or {}
+    res = record.get("resources") or {}
     statuses = _tune_statuses(exp_dir)
     trials, history = [], []
     for tdir in _trial_dirs(exp_dir):
@@ -101,12 +158,14 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         except (OSError, json.JSONDecodeError) as e:
             log.warning("%s: unreadable params.json (%s); trial skipped", tdir, e)
             continue
-        cfg = _flatten_config(params)
-        rows = _read_results(tdir / "result.json")
+        cfg = {**_flatten_config(record.get("params") or {}), **_flatten_config(params)}
+        rows = _lineage(_with_progress_csv(_read_results(tdir / "result.json"), tdir / "progress.csv"))
         trial_id = rows[0].get("trial_id") if rows else tdir.name.split("_")[1] if "_" in tdir.name else tdir.name
         for r in rows:
             history.append({"trial": tdir.name, "trial_id": trial_id, "epoch": r.get("epoch", r.get("training_iteration")),
-                            **{k: _num(r.get(k)) for k in (*metrics, "epoch_time_s", "utts_per_s", "lr")},
+                            **{k: _num(r.get(k)) for k in (*metrics, "epoch_time_s", "utts_per_s", "lr", "cpu_s",
+                                                           "time_this_iter_s", "restored_from_epoch")},
+                            "restored_from_trial": r.get("restored_from_trial"),
                             "time_total_s": _num(r.get("time_total_s"))})
         err_file = tdir / "error.txt"
         error = err_file.read_text(errors="replace").strip().splitlines()[-1] if err_file.is_file() else ""
@@ -119,10 +178,12 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
             status = "diverged"
             error = (f"loss became {last.get('diverged_value')} at step {last.get('diverged_step')} "
                      f"(epoch {last.get('epoch')})")
+        elif planned is not None and last_epoch >= int(planned) and tune_status != "ERROR":
+            status = "finished"  # an error before it was retried (max_failures) stays in ``error``
+            if error:
+                error = f"retried after: {error}"
         elif error or tune_status == "ERROR":
             status = "failed"
-        elif planned is not None and last_epoch >= int(planned):
-            status = "finished"
         elif tune_status == "TERMINATED":
             status = "early-stopped"
         else:
@@ -130,8 +191,19 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         row = {"trial": tdir.name, "trial_id": trial_id, "status": status, "error": error,
                "epochs_run": last_epoch, "epochs_planned": planned,
                "time_total_s": _num(rows[-1].get("time_total_s")) if rows else math.nan}
+        wall = [_num(r.get("time_this_iter_s")) for r in rows]
+        row["cost_wall_s"] = math.fsum(w for w in wall if not math.isnan(w)) if rows else math.nan
+        row["cost_cpu_s"] = math.fsum(c for c in (_num(r.get("cpu_s")) for r in rows) if not math.isnan(c)) \
+            if any("cpu_s" in r for r in rows) else math.nan
+        row["cost_cpu_reserved_s"] = row["cost_wall_s"] * _num(res.get("cpus_per_trial"))
+        row["cost_gpu_s"] = row["cost_wall_s"] * _num(res.get("gpus_per_trial"))
+        hit = [i for i, r in enumerate(rows) if not math.isnan(_num(r.get("steps_to_target")))]
+        row["time_to_target_s"] = math.fsum(w for w in wall[:hit[0] + 1] if not math.isnan(w)) if hit else math.nan
+        row["exploits"] = sum(1 for r in rows if r.get("restored_from_trial") not in (None, "", trial_id))
+        row["feasible"] = any(_meets(r, require) for r in rows) if require else True
         for m in metrics:
-            vals = [(_num(r.get(m)), r.get("epoch")) for r in rows if not math.isnan(_num(r.get(m)))]
+            ok = (lambda r: _meets(r, require)) if (m == metric and require) else (lambda r: True)
+            vals = [(_num(r.get(m)), r.get("epoch")) for r in rows if not math.isnan(_num(r.get(m))) and ok(r)]
             if vals:
                 lower = (mode == "min") if m == metric else m in LOWER_IS_BETTER
                 pick = min(vals) if lower else max(vals)
@@ -161,9 +233,12 @@ def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode:
     best, best_val = None, None
     for meta_path in exp_dir.glob("*/checkpoint_*/meta.json"):
         try:
-            v = _num(json.loads(meta_path.read_text())["metrics"].get(metric))
+            ms = json.loads(meta_path.read_text())["metrics"]
         except (OSError, json.JSONDecodeError, KeyError):
             continue
+        if not _meets(ms, record.get("require") or {}):
+            continue  # a checkpoint that misses a required bound cannot be the best
+        v = _num(ms.get(metric))
         if math.isnan(v):
             continue
         if best_val is None or (v < best_val if mode == "min" else v > best_val):

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,26 +23,63 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-def cmd_tune(a) -> int:
-    from analysis.load import best_checkpoint
-    from analysis.report import write_report
-    from asr_core.evaluate import evaluate
-    from tune_jobs.runner import run_tune
-    from tune_jobs.spec import load_job
+def load_for_tune(a):
+    """The job to run: a job file (with ``--profile``), or the job recorded in ``--resume EXP``."""
+    import json
 
-    job = load_job(a.job)
+    from analysis import store
+    from tune_jobs.spec import job_from_dict, load_job
+    from tune_jobs.yamlio import Locator
+
+    if a.job:
+        job = load_job(a.job, profile=a.profile)
+    elif isinstance(a.resume, str):
+        exp = a.resume.rstrip("/")
+        text = store.read_text(store.join(exp, "speechtune_job.json")) or store.read_text(store.join(exp, "study.json"))
+        if text is None:
+            raise InputError(exp, "not an experiment or study directory of speechtune (no speechtune_job.json "
+                                  "or study.json)")
+        rec = json.loads(text)
+        job = job_from_dict(rec["job"], Locator(exp, {}), exp)
+        job.profile = rec.get("profile", "")
+        if "study" not in rec and not rec.get("phase"):  # a single job: its experiment is EXP itself
+            job.storage_path, job.name = exp.rsplit("/", 1) if "/" in exp else (".", exp)
+        elif rec.get("phase"):
+            raise InputError(exp, "this is one phase of a study: resume the study directory (its parent) instead")
+    else:
+        raise InputError("speechtune tune", "give a job file, or --resume EXPERIMENT_DIR")
     if a.skip_bad:
         job.data.skip_bad = True
     if a.storage:
         job.storage_path = a.storage
+    return job
+
+
+def cmd_tune(a) -> int:
+    from analysis.load import best_checkpoint
+    from analysis.report import write_report, write_study_report
+    from analysis import store
+    from asr_core.evaluate import evaluate
+    from asr_core.models import get_family
+    from tune_jobs.runner import run_tune
+    from tune_jobs.study import run_study, study_uri
+
+    job = load_for_tune(a)
     t0 = time.time()
-    results, exp_dir, manifests = run_tune(job, address=a.address, num_cpus=a.num_cpus, resume=a.resume)
+    if job.phases:
+        summaries = run_study(job, address=a.address, num_cpus=a.num_cpus)
+        ran = [s for s in summaries if s["ran"]]
+        print(f"study finished in {time.time() - t0:.0f} s: {len(ran)} phase(s) run, "
+              f"{len(summaries) - len(ran)} skipped (done before)")
+        print(f"study report: {write_study_report(study_uri(job), a.report_dir)}")
+        return 0
+    results, exp_dir, manifests = run_tune(job, address=a.address, num_cpus=a.num_cpus, resume=bool(a.resume))
     elapsed = time.time() - t0
     errors = sum(1 for r in results if r.error)
     print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {errors} failed; experiment: {exp_dir}")
     extra = {"search wall time": f"{elapsed:.0f} s"}
-    if job.test_eval and "test" in manifests:
-        best = best_checkpoint(exp_dir, job.metric, job.mode)
+    if job.test_eval and "test" in manifests and get_family(job.family).decode is not None:
+        best = best_checkpoint(store.local_copy(exp_dir, skip_checkpoints=False), job.metric, job.mode)
         ev = evaluate(str(best), manifests["test"], progress=False)
         extra.update({"best checkpoint": f"`{best}` (epoch {ev['epoch']})",
                       "test CER": f"{100 * ev['cer']:.2f}% on {ev['utterances']} test utterances "
@@ -131,9 +166,13 @@ def cmd_describe(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from analysis.report import write_report
+    from analysis import store
+    from analysis.report import write_report, write_study_report
 
-    print(f"report: {write_report(a.exp_dir, a.out)}")
+    if store.exists(store.join(a.exp_dir, "study.json")):
+        print(f"study report: {write_study_report(a.exp_dir, a.out)}")
+    else:
+        print(f"report: {write_report(a.exp_dir, a.out)}")
     return 0
 
 
@@ -141,11 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speechtune", description="Tune speech models on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser("tune", help="run a tuning job file")
-    t.add_argument("job")
+    t = sub.add_parser("tune", help="run a tuning job file (a search, or a staged study)")
+    t.add_argument("job", nargs="?", help="job file (tune_jobs/jobs/*.yaml)")
+    t.add_argument("--profile", help="one of the job's profiles (cpu, smoke, ...)")
     t.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     t.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
-    t.add_argument("--resume", action="store_true", help="continue the job's interrupted experiment")
+    t.add_argument("--resume", nargs="?", const=True, metavar="EXP",
+                   help="continue an interrupted experiment (searcher state included): EXP, or the job's own")
     t.add_argument("--skip-bad", action="store_true", help="skip bad manifest rows and report how many")
     t.add_argument("--storage", help="override the job's storage_path")
     t.add_argument("--report-dir", help="where report.md goes (default: the experiment directory)")

@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import tune_jobs  # noqa: F401  (sets RAY_TRAIN_V2_ENABLED before ray.train loads)
+from analysis import store
 from asr_core.data.synth import default_cache_dir, ensure_corpus
 from asr_core.errors import InputError
 from asr_core.train.config import split_params
@@ -14,6 +16,7 @@ from asr_core.train.data import prepare_data
 from asr_core.train.loop import train_loop_per_worker
 from cluster.local import init_ray
 from tune_jobs.registry import make_scheduler, make_searcher
+from tune_jobs.space import parse_space
 from tune_jobs.spec import JobSpec, ResourcesSpec
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,7 @@ def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, st
         trainer_resources={"CPU": 0}, placement_strategy=res.placement_strategy,
     )
     run_config = RunConfig(
-        name=name, storage_path=os.path.abspath(storage_path) if "://" not in storage_path else storage_path,
+        name=name, storage_path=storage_path if store.is_remote(storage_path) else os.path.abspath(storage_path),
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                            checkpoint_score_order=mode),
         failure_config=FailureConfig(max_failures=max_failures),
@@ -77,7 +80,7 @@ def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, st
     if resume_from:
         from ray.train import Checkpoint
 
-        resume = Checkpoint.from_directory(resume_from)
+        resume = Checkpoint(resume_from) if store.is_remote(resume_from) else Checkpoint.from_directory(resume_from)
     return TorchTrainer(train_loop_per_worker, train_loop_config=params, scaling_config=scaling,
                         run_config=run_config, resume_from_checkpoint=resume)
 
@@ -95,50 +98,93 @@ def check_fits(res: ResourcesSpec, where: str) -> None:
                                     f"cluster has {total.get(k, 0):g}")
 
 
+def can_resume(exp_uri: str) -> bool:
+    from ray.tune import Tuner
+
+    return store.exists(exp_uri) and Tuner.can_restore(exp_uri)
+
+
 def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = None, resume: bool = False,
-             cache_dir: str | None = None, progress: bool = True):
+             cache_dir: str | None = None, progress: bool = True, phase: dict | None = None):
+    """Run one job (or one phase of a study). ``resume`` continues the job's interrupted
+    experiment, searcher state included; without it an existing experiment of the same name is
+    left alone and the new one gets a timestamped name. ``phase`` (from tune_jobs.study) carries
+    the values chosen by earlier phases, with their provenance, and a checkpoint to start from."""
     from ray import tune
     from ray.tune import Tuner
 
     cache_dir = cache_dir or str(default_cache_dir())
+    phase = phase or {}
     manifests = resolve_data(job, cache_dir)
     params = base_params(job, manifests, cache_dir)
+    if phase.get("init_checkpoint"):
+        params["finetune"] = True
     check_and_cache(params, progress=progress)
     init_ray(address, num_cpus=num_cpus)
     check_fits(job.resources, f"{job.path} (resources)")
-    storage = os.path.abspath(job.storage_path)
-    exp_dir = os.path.join(storage, job.name)
+    storage = job.storage_path if store.is_remote(job.storage_path) else os.path.abspath(job.storage_path)
+    name = job.name
+    exp_uri = store.join(storage, name)
+    if resume and not can_resume(exp_uri):
+        raise InputError(exp_uri, "nothing to resume here (no Tune experiment state)")
+    if not resume and store.exists(exp_uri) and can_resume(exp_uri):
+        name = f"{job.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+        print(f"experiment {exp_uri} exists (resume it with --resume); this run is {name}")
+        exp_uri = store.join(storage, name)
     trainer = make_trainer(params, job.resources, metric=job.metric, mode=job.mode, storage_path=storage,
-                           name=job.name, max_failures=job.max_failures)
+                           name=name, max_failures=job.max_failures, resume_from=phase.get("init_checkpoint"))
     if resume:
-        tuner = Tuner.restore(exp_dir, trainable=trainer, resume_unfinished=True, resume_errored=True)
+        tuner = Tuner.restore(exp_uri, trainable=trainer, resume_unfinished=True, resume_errored=True)
     else:
         sched = dict(job.scheduler)
-        searcher = make_searcher(job.searcher.name, metric=job.metric, mode=job.mode, seed=job.searcher.seed,
-                                 points=[{"train_loop_config": p} for p in job.searcher.points_to_evaluate],
-                                 max_concurrent=job.max_concurrent)
+        fixed = split_params(params, where=job.path).params
+        trials = {n: {k: v for k, v in p.items() if v is not None} for n, p in job.trials.items()}
+        searcher, space = None, {}
+        if sched.get("name") == "pbt":  # Tune's PBT takes only its own variant generator
+            from ray.tune.search import BasicVariantGenerator
+
+            searcher = BasicVariantGenerator(points_to_evaluate=[{"train_loop_config": p} for p in job.points()]
+                                             or None, random_state=job.searcher.seed,
+                                             max_concurrent=job.max_concurrent)
+            space = {"train_loop_config": job.tune_space()}
+        searcher = searcher or make_searcher(job.searcher.name, metric=job.metric, mode=job.mode, seed=job.searcher.seed,
+                                 space=job.tune_space(), grid=job.grid_values(), trials=trials, points=job.points(),
+                                 constraints=job.constraints, fixed=fixed, max_concurrent=job.max_concurrent,
+                                 repeats=job.repeats)
+        if sched.get("name") == "pbt":
+            sched["hyperparam_mutations"] = parse_space(sched["hyperparam_mutations"], lambda k: job.path)
         scheduler = make_scheduler(sched.pop("name"), metric=job.metric, mode=job.mode, **sched)
         tuner = Tuner(
             trainer,
-            param_space={"train_loop_config": job.tune_space()},
+            param_space=space,
             tune_config=tune.TuneConfig(num_samples=job.num_trials, search_alg=searcher, scheduler=scheduler,
                                         max_concurrent_trials=job.max_concurrent),
-            run_config=tune.RunConfig(name=job.name, storage_path=storage, verbose=1 if progress else 0,
-                                      failure_config=tune.FailureConfig(max_failures=job.max_failures)),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress else 0,
+                                      failure_config=tune.FailureConfig(max_failures=job.max_failures),
+                                      # Tune restores a retried or exploited trial's result.json from
+                                      # the storage copy; syncing every few seconds (default 300)
+                                      # keeps reports from vanishing (analysis.load also repairs it)
+                                      sync_config=tune.SyncConfig(sync_period=5 if not store.is_remote(storage)
+                                                                  else 30)),
         )
-        _write_record(exp_dir, job, manifests, params)
-    return tuner.fit(), exp_dir, manifests
+        write_record(exp_uri, job, manifests, params, phase)
+    return tuner.fit(), exp_uri, manifests
 
 
-def _write_record(exp_dir: str, job: JobSpec, manifests: dict, params: dict) -> None:
-    """What the analysis needs and cannot infer from Tune's files (read by analysis.load)."""
-    os.makedirs(exp_dir, exist_ok=True)
+def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phase: dict | None = None) -> None:
+    """What the analysis needs and cannot infer from Tune's files (read by analysis.load), and
+    the job itself, so that ``speechtune tune --resume EXP`` needs nothing else."""
+    res = job.resources
     record = {"job_file": job.path, "name": job.name, "family": job.family, "preset": job.preset,
-              "metric": job.metric, "mode": job.mode, "epochs": params.get("epochs"),
-              "search_space": job.search_space, "manifests": manifests, "num_trials": job.num_trials,
-              "scheduler": job.scheduler, "searcher": job.searcher.name}
-    with open(os.path.join(exp_dir, JOB_RECORD), "w") as f:
-        json.dump(record, f, indent=1, ensure_ascii=False)
+              "profile": job.profile, "metric": job.metric, "mode": job.mode, "epochs": params.get("epochs"),
+              "search_space": job.search_space, "trials": job.trials, "tuned": job.tuned_keys(),
+              "constraints": job.constraints, "require": job.require, "manifests": manifests,
+              "num_trials": job.num_trials, "scheduler": job.scheduler, "searcher": job.searcher.name,
+              "resources": {"num_workers": res.num_workers, "cpus_per_trial": res.num_workers * res.cpus_per_worker,
+                            "gpus_per_trial": res.num_workers * res.gpus_per_worker},
+              "params": params,  # every trial's base config; a trial's params.json holds what it varied
+              "phase": phase or {}, "job": job.raw}
+    store.write_text(store.join(exp_uri, JOB_RECORD), json.dumps(record, indent=1, ensure_ascii=False, default=str))
 
 
 def run_train(params: dict, res: ResourcesSpec, storage_path: str, name: str, address: str | None = None,

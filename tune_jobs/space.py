@@ -23,6 +23,7 @@ def _num(v: Any, where: str) -> float:
 
 
 def parse_space(space: dict, locate: Callable[[str], str]) -> dict:
+    """Tune domains of every dimension (grid dimensions as ``tune.grid_search``)."""
     from ray import tune
 
     out = {}
@@ -61,3 +62,9 @@ def parse_space(space: dict, locate: Callable[[str], str]) -> dict:
 
 def has_grid(space: dict) -> bool:
     return any(isinstance(s, dict) and "grid" in s for s in space.values())
+
+
+def split_grid(space: dict) -> tuple[dict, dict[str, list]]:
+    """(written dimensions that are sampled, {name: values} of grid dimensions)."""
+    grid = {k: list(v["grid"]) for k, v in space.items() if isinstance(v, dict) and "grid" in v}
+    return {k: v for k, v in space.items() if k not in grid}, grid

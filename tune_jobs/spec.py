@@ -1,8 +1,12 @@
 """Job files: YAML validated into a JobSpec before any trial starts.
 
-Every error names the file, the line and the key. The whole trial config (base params and
-every search dimension) is checked against the family's dataclasses up front, so a typo in a
-parameter name fails here, not in trial 7 after an hour.
+Every error names the file, the line and the key. The whole trial config (base params, every
+search dimension, every named trial, every phase) is checked against the family's dataclasses up
+front, so a typo in a parameter name fails here, not in trial 7 after an hour.
+
+A job may carry ``profiles`` (overlays such as ``cpu`` or ``smoke``, chosen with ``--profile``)
+and ``phases`` (a staged study: each phase overlays the job, and ``<OPT>`` in a phase stands for
+the best value carried in from the phases before it; see ``tune_jobs.study``).
 """
 from __future__ import annotations
 
@@ -10,10 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import copy
+import dataclasses
+
 from asr_core.config import from_dict
 from asr_core.errors import InputError
+from tune_jobs import expr
 from tune_jobs.registry import SCHEDULER_OPTIONS, SCHEDULERS, SEARCHERS
-from tune_jobs.space import has_grid, parse_space
+from tune_jobs.space import has_grid, parse_space, split_grid
 from tune_jobs.yamlio import Locator, load_with_lines
 
 
@@ -39,6 +47,8 @@ class DataSpec:
 class SearcherSpec:
     name: str = "hyperopt"
     seed: int = 0
+    # first configs to try: mappings of search-space values, or a preset's name (its values of
+    # the searched keys: TPE seeded with the seed's presets)
     points_to_evaluate: list = field(default_factory=list)
 
     def validate(self) -> None:
@@ -79,21 +89,196 @@ class JobSpec:
     storage_path: str
     max_failures: int
     test_eval: bool
+    trials: dict = field(default_factory=dict)  # named trials: name -> params (seed 001's experiments)
+    constraints: list = field(default_factory=list)  # expressions every trial config must satisfy
+    require: dict = field(default_factory=dict)  # metric -> {min: x} / {max: x}: a trial below cannot win
+    phases: list = field(default_factory=list)  # a staged study's phases, as written
+    init_from: str = ""  # "best": start every trial from the previous phase's best checkpoint
+    repeats: int = 1  # grid / named trials: how many times each combination runs
+    profile: str = ""
+    raw: dict = field(default_factory=dict)  # the job as loaded (profile applied), for records and resume
 
     def tune_space(self) -> dict:
-        return parse_space(self.search_space, Locator(self.path, {}))
+        """Tune domains of the sampled dimensions (grid dimensions: ``grid_values``)."""
+        return parse_space(split_grid(self.search_space)[0], Locator(self.path, {}))
+
+    def grid_values(self) -> dict[str, list]:
+        return split_grid(self.search_space)[1]
+
+    def tuned_keys(self) -> list[str]:
+        """What this job (phase) chooses: its search dimensions and what its named trials set."""
+        keys = dict.fromkeys(self.search_space)
+        for p in self.trials.values():
+            keys.update(dict.fromkeys(k for k in p if k != "preset"))
+        return list(keys)
+
+    def points(self) -> list[dict]:
+        """``points_to_evaluate`` with preset names expanded to the preset's searched values."""
+        from asr_core.models import get_family
+
+        out = []
+        presets = get_family(self.family).presets
+        for p in self.searcher.points_to_evaluate:
+            if isinstance(p, str):
+                out.append({k: presets[p][k] for k in self.search_space if k in presets[p]})
+            else:
+                out.append(dict(p))
+        return out
 
 
 TOP_KEYS = {"name", "family", "preset", "data", "params", "search_space", "searcher", "scheduler",
             "metric", "mode", "num_trials", "max_concurrent", "resources", "storage_path", "max_failures",
-            "test_eval"}
+            "test_eval", "trials", "constraints", "require", "profiles", "phases", "init_from", "description"}
+PHASE_KEYS = {"name", "params", "search_space", "trials", "constraints", "searcher", "scheduler", "metric", "mode",
+              "num_trials", "max_concurrent", "resources", "init_from", "description", "require", "max_failures"}
+OPT_PLACEHOLDER = "<OPT>"
 
 
-def load_job(path: str | Path) -> JobSpec:
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_job(path: str | Path, profile: str | None = None) -> JobSpec:
+    """Read and check a job file; ``profile`` overlays one of its ``profiles`` first."""
+    data, lines = load_with_lines(path)
+    return job_from_dict(data, Locator(path, lines), str(path), profile)
+
+
+def job_from_dict(data: dict, loc: Locator, path: str, profile: str | None = None) -> JobSpec:
+    data = copy.deepcopy(data)
+    profiles = data.pop("profiles", None) or {}
+    if not isinstance(profiles, dict):
+        raise InputError(loc("profiles"), "'profiles' must be a mapping of name -> overrides")
+    if profile:
+        if profile not in profiles:
+            raise InputError(loc("profiles"), f"unknown profile '{profile}' (this job has: {sorted(profiles) or 'none'})")
+        over = copy.deepcopy(profiles[profile])
+        phase_over = over.pop("phases", {}) or {}
+        data = deep_merge(data, over)
+        loc = loc.within(f"profiles.{profile}.")
+        if phase_over:
+            names = [ph.get("name") for ph in data.get("phases") or []]
+            for pname, pover in phase_over.items():
+                if pname not in names:
+                    raise InputError(loc(f"phases.{pname}"), f"profile '{profile}' overrides unknown phase "
+                                                              f"'{pname}' (phases: {names})")
+                i = names.index(pname)
+                data["phases"][i] = deep_merge(data["phases"][i], pover)
+    phases = data.pop("phases", None) or []
+    job = _build(data, loc, path)
+    job.profile, job.raw = profile or "", {**copy.deepcopy(data), **({"phases": phases} if phases else {})}
+    if phases:
+        if not isinstance(phases, list):
+            raise InputError(loc("phases"), "'phases' must be a list of phases")
+        seen: set[str] = set(job.params) | set(job.tuned_keys())
+        names: set[str] = set()
+        for i, ph in enumerate(phases):
+            ploc = loc.within(*(f"{p}phases.{i}." for p in loc.prefixes))
+            if profile:
+                ploc = ploc.within(f"profiles.{profile}.phases.{ph.get('name')}.")
+            if not isinstance(ph, dict) or "name" not in ph:
+                raise InputError(loc(f"phases.{i}"), "each phase is a mapping with a 'name'")
+            bad = sorted(set(ph) - PHASE_KEYS)
+            if bad:
+                raise InputError(ploc(bad[0]), f"unknown key '{bad[0]}' in a phase; known: {sorted(PHASE_KEYS)}")
+            if ph["name"] in names:
+                raise InputError(ploc("name"), f"two phases named '{ph['name']}'")
+            names.add(ph["name"])
+            if i == 0 and ph.get("init_from"):
+                raise InputError(ploc("init_from"), "the first phase has no previous phase to start from")
+            for k, v in _opt_values(ph).items():
+                missing = sorted(expr.opt_names(v, k) - seen)
+                if missing:
+                    raise InputError(ploc(k), f"'{v}' needs <OPT> of {missing}, which no earlier phase chooses "
+                                              f"and the job does not set")
+            sub = _build(phase_dict(data, ph, {k: None for k in seen}), ploc, path)
+            seen |= set(sub.tuned_keys()) | set(sub.params)
+        job.phases = phases
+    return job
+
+
+def _opt_values(ph: dict) -> dict[str, str]:
+    """Phase values that use <OPT>: params, and ``set`` expressions of generated trials."""
+    out = {k: v for k, v in (ph.get("params") or {}).items() if expr.is_opt(v)}
+    trials = ph.get("trials") or {}
+    if isinstance(trials, dict) and "expand" in trials:
+        out.update({k: v for k, v in (trials.get("set") or {}).items() if expr.is_opt(v)})
+    return out
+
+
+def phase_dict(job_data: dict, ph: dict, carried: dict[str, object]) -> dict:
+    """The job file's top level with phase ``ph`` laid over it and ``<OPT>`` resolved from
+    ``carried`` (key -> value; a None value only checks structure, as at load time)."""
+    from analysis.store import join
+
+    d = {k: copy.deepcopy(v) for k, v in job_data.items()
+         if k not in ("search_space", "trials", "constraints", "phases")}
+    base = {k: v for k, v in (job_data.get("params") or {}).items() if not expr.is_opt(v)}
+    carried = {**base, **carried}  # <OPT> of a key no phase chose is the job's own value
+    d["name"] = ph["name"]  # each phase is an experiment under storage_path/<study name>/
+    d["storage_path"] = join(str(job_data.get("storage_path", "experiments")), str(job_data.get("name", "study")))
+    params = {**(d.get("params") or {}), **{k: v for k, v in carried.items() if v is not None}}
+    for k, v in (ph.get("params") or {}).items():
+        if expr.is_opt(v):
+            if carried.get(k) is None and expr.opt_names(v, k) - {k for k, x in carried.items() if x is not None}:
+                continue  # load-time check: structure only
+            v = resolve_opt(v, k, carried)
+        params[k] = v
+    d["params"] = params
+    for k in ("search_space", "trials", "constraints", "searcher", "scheduler", "metric", "mode", "num_trials",
+              "max_concurrent", "resources", "init_from", "require", "max_failures"):
+        if k in ph:
+            d[k] = copy.deepcopy(ph[k])
+    trials = d.get("trials")
+    if isinstance(trials, dict) and "expand" in trials:
+        ready = all(x is not None for x in carried.values())
+        d["trials"] = expand_trials(trials, carried if ready else None, d.get("family"))
+    return d
+
+
+def resolve_opt(value: str, key: str, carried: dict) -> object:
+    """``"<OPT>"`` -> the carried value; an expression with <OPT> -> its value."""
+    if value.strip() == OPT_PLACEHOLDER:
+        return carried[key]
+    env = {f"__opt__{k}": v for k, v in carried.items()}
+    return expr.evaluate(expr.substitute_opt(value, key), env)
+
+
+def expand_trials(spec: dict, carried: dict | None, family: str | None = None) -> dict[str, dict]:
+    """``{expand: {k: [values]}, set: {k: expression}}`` -> named trials, one per combination.
+    Expanded keys that are no run parameter (``lr_mult``) only feed the expressions and the name.
+    With ``carried`` None (load time) expressions are checked for names, not evaluated."""
+    import itertools
+
+    grid = spec.get("expand") or {}
+    sets = spec.get("set") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ValueError("trials.expand must map each key to a non-empty list of values")
+    out = {}
+    for vals in itertools.product(*grid.values()):
+        combo = dict(zip(grid, vals))
+        name = ",".join(f"{k}={v}" for k, v in combo.items())
+        params = {k: v for k, v in combo.items() if _is_run_key(family, k)}
+        for k, e in sets.items():
+            if carried is None:
+                unknown = expr.names(expr.substitute_opt(str(e), k)) - set(combo) - {
+                    n for n in expr.names(expr.substitute_opt(str(e), k)) if n.startswith("__opt__")}
+                if unknown:
+                    raise ValueError(f"trials.set.{k}: unknown name(s) {sorted(unknown)} in {e!r}")
+                params[k] = None
+            else:
+                env = {**{f"__opt__{c}": v for c, v in carried.items()}, **combo}
+                params[k] = expr.evaluate(expr.substitute_opt(str(e), k), env)
+        out[name] = params
+    return out
+
+
+def _build(data: dict, loc: Locator, path: str) -> JobSpec:
     from asr_core.train.config import split_params
 
-    data, lines = load_with_lines(path)
-    loc = Locator(path, lines)
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
         raise InputError(loc(unknown[0]), f"unknown key '{unknown[0]}' in job file; known keys: {sorted(TOP_KEYS)}")
@@ -116,14 +301,29 @@ def load_job(path: str | Path) -> JobSpec:
 
     dspec = sub(DataSpec, "data")
     searcher = sub(SearcherSpec, "searcher")
+    if "name" not in (data.get("searcher") or {}) and not (data.get("search_space") or {}):
+        searcher.name = "random"  # nothing to model: TPE needs a space
     resources = sub(ResourcesSpec, "resources")
     params = data.get("params") or {}
     space_raw = data.get("search_space") or {}
     if not isinstance(params, dict):
         raise InputError(loc("params"), "'params' must be a mapping")
-    space = parse_space(space_raw, loc)
+    parse_space(space_raw, loc)
     if has_grid(space_raw) and searcher.name == "hyperopt":
         raise InputError(loc("searcher.name"), "grid dimensions need searcher 'random' or 'grid', not hyperopt")
+    trials_raw = data.get("trials") or {}
+    try:
+        trials = expand_trials(trials_raw, None, data["family"]) \
+            if isinstance(trials_raw, dict) and "expand" in trials_raw else trials_raw
+    except ValueError as e:
+        raise InputError(loc("trials"), str(e)) from None
+    if not isinstance(trials, dict) or not all(isinstance(v, dict) for v in trials.values()):
+        raise InputError(loc("trials"), "'trials' maps a trial name to its params "
+                                        "(or is {expand: {key: [values]}, set: {key: expression}})")
+    if trials and "searcher" not in data:
+        searcher.name = "grid"
+    if trials and searcher.name != "grid":
+        raise InputError(loc("searcher.name"), "named trials run with searcher 'grid'")
     sched = dict(data.get("scheduler") or {"name": "fifo"})
     sname = sched.pop("name", "fifo")
     if sname not in SCHEDULERS:
@@ -132,53 +332,115 @@ def load_job(path: str | Path) -> JobSpec:
     if bad:
         raise InputError(loc(f"scheduler.{bad[0]}"), f"unknown option '{bad[0]}' for scheduler {sname}; "
                                                       f"known: {sorted(SCHEDULER_OPTIONS[sname])}")
+    if sname == "pbt":
+        muts = sched.get("hyperparam_mutations")
+        if not isinstance(muts, dict) or not muts:
+            raise InputError(loc("scheduler.hyperparam_mutations"), "pbt needs hyperparam_mutations "
+                                                                     "(parameter -> distribution)")
+        parse_space(muts, lambda k: loc(f"scheduler.hyperparam_mutations.{k.split('.', 1)[-1]}"))
+        if searcher.name != "random" or trials or has_grid(space_raw) or data.get("constraints"):
+            raise InputError(loc("scheduler.name"), "pbt samples its population itself: use searcher 'random', "
+                                                    "no grid, named trials or constraints")
     try:
         from asr_core.models import get_family
 
         fam = get_family(str(data.get("family")))
         default_metric, default_mode = fam.default_metric, fam.default_mode
     except ValueError:  # reported with its line below
-        default_metric, default_mode = "val_cer", "min"
+        fam, default_metric, default_mode = None, "val_cer", "min"
     metric_name = str(data.get("metric", default_metric))
     mode = data.get("mode", default_mode if metric_name == default_metric else "min")
     if mode not in ("min", "max"):
         raise InputError(loc("mode"), f"mode must be 'min' or 'max', got {mode!r}")
+    require = data.get("require") or {}
+    if not isinstance(require, dict) or not all(isinstance(v, dict) and set(v) <= {"min", "max"} and v
+                                                 for v in require.values()):
+        raise InputError(loc("require"), "'require' maps a metric to {min: x} and/or {max: x}, "
+                                         "e.g. {val_lid_acc: {min: 0.9}}")
 
     # Check a representative trial config now: base params + one value per dimension.
     sample = {k: _representative(v) for k, v in space_raw.items()}
-    probe = {"family": data["family"], "train_manifest": "x", "dev_manifest": "x", **params, **sample}
+    fixed = {k: v for k, v in params.items() if not expr.is_opt(v)}
+    probe = {"family": data["family"], "train_manifest": "x", "dev_manifest": "x", **fixed, **sample}
     if data.get("preset") is not None:
         probe["preset"] = data["preset"]
-    for k in list(params) + list(sample):
-        try:
-            split_params({"family": data["family"], "preset": data.get("preset"), "train_manifest": "x",
-                          "dev_manifest": "x", k: probe[k]}, where=str(path))
-        except InputError as e:
-            section = "params" if k in params and k not in sample else "search_space"
-            raise InputError(loc(f"{section}.{k}"), e.message) from None
-        except ValueError as e:  # unknown family / preset
-            raise InputError(loc("family" if "family" in str(e) else "preset"), str(e)) from None
+    if sname == "pbt":
+        sample.update({k: _representative(v) for k, v in sched["hyperparam_mutations"].items()})
     try:
-        split_params(probe, where=str(path))
-    except InputError as e:
-        raise InputError(str(path), e.message) from None
-    except ValueError as e:
-        raise InputError(loc("family" if "family" in str(e) else "preset"), str(e)) from None
+        merged = split_params({**probe, **sample}, where=str(path)).params
+    except (InputError, ValueError) as whole:
+        # find the key to blame, so the error names its line
+        for k in list(fixed) + list(sample):
+            try:
+                split_params({"family": data["family"], "preset": data.get("preset"), "train_manifest": "x",
+                              "dev_manifest": "x", k: {**probe, **sample}[k]}, where=str(path))
+            except InputError as e:
+                section = "params" if k in fixed and k not in sample else (
+                    "search_space" if k in space_raw else "scheduler.hyperparam_mutations")
+                raise InputError(loc(f"{section}.{k}"), e.message) from None
+            except ValueError as e:  # unknown family / preset
+                raise InputError(loc("family" if "family" in str(e) else "preset"), str(e)) from None
+        if isinstance(whole, InputError):
+            raise InputError(str(path), whole.message) from None
+        raise InputError(loc("family" if "family" in str(whole) else "preset"), str(whole)) from None
+    for tname, tparams in trials.items():
+        try:
+            split_params({**probe, **{k: v for k, v in tparams.items() if v is not None}}, where=str(path))
+        except (InputError, ValueError) as e:
+            raise InputError(loc(f"trials.{tname}"), getattr(e, "message", str(e))) from None
+    constraints = data.get("constraints") or []
+    if not isinstance(constraints, list):
+        raise InputError(loc("constraints"), "'constraints' is a list of expressions")
+    known = set(merged) | set(space_raw) | {k for p in trials.values() for k in p}
+    for c in constraints:
+        try:
+            missing = expr.names(str(c)) - known
+        except expr.ExprError as e:
+            raise InputError(loc("constraints"), str(e)) from None
+        if missing:
+            raise InputError(loc("constraints"), f"constraint {c!r} names unknown parameter(s) {sorted(missing)}")
+    for i, p in enumerate(searcher.points_to_evaluate):
+        if isinstance(p, str) and (fam is None or p not in fam.presets):
+            raise InputError(loc("searcher.points_to_evaluate"),
+                             f"point {i}: unknown preset '{p}' (known: {sorted(fam.presets) if fam else []})")
 
     try:
-        num_trials = int(data.get("num_trials", 1))
         max_conc = int(data.get("max_concurrent", 1))
         max_failures = int(data.get("max_failures", 0))
+        num_trials = int(data.get("num_trials", 1))
+        repeats = 1
+        if trials or has_grid(space_raw):  # as in Tune: num_trials repeats the whole grid
+            from tune_jobs.searchers import grid_size
+
+            repeats = num_trials
+            num_trials = grid_size(split_grid(space_raw)[1], trials, searcher.points_to_evaluate) * repeats
     except (TypeError, ValueError) as e:
         raise InputError(str(path), f"num_trials/max_concurrent/max_failures must be integers ({e})") from None
+    init_from = str(data.get("init_from") or "")
+    if init_from not in ("", "best"):
+        raise InputError(loc("init_from"), f"init_from is 'best' (the previous phase's best checkpoint), got {init_from!r}")
     return JobSpec(
         path=str(path), name=str(data.get("name", Path(path).stem)), family=data["family"],
         preset=data.get("preset"), data=dspec, params=params, search_space=space_raw, searcher=searcher,
         scheduler={"name": sname, **sched}, metric=metric_name, mode=mode,
         num_trials=num_trials, max_concurrent=max_conc, resources=resources,
         storage_path=str(data.get("storage_path", "experiments")), max_failures=max_failures,
-        test_eval=bool(data.get("test_eval", True)),
+        test_eval=bool(data.get("test_eval", True)), trials=trials, constraints=[str(c) for c in constraints],
+        require=require, init_from=init_from, repeats=repeats,
     )
+
+
+def _is_run_key(family: str | None, key: str) -> bool:
+    """Is ``key`` a parameter of a run of ``family`` (else a helper of generated trials)?"""
+    from asr_core.models import get_family
+    from asr_core.train.config import _GROUPS, RESERVED
+
+    try:
+        fam = get_family(str(family))
+    except ValueError:
+        return True
+    return key in RESERVED or key in fam.config_keys() or any(
+        key in {f.name for f in dataclasses.fields(c)} for _, c in _GROUPS)
 
 
 def _representative(spec: Any) -> Any:

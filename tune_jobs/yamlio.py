@@ -31,20 +31,34 @@ def load_with_lines(path: str | Path) -> tuple[dict, dict[str, int]]:
                 key = f"{prefix}.{k.value}" if prefix else str(k.value)
                 lines[key] = k.start_mark.line + 1
                 walk(v, key)
+        elif isinstance(n, yaml.SequenceNode):  # phases.0.params.lr
+            for i, v in enumerate(n.value):
+                lines[f"{prefix}.{i}"] = v.start_mark.line + 1
+                walk(v, f"{prefix}.{i}")
 
     walk(node, "")
     return data, lines
 
 
 class Locator:
-    """Turns a dotted key into ``file:line (key)`` for error messages."""
+    """Turns a dotted key into ``file:line (key)`` for error messages. ``prefixes`` are tried in
+    order (a profile's or a phase's section before the top level), so a key overridden by a
+    profile points at the profile's line."""
 
-    def __init__(self, path: str | Path, lines: dict[str, int]):
-        self.path, self.lines = str(path), lines
+    def __init__(self, path: str | Path, lines: dict[str, int], prefixes: tuple[str, ...] = ("",)):
+        self.path, self.lines, self.prefixes = str(path), lines, prefixes
+
+    def within(self, *prefixes: str) -> "Locator":
+        return Locator(self.path, self.lines, (*prefixes, *self.prefixes))
 
     def __call__(self, key: str) -> str:
-        k = key
-        while k and k not in self.lines:
-            k = k.rpartition(".")[0]
-        line = self.lines.get(k)
-        return f"{self.path}:{line} ({key})" if line else f"{self.path} ({key})"
+        for prefix in self.prefixes:
+            if prefix + key in self.lines:
+                return f"{self.path}:{self.lines[prefix + key]} ({prefix + key})"
+        for prefix in self.prefixes:
+            k = key
+            while k and prefix + k not in self.lines:
+                k = k.rpartition(".")[0]
+            if k:
+                return f"{self.path}:{self.lines[prefix + k]} ({prefix + key})"
+        return f"{self.path} ({key})"

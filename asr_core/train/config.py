@@ -46,6 +46,7 @@ class TrainConfig:
     select_mode: Literal["", "min", "max"] = ""
     target_metric: str = ""  # steps_to_target: first step at which this metric passes target_value
     target_value: float = float("nan")
+    finetune: bool = False  # a checkpoint from another run gives weights only; epochs/schedule restart
     seed: int = 0
 
     def validate(self) -> None:
@@ -93,7 +94,7 @@ class RunConfig:
 
 
 _GROUPS = (("train", TrainConfig), ("data", DataConfig), ("features", FeatureConfig))
-RESERVED = {"family", "preset"}
+RESERVED = {"family", "preset", "experiment"}  # experiment: a named trial's name (seed 001)
 
 
 def split_params(params: dict, where: str = "<config>") -> RunConfig:

@@ -53,6 +53,7 @@ class StepState:
     best_epoch: int = 0
     bad_epochs: int = 0  # epochs since the best (early stopping)
     target_step: float = float("nan")  # steps_to_target once reached
+    auc: float = 0.0  # area under the select_metric curve so far (sum over epochs, width 1 epoch)
     extra: dict = field(default_factory=dict)
 
 
@@ -142,11 +143,18 @@ def _passed(value: float, target: float, mode: str) -> bool:
 
 
 def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint_state: dict | None,
-               rank: int = 0, world: int = 1, wrap_model=lambda m: m) -> None:
+               rank: int = 0, world: int = 1, wrap_model=lambda m: m, checkpoint_meta: dict | None = None,
+               trial_id: str | None = None) -> None:
     """The epochs of one run: train, validate, report ``(metrics, checkpoint_writer)`` each epoch.
 
     ``report(metrics, save)`` is Ray Train's report (``save(dir)`` writes a checkpoint into dir)
     or any callable in tests and benchmarks; everything Ray-specific stays in the caller.
+
+    A checkpoint to start from is continued at its next epoch (a retry after a failure, a resumed
+    experiment, or a PBT exploit, where it comes from the donor trial and ``lr`` may be mutated),
+    unless ``finetune`` is set and another run wrote it: then it gives the weights and optimizer
+    moments only, and epochs, schedule and early stopping start afresh (seed 004's second stage).
+    The first report after a restore names the trial and epoch the checkpoint came from.
     """
     cfg = run.train
     tok = data.tokenizer
@@ -163,17 +171,29 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
     schedule = Schedule(optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)
     state = StepState()
     start_epoch = 1
+    restored: dict = {}
     if checkpoint_state is not None:
+        meta = checkpoint_meta or {}
+        origin = meta.get("trial_id") or ""
         model.load_state_dict(checkpoint_state["model"])
         optimizer.load_state_dict(checkpoint_state["optimizer"])
-        schedule.load_state_dict(checkpoint_state["scheduler"])
-        start_epoch = int(checkpoint_state["epoch"]) + 1
-        state = StepState(**checkpoint_state.get("loop", {}))
+        restored = {"restored_from_trial": origin, "restored_from_epoch": int(checkpoint_state["epoch"])}
+        if cfg.finetune and origin != (trial_id or ""):
+            for g in optimizer.param_groups:  # the new stage's rate; Adam's moments are kept
+                g["lr"] = g["initial_lr"] = cfg.lr
+            schedule = Schedule(optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)
+        else:
+            schedule.load_state_dict(checkpoint_state["scheduler"])
+            start_epoch = int(checkpoint_state["epoch"]) + 1
+            state = StepState(**checkpoint_state.get("loop", {}))
+            if float(meta.get("params", {}).get("lr", cfg.lr)) != cfg.lr:  # PBT mutated the rate
+                schedule.rebase(cfg.lr)
     model = wrap_model(model)
     device = next(model.parameters()).device
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     target_mode = "max" if cfg.target_metric.endswith("_acc") else "min"
 
+    cpu0 = time.process_time()  # this worker's CPU seconds (all threads) since the last report
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         mine = shard(train_batches, rank, world, cfg.seed, epoch)
@@ -183,7 +203,8 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
             # The trial ends here with status "diverged" (analysis.load reads these keys); no
             # checkpoint of a broken model is written, and the search goes on with other trials.
             report({"epoch": epoch, "diverged": 1, "diverged_step": d.step, "diverged_value": str(d.value),
-                    "train_loss": float("nan"), "val_loss": float("nan"), metric: float("nan")}, None)
+                    "train_loss": float("nan"), "val_loss": float("nan"), metric: float("nan"), **restored},
+                   None)
             return
         train_time = time.perf_counter() - t0
         loss_sum, n = _all_sum([loss_sum, n])
@@ -196,7 +217,12 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
         if cfg.target_metric and state.target_step != state.target_step \
                 and _passed(val.get(cfg.target_metric, float("nan")), cfg.target_value, target_mode):
             state.target_step = float(state.step)
+        if value == value:
+            state.auc += value
         schedule.epoch_end(value)
+        cpu_now = time.process_time()
+        cpu_s = _all_sum([cpu_now - cpu0])[0]
+        cpu0 = cpu_now
         stop = bool(cfg.early_stop_patience) and state.bad_epochs >= cfg.early_stop_patience
         metrics = {
             "epoch": epoch,
@@ -208,7 +234,11 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
             "epoch_time_s": time.perf_counter() - t0,
             "utts_per_s": n / train_time if train_time > 0 else float("nan"),
             "lr": optimizer.param_groups[0]["lr"],
+            f"{metric}_auc": state.auc if state.best == state.best else float("nan"),
+            "cpu_s": cpu_s,  # CPU seconds all workers used since the previous report
+            **restored,
         }
+        restored = {}
         if cfg.target_metric:
             metrics["steps_to_target"] = state.target_step
         if stop:
@@ -217,7 +247,8 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
 
         def save(d: str, _m=metrics, _e=epoch, _s=dataclasses.asdict(state)) -> None:
             ckpt.save(d, model=inner, optimizer=optimizer, scheduler=schedule, epoch=_e, run=run,
-                      tokenizer=tok, mean=data.train.mean, std=data.train.std, metrics=_m, loop=_s)
+                      tokenizer=tok, mean=data.train.mean, std=data.train.std, metrics=_m, loop=_s,
+                      trial_id=trial_id)
 
         report(metrics, save if rank == 0 else None)
         if stop:
@@ -235,10 +266,10 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(run.train.seed)
     data = prepare_data(run.data, run.features, progress=False)
     restored = ray.train.get_checkpoint()
-    state = None
+    state = meta = None
     if restored is not None:
         with restored.as_directory() as d:
-            state = ckpt.load_state(d)
+            state, meta = ckpt.load_state(d), ckpt.load_meta(d)
 
     def report(metrics: dict, save) -> None:
         if save is None:
@@ -249,4 +280,5 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     run_epochs(run, family, data, report, state, ctx.get_world_rank(), ctx.get_world_size(),
-               wrap_model=ray.train.torch.prepare_model)  # DDP when world > 1; moves to the device
+               wrap_model=ray.train.torch.prepare_model,  # DDP when world > 1; moves to the device
+               checkpoint_meta=meta, trial_id=ctx.get_trial_id())

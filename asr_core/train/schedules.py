@@ -80,3 +80,17 @@ class Schedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state)
+
+    def rebase(self, lr: float) -> None:
+        """Make ``lr`` the base rate after loading another run's state (PBT's mutated ``lr``),
+        keeping the schedule's position: the current rate becomes ``lr`` times its factor."""
+        for g in self.inner.optimizer.param_groups:
+            g["initial_lr"] = lr
+        if self.cfg.schedule == "plateau":
+            for g in self.inner.optimizer.param_groups:
+                g["lr"] = lr
+            return
+        self.inner.base_lrs = [lr] * len(self.inner.base_lrs)
+        factors = [f(self.inner.last_epoch) for f in self.inner.lr_lambdas]
+        for g, f in zip(self.inner.optimizer.param_groups, factors):
+            g["lr"] = lr * f

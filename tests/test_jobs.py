@@ -1,0 +1,328 @@
+"""Tuning jobs: every shipped job loads, constraints, PBT exploits, staged studies, resume after a
+killed driver, retry after a killed worker, and S3 storage, all on a real local Ray."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from analysis.load import load_experiment
+from tune_jobs.spec import load_job
+
+JOBS = sorted(glob.glob(str(Path(__file__).parents[1] / "tune_jobs" / "jobs" / "*.yaml")))
+
+
+def tiny_job(tmp_path: Path, corpus, cache_dir, name: str, body: str, epochs: int = 3) -> Path:
+    """A crnn_ctc tiny job file; ``body`` adds search, scheduler, phases..."""
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(textwrap.dedent(f"""\
+        name: {name}
+        family: crnn_ctc
+        preset: tiny
+        data: {{train_manifest: {corpus['train']}, dev_manifest: {corpus['dev']}}}
+        params: {{epochs: {epochs}, n_mels: 40, batch_bins: 200000, cache_dir: {cache_dir}, lr: 3.0e-3}}
+        metric: val_loss
+        mode: min
+        test_eval: false
+        resources: {{num_workers: 1, cpus_per_worker: 1}}
+        storage_path: {tmp_path / 'exp'}
+        """) + textwrap.dedent(body))
+    return f
+
+
+def history_of(exp_dir) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for res in Path(exp_dir).glob("*/result.json"):
+        rows = [json.loads(l) for l in res.read_text().splitlines() if l.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[Path(p).stem for p in JOBS])
+def test_every_shipped_job_and_profile_loads_with_every_phase(path):
+    from tune_jobs.study import phase_job
+
+    raw = __import__("yaml").safe_load(Path(path).read_text())
+    for profile in [None, *(raw.get("profiles") or {})]:
+        job = load_job(path, profile)
+        assert job.num_trials >= 1
+        carried: dict = {}
+        for i in range(len(job.phases)):  # each phase resolves with made-up winners of the ones before
+            pj = phase_job(job, i, carried)
+            assert pj.num_trials >= 1
+            for k in pj.tuned_keys():
+                v = next(iter(pj.trials.values()))[k] if pj.trials else None
+                if v is None:
+                    spec = pj.search_space[k]
+                    v = list(spec.values())[0][0]
+                carried[k] = {"value": v}
+
+
+def test_seed_jobs_cover_every_seed_and_the_issue_names():
+    names = {Path(p).stem for p in JOBS}
+    assert {"seed000_mono", "seed000_bilingual", "seed001_presets", "seed002_staged", "seed003_convergence",
+            "seed004_crnn"} <= names
+    seed001 = load_job(Path(JOBS[0]).parent / "seed001_presets.yaml")
+    assert list(seed001.trials) == ["conservative_small", "baseline_optimized", "focal_loss_experiment",
+                                    "aggressive_learning", "fast_convergence", "large_model_regularized",
+                                    "ctc_alignment_free"]
+    seed002 = load_job(Path(JOBS[0]).parent / "seed002_staged.yaml")
+    assert [p["name"] for p in seed002.phases] == ["padding", "batchnorm", "optimizer_lr", "batch_size",
+                                                    "max_dil", "num_stacks"]
+    assert load_job(Path(JOBS[0]).parent / "seed003_convergence.yaml").scheduler["name"] == "pbt"
+
+
+def test_constraint_rejects_configs_before_any_trial(tmp_path):
+    """JobSearcher asks again instead of starting a trial that breaks a constraint."""
+    from ray import tune
+
+    from tune_jobs.registry import make_searcher
+
+    space = {"hidden_dim": tune.choice([96, 100, 144]), "attention_heads": tune.choice([4, 6])}
+    s = make_searcher("random", metric="val_wer", mode="min", seed=1, space=space, grid={}, trials={},
+                      points=[{"hidden_dim": 100, "attention_heads": 6}],  # breaks it: rejected too
+                      constraints=["hidden_dim % attention_heads == 0"], fixed={}, max_concurrent=100)
+    got = [s.suggest(f"t{i}")["train_loop_config"] for i in range(20)]
+    assert all(c["hidden_dim"] % c["attention_heads"] == 0 for c in got)
+    inner = s.searcher
+    assert inner.rejected and all(r["config"]["hidden_dim"] % r["config"]["attention_heads"] for r in inner.rejected)
+    assert inner.rejected[0]["config"] == {"hidden_dim": 100, "attention_heads": 6}
+    # a constraint naming an unknown parameter fails at load time, with its line
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("family: conformer_aed\npreset: tiny\ndata: {corpus: demo-mono}\n"
+                   "search_space: {hidden_dim: {choice: [96, 144]}}\nconstraints: ['hidden_dim % heads == 0']\n")
+    from asr_core.errors import InputError
+
+    with pytest.raises(InputError, match=r"bad.yaml:5 .*heads"):
+        load_job(bad)
+
+
+def test_pbt_exploit_continues_from_the_donors_checkpoint(corpus, cache_dir, tmp_path, ray_start_2_cpus):
+    from tune_jobs.runner import run_tune
+
+    job = tiny_job(tmp_path, corpus, cache_dir, "pbt", """\
+        search_space: {lr: {loguniform: [1.0e-5, 1.0e-2]}}
+        searcher: {name: random, seed: 0, points_to_evaluate: [{lr: 1.0e-5}, {lr: 3.0e-3}]}
+        scheduler:
+          name: pbt
+          perturbation_interval: 1
+          quantile_fraction: 0.5
+          synch: true
+          hyperparam_mutations: {lr: {loguniform: [1.0e-4, 1.0e-2]}}
+        num_trials: 2
+        max_concurrent: 2
+        """, epochs=3)
+    results, exp_dir, _ = run_tune(load_job(job), cache_dir=str(cache_dir), progress=False)
+    assert not [r.error for r in results if r.error]
+    hist = history_of(exp_dir)
+    assert len(hist) == 2
+    exploits = [(tid, r) for tid, rows in hist.items() for r in rows
+                if r.get("restored_from_trial") and r["restored_from_trial"] != tid]
+    assert exploits, {t: [(r["epoch"], r.get("restored_from_trial")) for r in rows] for t, rows in hist.items()}
+    for tid, r in exploits:
+        donor = r["restored_from_trial"]
+        assert donor in hist
+        # the recipient's first epoch after the exploit is the one after the donor's checkpoint
+        assert r["epoch"] == r["restored_from_epoch"] + 1
+        assert max(d["epoch"] for d in hist[donor]) >= r["restored_from_epoch"]
+    trials, _ = load_experiment(exp_dir)
+    assert trials.exploits.sum() == len(exploits)
+    assert (trials.cost_cpu_s > 0).all() and (trials.cost_wall_s > 0).all()
+
+
+def test_staged_study_carries_the_winner_and_a_rerun_runs_nothing(corpus, cache_dir, tmp_path, ray_start_2_cpus):
+    from tune_jobs.spec import load_job as lj
+    from tune_jobs.study import read_state, run_study
+
+    job = tiny_job(tmp_path, corpus, cache_dir, "staged", """\
+        searcher: {name: grid}
+        max_concurrent: 2
+        phases:
+          - name: rate
+            search_space: {lr: {grid: [1.0e-6, 3.0e-3]}}
+          - name: width
+            params: {lr: <OPT>}
+            search_space: {lstm_hidden: {grid: [32, 64]}}
+        """, epochs=2)
+    study = lj(job)
+    first = run_study(study, cache_dir=str(cache_dir), progress=False)
+    assert [s["ran"] for s in first] == [True, True]
+    state = read_state(study)
+    p1, _ = load_experiment(state["phases"]["rate"]["exp"])
+    best_lr = float(p1.iloc[0]["config/lr"])  # ranked by val_loss
+    assert best_lr == 3.0e-3 and p1.iloc[0].best_val_loss < p1.iloc[1].best_val_loss
+    carried = state["phases"]["rate"]["winners"]["lr"]
+    assert carried["value"] == best_lr and carried["phase"] == "rate" and carried["trial"] == p1.iloc[0].trial_id
+    p2, _ = load_experiment(state["phases"]["width"]["exp"])
+    assert len(p2) == 2 and set(p2["config/lr"]) == {best_lr}
+    assert sorted(p2["config/lstm_hidden"]) == [32, 64]
+    rec = json.loads((Path(state["phases"]["width"]["exp"]) / "speechtune_job.json").read_text())
+    assert rec["phase"]["carried"]["lr"]["trial"] == carried["trial"]
+    dirs = sorted(str(p) for p in (tmp_path / "exp").rglob("params.json"))
+    again = run_study(lj(job), cache_dir=str(cache_dir), progress=False)
+    assert [s["ran"] for s in again] == [False, False]
+    assert sorted(str(p) for p in (tmp_path / "exp").rglob("params.json")) == dirs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _speechtune(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "tune_jobs.cli", *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.timeout(420)
+def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_dir, tmp_path):
+    import ray
+
+    if ray.is_initialized():  # this test's searches run in their own driver processes
+        ray.shutdown()
+    job = tiny_job(tmp_path, corpus, cache_dir, "killme", """\
+        search_space: {lr: {loguniform: [1.0e-3, 1.0e-2]}, lstm_hidden: {choice: [32, 48, 64]}}
+        searcher: {name: hyperopt, seed: 5}
+        num_trials: 3
+        max_concurrent: 1
+        """, epochs=2)
+    exp = tmp_path / "exp" / "killme"
+    env = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its experiment state every second
+    p = _speechtune("tune", str(job), "--num-cpus", "2", env=env, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        done = [rows for rows in history_of(exp).values() if rows[-1]["epoch"] == 2] if exp.is_dir() else []
+        if len(done) >= 1 and len(history_of(exp)) >= 2:
+            break
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.5)
+    else:
+        p.kill()
+        pytest.fail("the search did not get going")
+    os.kill(p.pid, signal.SIGKILL)  # the driver only; Ray's own processes notice and go
+    p.wait()
+    before = history_of(exp)
+    assert len(before) < 3
+    r = _speechtune("tune", "--resume", str(exp), "--num-cpus", "2", env=env)
+    out, _ = r.communicate(timeout=300)
+    assert r.returncode == 0, out[-3000:]
+    after = history_of(exp)
+    assert len(after) == 3, out[-3000:]  # every planned trial, none twice
+    for tid, rows in before.items():
+        if rows[-1]["epoch"] == 2 and not after[tid][len(rows):]:
+            continue  # finished before the kill and not run again
+        # interrupted: continued from its last saved checkpoint, not from scratch
+        back = [r for r in after[tid][len(rows):] if "restored_from_epoch" in r]
+        assert back and back[0]["restored_from_trial"] == tid and back[0]["restored_from_epoch"] >= 1, after[tid]
+    trials, history = load_experiment(exp)
+    assert len(trials) == 3 and set(trials.status) == {"finished"}
+    for tid, h in history.groupby("trial_id"):  # one report per epoch on each trial's final line
+        assert sorted(h.epoch) == [1, 2], (tid, list(h.epoch))
+    # the searcher continued from its saved state: it holds all 3 trials, not a fresh start
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    hs = HyperOptSearch(metric="val_loss", mode="min")
+    hs.restore_from_dir(str(exp))
+    assert len(hs._hpopt_trials.trials) == 3
+    configs = {json.dumps(json.loads((d / "params.json").read_text())["train_loop_config"], sort_keys=True)
+               for d in exp.glob("TorchTrainer_*")}
+    assert len(configs) == 3
+
+
+@pytest.mark.timeout(300)
+def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir, tmp_path, ray_start_2_cpus):
+    import psutil
+
+    from tune_jobs.runner import run_tune
+
+    job = tiny_job(tmp_path, corpus, cache_dir, "worker", """\
+        num_trials: 1
+        max_failures: 2
+        """, epochs=16)
+    exp = tmp_path / "exp" / "worker"
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(
+        out=run_tune(load_job(job), cache_dir=str(cache_dir), progress=False)))
+    t.start()
+    killed = None
+    deadline = time.time() + 180
+    while time.time() < deadline and killed is None:
+        # the worker writes its checkpoints itself (result.json is buffered by the driver)
+        if exp.is_dir() and list(exp.glob("*/checkpoint_000001")):  # epoch 2 done; an epoch takes ~0.5 s
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                    proc.kill()  # SIGKILL: the worker process dies mid-epoch
+                    killed = proc.info["pid"]
+                    break
+        time.sleep(0.05)
+    t.join(timeout=240)
+    assert killed, "no training worker process found"
+    results, exp_dir, _ = box["out"]
+    assert not [r.error for r in results if r.error]
+    (rows,) = history_of(exp_dir).values()
+    tid = rows[0]["trial_id"]
+    resumed = [r for r in rows if r.get("restored_from_trial") == tid]
+    assert resumed, [(r["epoch"], r.get("restored_from_trial")) for r in rows]
+    assert resumed[0]["restored_from_epoch"] >= 1 and resumed[0]["epoch"] == resumed[0]["restored_from_epoch"] + 1
+    assert rows[-1]["epoch"] == 16
+    trials, history = load_experiment(exp_dir)
+    assert trials.iloc[0].status == "finished" and "retried after" in trials.iloc[0].error
+    assert sorted(history.epoch) == list(range(1, 17))  # each epoch once on the final line
+
+
+@pytest.mark.timeout(300)
+def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path):
+    import boto3
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="speech")
+        job = tiny_job(tmp_path, corpus, cache_dir, "ons3", """\
+            search_space: {lr: {grid: [1.0e-3, 3.0e-3]}}
+            searcher: {name: grid}
+            max_concurrent: 2
+            """, epochs=2)
+        job.write_text(job.read_text().replace(f"storage_path: {tmp_path / 'exp'}", "storage_path: s3://speech/exps"))
+        p = _speechtune("tune", str(job), "--num-cpus", "2", env=env)
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out[-3000:]
+        assert not (tmp_path / "exp").exists()
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="speech", Prefix="exps/ons3/")["Contents"]]
+        assert any(k.endswith("result.json") for k in keys) and any("/checkpoint_" in k for k in keys)
+        report = s3.get_object(Bucket="speech", Key="exps/ons3/report.md")["Body"].read().decode()
+        assert "s3://speech/exps/ons3" in report and report.count("| finished |") == 2
+        r = _speechtune("report", "s3://speech/exps/ons3", "--out", str(tmp_path / "rep"), env=env)
+        out, _ = r.communicate(timeout=120)
+        assert r.returncode == 0, out
+        again = (tmp_path / "rep" / "report.md").read_text()
+        assert again.split("## Ranking")[1] == report.split("## Ranking")[1]
+    finally:
+        server.terminate()
+        server.wait()
