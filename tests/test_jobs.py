@@ -326,3 +326,43 @@ def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path):
     finally:
         server.terminate()
         server.wait()
+
+
+def test_a_preset_point_outside_the_search_space_is_an_error_naming_its_line(tmp_path):
+    from asr_core.errors import InputError
+
+    src = Path(JOBS[0]).parent / "seed000_mono.yaml"
+    bad = tmp_path / "seed000_mono.yaml"
+    bad.write_text(src.read_text().replace("points_to_evaluate: [{lr: 2.0e-3", "points_to_evaluate: [cpu_small, {lr: 2.0e-3"))
+    with pytest.raises(InputError, match=r"seed000_mono.yaml:\d+ .*preset cpu_small.*econformer_kernel_size=15"):
+        load_job(bad, "cpu")
+
+
+def test_required_metric_bound_decides_who_can_win(tmp_path):
+    """seed000_bilingual: ranked by val_wer among epochs with val_lid_acc >= 0.9."""
+    from analysis.load import best_checkpoint
+
+    exp = tmp_path / "bili"
+    exp.mkdir()
+    (exp / "speechtune_job.json").write_text(json.dumps(
+        {"metric": "val_wer", "mode": "min", "epochs": 2, "require": {"val_lid_acc": {"min": 0.9}},
+         "resources": {"cpus_per_trial": 2, "gpus_per_trial": 0}}))
+    curves = {"lowwer": [(0.30, 0.50), (0.20, 0.80)],     # best WER, but never identifies the language
+              "steady": [(0.60, 0.85), (0.40, 0.95)]}     # meets the bound at epoch 2
+    for i, (name, rows) in enumerate(curves.items()):
+        d = exp / f"TorchTrainer_{name}_0000{i}"
+        d.mkdir()
+        (d / "params.json").write_text(json.dumps({"train_loop_config": {"lr": 0.001 * (i + 1)}}))
+        (d / "result.json").write_text("".join(
+            json.dumps({"trial_id": name, "epoch": e + 1, "val_wer": w, "val_lid_acc": a, "cpu_s": 3.0,
+                        "time_this_iter_s": 2.0}) + "\n" for e, (w, a) in enumerate(rows)))
+        for e, (w, a) in enumerate(rows):
+            c = d / f"checkpoint_00000{e}"
+            c.mkdir()
+            (c / "meta.json").write_text(json.dumps({"metrics": {"val_wer": w, "val_lid_acc": a}}))
+    trials, _ = load_experiment(exp)
+    assert list(trials.trial_id) == ["steady", "lowwer"]
+    assert trials.iloc[0].best_val_wer == 0.40 and trials.iloc[0].feasible
+    assert not trials.iloc[1].feasible and trials.iloc[1].best_val_wer != trials.iloc[1].best_val_wer  # NaN
+    assert best_checkpoint(exp).name == "checkpoint_000001" and "steady" in str(best_checkpoint(exp))
+    assert list(trials.cost_cpu_s) == [6.0, 6.0] and list(trials.cost_cpu_reserved_s) == [8.0, 8.0]

@@ -79,7 +79,13 @@ def cmd_tune(a) -> int:
     print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {errors} failed; experiment: {exp_dir}")
     extra = {"search wall time": f"{elapsed:.0f} s"}
     if job.test_eval and "test" in manifests and get_family(job.family).decode is not None:
-        best = best_checkpoint(store.local_copy(exp_dir, skip_checkpoints=False), job.metric, job.mode)
+        try:
+            best = best_checkpoint(store.local_copy(exp_dir, skip_checkpoints=False), job.metric, job.mode)
+        except FileNotFoundError as e:  # e.g. no trial met the job's `require` bounds
+            print(f"test evaluation skipped: {e}")
+            extra["test evaluation"] = f"skipped: {e}" + (f" (required: {job.require})" if job.require else "")
+            print(f"report: {write_report(exp_dir, a.report_dir, extra=extra)}")
+            return 0
         ev = evaluate(str(best), manifests["test"], progress=False)
         extra.update({"best checkpoint": f"`{best}` (epoch {ev['epoch']})",
                       "test CER": f"{100 * ev['cer']:.2f}% on {ev['utterances']} test utterances "

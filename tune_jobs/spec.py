@@ -403,6 +403,12 @@ def _build(data: dict, loc: Locator, path: str) -> JobSpec:
         if isinstance(p, str) and (fam is None or p not in fam.presets):
             raise InputError(loc("searcher.points_to_evaluate"),
                              f"point {i}: unknown preset '{p}' (known: {sorted(fam.presets) if fam else []})")
+        values = {k: fam.presets[p][k] for k in space_raw if k in fam.presets[p]} if isinstance(p, str) else p
+        for k, v in (values or {}).items():
+            why = _outside(space_raw.get(k), v)
+            if why:
+                raise InputError(loc("searcher.points_to_evaluate"),
+                                 f"point {i}{f' (preset {p})' if isinstance(p, str) else ''}: {k}={v!r} {why}")
 
     try:
         max_conc = int(data.get("max_concurrent", 1))
@@ -441,6 +447,21 @@ def _is_run_key(family: str | None, key: str) -> bool:
         return True
     return key in RESERVED or key in fam.config_keys() or any(
         key in {f.name for f in dataclasses.fields(c)} for _, c in _GROUPS)
+
+
+def _outside(spec: Any, v: Any) -> str:
+    """Why value ``v`` lies outside the written distribution ``spec`` ('' when inside)."""
+    if not isinstance(spec, dict) or len(spec) != 1:
+        return "is not a searched parameter" if spec is None else ""
+    (kind, args), = spec.items()
+    if kind in ("choice", "grid"):
+        return "" if v in args else f"is not one of {kind} {args}"
+    lo, hi = float(args[0]), float(args[1])
+    try:
+        ok = lo <= float(v) < hi if kind == "randint" else lo <= float(v) <= hi
+    except (TypeError, ValueError):
+        ok = False
+    return "" if ok else f"is outside {kind} {args}"
 
 
 def _representative(spec: Any) -> Any:
