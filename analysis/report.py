@@ -25,7 +25,9 @@ def _pct(v) -> str:
 
 def tuned_params(exp_dir: Path, trials: pd.DataFrame) -> list[str]:
     rec = read_job_record(exp_dir)
-    keys = dict.fromkeys(["experiment", *(rec.get("search_space") or {}), *(rec.get("tuned") or [])])
+    named = rec.get("trials") or {}
+    keys = dict.fromkeys(["experiment", *(["preset"] if any("preset" in p for p in named.values()) else []),
+                          *(rec.get("search_space") or {}), *(rec.get("tuned") or [])])
     cols = [f"config/{k}" for k in keys if f"config/{k}" in trials]
     if not cols:  # no record: the config columns that vary across trials
         cols = [c for c in trials if c.startswith("config/") and trials[c].astype(str).nunique() > 1]
