@@ -25,6 +25,11 @@ def resolve(uri: str | os.PathLike):
     return pafs.FileSystem.from_uri(str(uri))
 
 
+def normalize(uri: str | os.PathLike) -> str:
+    """An object-store URI as it is, a local path made absolute."""
+    return str(uri) if is_remote(uri) else os.path.abspath(str(uri).removeprefix("file://"))
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([str(uri).rstrip("/"), *parts]) if is_remote(uri) else os.path.join(os.path.abspath(uri), *parts)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -71,7 +70,7 @@ def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, st
         trainer_resources={"CPU": 0}, placement_strategy=res.placement_strategy,
     )
     run_config = RunConfig(
-        name=name, storage_path=storage_path if store.is_remote(storage_path) else os.path.abspath(storage_path),
+        name=name, storage_path=store.normalize(storage_path),
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                            checkpoint_score_order=mode),
         failure_config=FailureConfig(max_failures=max_failures),
@@ -122,7 +121,7 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     check_and_cache(params, progress=progress)
     init_ray(address, num_cpus=num_cpus)
     check_fits(job.resources, f"{job.path} (resources)")
-    storage = job.storage_path if store.is_remote(job.storage_path) else os.path.abspath(job.storage_path)
+    storage = store.normalize(job.storage_path)
     name = job.name
     exp_uri = store.join(storage, name)
     if resume and not can_resume(exp_uri):

@@ -23,8 +23,7 @@ STUDY_STATE = "study.json"
 
 
 def study_uri(job: JobSpec) -> str:
-    storage = job.storage_path
-    return store.join(storage if store.is_remote(storage) else storage, job.name)
+    return store.join(job.storage_path, job.name)
 
 
 def read_state(job: JobSpec) -> dict:
