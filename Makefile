@@ -29,13 +29,21 @@ demo-seeds: $(STAMP)
 	set -e; for j in $(SEEDS); do \
 	  echo "== $$j"; \
 	  $(VENV)/bin/speechtune tune tune_jobs/jobs/$$j.yaml --profile cpu --report-dir reports/seeds/$$j; \
+	  $(VENV)/bin/speechtune check experiments/$$j; \
 	done
 
-test: $(STAMP)
+# the HTML report test opens the report in Debian's Chromium (tests/test_analysis.py)
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$$(command -v sudo) apt-get install -y -q chromium >/dev/null || \
+	  { $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q chromium >/dev/null; }
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q --durations=10
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/report_load.py
 
 clean:
 	rm -rf experiments reports .pytest_cache

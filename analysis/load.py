@@ -20,8 +20,36 @@ JOB_RECORD = "speechtune_job.json"  # written by tune_jobs.runner
 # every metric a family reports (asr_core.metrics, models/tts_acoustic.py, the loop)
 METRICS = ("val_cer", "val_wer", "val_loss", "train_loss", "val_char_acc", "val_seq_acc", "val_levenshtein",
            "val_lid_acc", "val_mel_loss", "val_stop_acc", "val_att_diag", "steps_to_target", "val_mel_loss_auc")
+# what a report carries besides metrics: Tune's bookkeeping and the loop's own
+NOT_METRICS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+               "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+               "iterations_since_restore", "config", "should_checkpoint", "experiment_tag", "epoch", "step",
+               "diverged", "diverged_step", "diverged_value", "restored_from_trial", "restored_from_epoch",
+               "early_stop", "best_epoch", "cpu_s", "epoch_time_s", "utts_per_s", "lr", "model_params",
+               "experiment_id"}
 LOWER_IS_BETTER = {"val_cer", "val_wer", "val_loss", "train_loss", "val_levenshtein", "val_mel_loss",
                    "steps_to_target", "val_mel_loss_auc"}
+
+
+def lower_is_better(metric: str, job_metric: str | None = None, job_mode: str = "min") -> bool:
+    if metric == job_metric:
+        return job_mode == "min"
+    if metric in LOWER_IS_BETTER:
+        return True
+    name = metric.rsplit("/", 1)[-1]
+    return not any(w in name for w in ("acc", "f1", "bleu", "precision", "recall", "score", "diag"))
+
+
+def discover_metrics(rows: list[dict]) -> list[str]:
+    """Numeric keys a trial reported that are neither Tune's bookkeeping nor the loop's."""
+    found: dict[str, None] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k in NOT_METRICS or k.startswith(("config/", "best_")) or isinstance(v, bool):
+                continue
+            if isinstance(v, (int, float)) or (isinstance(v, str) and v.lower() in ("nan", "inf", "-inf")):
+                found[k] = None
+    return list(found)
 
 
 def read_job_record(exp_dir: str | os.PathLike) -> dict:
@@ -56,8 +84,22 @@ def _tune_statuses(exp_dir: Path) -> dict[str, str]:
     return out
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested result dicts flattened with '/' as Tune does in progress.csv
+    (``{"val_metrics": {"acc": 1}}`` -> ``val_metrics/acc``), so a misplaced metric is found by name."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "config":
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _read_results(path: Path) -> list[dict]:
-    rows = []
+    """The reports in a trial's result.json; a corrupt or half-written line is skipped, and one
+    warning names the file and the lines."""
+    rows, bad = [], []
     if not path.is_file():
         return rows
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -65,9 +107,17 @@ def _read_results(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
-                log.warning("%s:%d: corrupt result line skipped", path, lineno)
+                bad.append(lineno)
+                continue
+            if isinstance(row, dict):
+                rows.append(_flat(row))
+            else:
+                bad.append(lineno)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        log.warning("%s: corrupt result line(s) %s skipped", path, shown)
     return rows
 
 
@@ -114,11 +164,17 @@ def _flatten_config(params: dict) -> dict:
 
 
 def _num(v) -> float:
+    t = type(v)
+    if t is float:  # the common case first: this runs once per metric per report
+        return v
+    if t is int:
+        return float(v)
+    if v is None:  # a metric the report lacks; cheaper than the exception below
+        return math.nan
     try:
-        f = float(v)
+        return float(v)
     except (TypeError, ValueError):
         return math.nan
-    return f
 
 
 def _meets(row: dict, require: dict) -> bool:
@@ -129,15 +185,42 @@ def _meets(row: dict, require: dict) -> bool:
     return True
 
 
+class MetricNotFound(KeyError):
+    """The job's ranking metric is in no trial's reports (seed 001's bug: a wrong key read as 0)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _status(rows: list[dict], error: str, planned, tune_status: str) -> tuple[str, str]:
+    last = rows[-1] if rows else {}
+    last_epoch = max((r.get("epoch", 0) or 0 for r in rows), default=0)
+    if last.get("diverged"):
+        # the loop's last report of a diverged trial (asr_core.train.loop.run_epochs)
+        return "diverged", (f"loss became {last.get('diverged_value')} at step {last.get('diverged_step')} "
+                            f"(epoch {last.get('epoch')})")
+    if planned is not None and last_epoch >= int(planned) and tune_status != "ERROR":
+        # an error before it was retried (max_failures) stays in ``error``
+        return "finished", f"retried after: {error}" if error else ""
+    if error or tune_status == "ERROR":
+        return "failed", error or "Tune marked it ERROR (no error.txt)"
+    if tune_status == "TERMINATED":
+        return "early-stopped", ""
+    return "incomplete", ""
+
+
 def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (trials, history). One row per trial / per reported epoch.
 
     ``exp_dir`` may be an object-store URI (``s3://...``): it is read through a local copy.
+    Every metric any trial reported gets ``best_M``, ``best_M_epoch`` and ``last_M`` columns (NaN
+    where a trial did not report it); the family metrics in ``METRICS`` always have them.
     Cost columns: ``cost_wall_s`` (the trial's wall time, all its runs), ``cost_cpu_s`` (CPU
     seconds its workers used), ``cost_cpu_reserved_s`` / ``cost_gpu_s`` (wall time x the CPUs /
     GPUs the trial held) and ``time_to_target_s`` (wall time until ``steps_to_target`` was met).
     A job's ``require`` bounds (``val_lid_acc >= 0.9``) decide which epochs may count for the
     ranking metric: a trial with none is ranked last and marked ``feasible`` False.
+    Raises ``MetricNotFound`` when trials reported but none of them the ranking metric.
     """
     from analysis import store
 
@@ -147,50 +230,47 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
     record = read_job_record(exp_dir)
     metric = record.get("metric", "val_cer")
     mode = record.get("mode", "min")
-    metrics = tuple(dict.fromkeys((*METRICS, metric)))
     require = record.get("require") or {}
     res = record.get("resources") or {}
+    tuned = list(dict.fromkeys([*(record.get("search_space") or {}), *(record.get("tuned") or [])]))
     statuses = _tune_statuses(exp_dir)
-    trials, history = [], []
+    loaded = []
     for tdir in _trial_dirs(exp_dir):
         try:
             params = json.loads((tdir / "params.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             log.warning("%s: unreadable params.json (%s); trial skipped", tdir, e)
             continue
-        cfg = {**_flatten_config(record.get("params") or {}), **_flatten_config(params)}
         rows = _lineage(_with_progress_csv(_read_results(tdir / "result.json"), tdir / "progress.csv"))
+        loaded.append((tdir, params, rows))
+    found = discover_metrics([r for _, _, rows in loaded for r in rows])
+    metrics = tuple(dict.fromkeys((*METRICS, metric, *found)))
+    numeric = (*metrics, "epoch_time_s", "utts_per_s", "lr", "cpu_s", "time_this_iter_s", "restored_from_epoch")
+    trials, history = [], []
+    for tdir, params, rows in loaded:
+        cfg = {**_flatten_config(record.get("params") or {}), **_flatten_config(params)}
         trial_id = rows[0].get("trial_id") if rows else tdir.name.split("_")[1] if "_" in tdir.name else tdir.name
-        for r in rows:
-            history.append({"trial": tdir.name, "trial_id": trial_id, "epoch": r.get("epoch", r.get("training_iteration")),
-                            **{k: _num(r.get(k)) for k in (*metrics, "epoch_time_s", "utts_per_s", "lr", "cpu_s",
-                                                           "time_this_iter_s", "restored_from_epoch")},
-                            "restored_from_trial": r.get("restored_from_trial"),
-                            "time_total_s": _num(r.get("time_total_s"))})
+        nums = [{k: _num(r.get(k)) for k in numeric} for r in rows]  # each value converted once
+        for r, n in zip(rows, nums):
+            h = {"trial": tdir.name, "trial_id": trial_id, "epoch": r.get("epoch", r.get("training_iteration")),
+                 **n,
+                 "restored_from_trial": r.get("restored_from_trial"),
+                 "time_total_s": _num(r.get("time_total_s"))}
+            rcfg = _flatten_config(r.get("config") or {}) if isinstance(r.get("config"), dict) else {}
+            for k in tuned:  # the values in force at this report (PBT changes them over time)
+                v = rcfg.get(k, cfg.get(k))
+                h[f"config/{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+            history.append(h)
         err_file = tdir / "error.txt"
-        error = err_file.read_text(errors="replace").strip().splitlines()[-1] if err_file.is_file() else ""
+        error = err_file.read_text(errors="replace").strip().splitlines() if err_file.is_file() else []
+        error = error[-1] if error else ""
         planned = cfg.get("epochs", record.get("epochs"))
         last_epoch = max((r.get("epoch", 0) or 0 for r in rows), default=0)
-        tune_status = statuses.get(tdir.name, "")
-        last = rows[-1] if rows else {}
-        if last.get("diverged"):
-            # the loop's last report of a diverged trial (asr_core.train.loop.run_epochs)
-            status = "diverged"
-            error = (f"loss became {last.get('diverged_value')} at step {last.get('diverged_step')} "
-                     f"(epoch {last.get('epoch')})")
-        elif planned is not None and last_epoch >= int(planned) and tune_status != "ERROR":
-            status = "finished"  # an error before it was retried (max_failures) stays in ``error``
-            if error:
-                error = f"retried after: {error}"
-        elif error or tune_status == "ERROR":
-            status = "failed"
-        elif tune_status == "TERMINATED":
-            status = "early-stopped"
-        else:
-            status = "incomplete"
+        status, error = _status(rows, error, planned, statuses.get(tdir.name, ""))
         row = {"trial": tdir.name, "trial_id": trial_id, "status": status, "error": error,
                "epochs_run": last_epoch, "epochs_planned": planned,
-               "time_total_s": _num(rows[-1].get("time_total_s")) if rows else math.nan}
+               "time_total_s": _num(rows[-1].get("time_total_s")) if rows else math.nan,
+               "model_params": _num(next((r["model_params"] for r in reversed(rows) if "model_params" in r), None))}
         wall = [_num(r.get("time_this_iter_s")) for r in rows]
         row["cost_wall_s"] = math.fsum(w for w in wall if not math.isnan(w)) if rows else math.nan
         row["cost_cpu_s"] = math.fsum(c for c in (_num(r.get("cpu_s")) for r in rows) if not math.isnan(c)) \
@@ -203,10 +283,9 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         row["feasible"] = any(_meets(r, require) for r in rows) if require else True
         for m in metrics:
             ok = (lambda r: _meets(r, require)) if (m == metric and require) else (lambda r: True)
-            vals = [(_num(r.get(m)), r.get("epoch")) for r in rows if not math.isnan(_num(r.get(m))) and ok(r)]
+            vals = [(n[m], r.get("epoch")) for r, n in zip(rows, nums) if n[m] == n[m] and ok(r)]  # not NaN
             if vals:
-                lower = (mode == "min") if m == metric else m in LOWER_IS_BETTER
-                pick = min(vals) if lower else max(vals)
+                pick = min(vals) if lower_is_better(m, metric, mode) else max(vals, key=lambda v: v[0])
                 row[f"best_{m}"], row[f"best_{m}_epoch"] = pick
                 row[f"last_{m}"] = vals[-1][0]
             else:
@@ -214,14 +293,33 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         for k, v in cfg.items():
             row[f"config/{k}"] = v
         trials.append(row)
+    if history and metric not in found:
+        raise MetricNotFound(
+            f"ranking metric '{metric}' is absent from every trial of {exp_dir}; "
+            f"the trials reported: {', '.join(sorted(found)) or 'no metrics'}")
     tdf = pd.DataFrame(trials)
     hdf = pd.DataFrame(history)
     if not tdf.empty:
-        key = f"best_{metric}"
-        if key not in tdf:
-            raise KeyError(f"ranking metric '{metric}' is absent from every trial of {exp_dir}")
-        tdf = tdf.sort_values(by=[key], ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+        # ties (and trials without the metric) keep a stable order: by trial directory name
+        tdf = tdf.sort_values(by=[f"best_{metric}"], ascending=(mode == "min"), na_position="last",
+                              kind="stable").reset_index(drop=True)
     return tdf, hdf
+
+
+def save_tables(trials: pd.DataFrame, history: pd.DataFrame, out_dir: str | os.PathLike) -> None:
+    """``trials.parquet`` and ``history.parquet``. Config columns mix types across trials (a
+    parameter absent from some named trials), so object columns are stored as strings where
+    pyarrow cannot give them one type."""
+    out = Path(out_dir)
+    for df, name in ((trials, "trials.parquet"), (history, "history.parquet")):
+        df = df.copy()
+        for c in df.columns:
+            if df[c].dtype == object:
+                kinds = {type(v) for v in df[c] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+                if len(kinds) > 1 and not kinds <= {int, float}:
+                    df[c] = df[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
+                                      else str(v))
+        df.to_parquet(out / name, index=False)
 
 
 def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode: str | None = None) -> Path:

@@ -1,30 +1,59 @@
-"""Report v0: ranking table (Markdown) plus trials/history Parquet, from the experiment directory."""
+"""Tuning reports from the trial data: ``report.md`` and a self-contained ``report.html`` per
+experiment (ranking table in seed 001's form, findings with their numbers, technical issues,
+critical findings, next steps, plots), ``trials.parquet`` / ``history.parquet``, and for a
+staged study a methodology in seed 002's form (``study.md`` and ``index.html``).
+"""
 from __future__ import annotations
 
+import base64
+import html
 import json
+import logging
 import math
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import load_experiment, read_job_record
+from analysis import insights as ins
+from analysis.load import load_experiment, read_job_record, save_tables
+
+STATUS_TEXT = ("Statuses: finished = ran all planned epochs; early-stopped = stopped by the scheduler; "
+               "diverged = its loss became NaN or infinite (the step is given); "
+               "failed = raised an error (both listed last with their reason). A metric a trial never reported "
+               "shows as n/a.")
+# the family metrics a ranking table shows when trials report them (besides the job's own metric)
+HEADLINE = ("val_cer", "val_wer", "val_char_acc", "val_seq_acc", "val_lid_acc", "val_loss", "val_mel_loss",
+            "val_stop_acc", "steps_to_target")
 
 
 def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return ins.fmt(v)
 
 
 def _pct(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
 
 
-def tuned_params(exp_dir: Path, trials: pd.DataFrame) -> list[str]:
-    rec = read_job_record(exp_dir)
+def _is_rate(metric: str) -> bool:
+    """Error rates and accuracies are shown as percentages."""
+    return bool(re.search(r"(^|_)(cer|wer|acc)$", metric))
+
+
+def show(metric: str, v) -> str:
+    return _pct(v) if _is_rate(metric) else _fmt(v)
+
+
+def _title(metric: str) -> str:
+    m = metric.removeprefix("val_")
+    return ("val " if metric.startswith("val_") else "") + (m.upper() if m in ("cer", "wer") else m.replace("_", " "))
+
+
+def tuned_params(exp_dir: Path, trials: pd.DataFrame, record: dict | None = None) -> list[str]:
+    """The config columns a ranking shows: the experiment name, preset, searched and tuned keys."""
+    rec = record if record is not None else read_job_record(exp_dir)
     named = rec.get("trials") or {}
     keys = dict.fromkeys(["experiment", *(["preset"] if any("preset" in p for p in named.values()) else []),
                           *(rec.get("search_space") or {}), *(rec.get("tuned") or [])])
@@ -34,33 +63,136 @@ def tuned_params(exp_dir: Path, trials: pd.DataFrame) -> list[str]:
     return cols
 
 
-def write_report(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 extra: dict | None = None) -> Path:
-    """Write ``report.md``, ``trials.parquet``, ``history.parquet`` into ``out_dir`` (default: exp_dir;
-    for an experiment in object storage, the files are also uploaded next to it)."""
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@dataclass
+class Analysis:
+    """Everything a report says about one experiment."""
+    exp: str
+    local: Path
+    record: dict
+    trials: pd.DataFrame
+    history: pd.DataFrame
+    params: list[str]           # config columns shown (``config/...``)
+    findings: list = field(default_factory=list)
+    next_steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        return self.record.get("metric", "val_cer")
+
+    @property
+    def mode(self) -> str:
+        return self.record.get("mode", "min")
+
+    def shown_metrics(self) -> list[str]:
+        ms = [self.metric]
+        for m in HEADLINE:
+            c = f"best_{m}"
+            if m != self.metric and c in self.trials and self.trials[c].notna().any():
+                ms.append(m)
+        return ms[:5]
+
+    def ranked(self) -> pd.DataFrame:
+        """The trials that can win (not failed, not diverged), best first."""
+        t = self.trials
+        return t[~t.status.isin(["failed", "diverged"])] if not t.empty else t
+
+    def best(self):
+        ok = self.ranked()
+        return ok.iloc[0] if not ok.empty else None
+
+    def config_of(self, r) -> dict:
+        """A trial's config columns without the per-machine paths (manifests, cache)."""
+        return {c.removeprefix("config/"): r[c] for c in self.trials.columns
+                if c.startswith("config/") and not c.endswith(("_manifest", "cache_dir"))}
+
+    def label(self, r, values: bool = False) -> str:
+        """A named trial's name; else its trial id, or (``values``) its varied settings."""
+        name = r.get("config/experiment")
+        if isinstance(name, str) and name:
+            return str(name)
+        if values:
+            keys = [c for c in self.params if c != "config/experiment"]
+            if keys:
+                return ", ".join(f"{c.removeprefix('config/')}={_fmt(r[c])}" for c in keys)
+        return str(r.trial_id)
+
+
+def analyse(exp_dir: str | os.PathLike) -> Analysis:
     from analysis import store
 
     remote = str(exp_dir) if store.is_remote(exp_dir) else None
-    exp_dir = store.local_copy(exp_dir)
-    out = Path(out_dir or exp_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    trials, history = load_experiment(exp_dir)
-    trials.to_parquet(out / "trials.parquet", index=False)
-    history.to_parquet(out / "history.parquet", index=False)
-    rec = read_job_record(exp_dir)
-    metric = rec.get("metric", "val_cer")
-    params = tuned_params(exp_dir, trials)
-    broken = trials.status.isin(["failed", "diverged"]) if not trials.empty else None
-    ok = trials[~broken] if not trials.empty else trials
-    failed = trials[broken] if not trials.empty else trials
-    lines = [f"# Tuning report: {rec.get('name', exp_dir.name)}", ""]
-    lines += [f"- experiment: `{remote or exp_dir}`",
-              f"- family: `{rec.get('family', 'n/a')}`, ranked by `{metric}` ({rec.get('mode', 'min')})",
-              f"- trials: {len(trials)} ({', '.join(f'{n} {s}' for s, n in trials.status.value_counts().items())})"
-              if not trials.empty else "- trials: 0"]
-    if extra:
-        for k, v in extra.items():
-            lines.append(f"- {k}: {v}")
+    local = store.local_copy(exp_dir)
+    handler = _Collect()
+    logger = logging.getLogger("analysis.load")
+    logger.addHandler(handler)
+    try:
+        trials, history = load_experiment(local)
+    finally:
+        logger.removeHandler(handler)
+    rec = read_job_record(local)
+    params = tuned_params(local, trials, rec)
+    a = Analysis(remote or str(local), local, rec, trials, history, params, warnings=handler.messages)
+    if not trials.empty:
+        got = ins.analyse(trials, history, rec, [c.removeprefix("config/") for c in params])
+        a.findings, a.next_steps = got["findings"], got["next_steps"]
+    return a
+
+
+# ---------------------------------------------------------------- tables
+
+def ranking_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    """Seed 001's table: rank, trial, the job's metrics, epoch of best, epochs, status, key parameters;
+    failed and diverged trials last with their reason."""
+    t = a.trials
+    ms = a.shown_metrics()
+    pcols = [c for c in a.params if c != "config/experiment"]
+    named = "config/experiment" in a.params
+    head = ["rank", "trial", *(["experiment"] if named else []), *[f"best {_title(m)}" for m in ms],
+            f"epoch of best {a.metric}", "epochs", "status", *[c.removeprefix("config/") for c in pcols]]
+    rows = []
+    if t.empty:
+        return head, rows
+    broken = t.status.isin(["failed", "diverged"])
+    for rank, (_, r) in enumerate(t[~broken].iterrows(), start=1):
+        rows.append([str(rank), f"`{r.trial_id}`", *([_fmt(r.get("config/experiment"))] if named else []),
+                     *[show(m, r.get(f"best_{m}")) for m in ms], _fmt(r[f"best_{a.metric}_epoch"]),
+                     _fmt(r.epochs_run), r.status, *[_fmt(r[c]) for c in pcols]])
+    for _, r in t[broken].iterrows():
+        rows.append(["-", f"`{r.trial_id}`", *([_fmt(r.get("config/experiment"))] if named else []),
+                     r.status.upper(), *["-"] * (len(ms) - 1), "-", _fmt(r.epochs_run),
+                     f"{r.status}: {str(r.error)[:160]}", *[_fmt(r[c]) for c in pcols]])
+    return head, rows
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    return ["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head),
+            *["| " + " | ".join(map(esc, r)) + " |" for r in rows]]
+
+
+# ---------------------------------------------------------------- sections (Markdown)
+
+def summary_lines(a: Analysis, extra: dict | None = None) -> list[str]:
+    t, rec = a.trials, a.record
+    lines = [f"- experiment: `{a.exp}`",
+             f"- family: `{rec.get('family', 'n/a')}`, ranked by `{a.metric}` ({a.mode})",
+             f"- trials: {len(t)} ({', '.join(f'{n} {s}' for s, n in t.status.value_counts().items())})"
+             if not t.empty else "- trials: 0"]
+    sched = rec.get("scheduler") or {}
+    if sched:
+        lines.append(f"- scheduler: `{sched.get('name')}`, searcher: `{rec.get('searcher', 'n/a')}`")
+    for k, v in (extra or {}).items():
+        lines.append(f"- {k}: {v}")
     phase = rec.get("phase") or {}
     if phase:
         lines.append(f"- study `{phase.get('study')}`, phase {phase.get('index', 0) + 1}: `{phase.get('name')}`")
@@ -71,54 +203,272 @@ def write_report(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
             lines.append(f"  - every trial starts from `{phase['init_checkpoint']}`")
     if rec.get("require"):
         lines.append(f"- required: {', '.join(f'{m} {b}' for m, b in rec['require'].items())}; "
-                     f"{int((~trials.feasible).sum()) if 'feasible' in trials else 0} trial(s) never met it "
+                     f"{int((~t.feasible.astype(bool)).sum()) if 'feasible' in t else 0} trial(s) never met it "
                      "and cannot win")
-    if not trials.empty and "cost_wall_s" in trials:
-        lines.append(f"- cost: {trials.cost_wall_s.sum():.0f} trial-seconds of wall time, "
-                     f"{trials.cost_cpu_s.sum():.0f} CPU-seconds used of {trials.cost_cpu_reserved_s.sum():.0f} "
-                     f"reserved, {trials.cost_gpu_s.sum():.0f} GPU-seconds")
-        if trials.time_to_target_s.notna().any():
-            lines.append(f"- fastest to target: {trials.time_to_target_s.min():.0f} s of trial wall time")
-        if int(trials.exploits.sum()):
-            lines.append(f"- PBT exploits: {int(trials.exploits.sum())} (a trial continued from another's checkpoint)")
-    lines += ["", "## Ranking", ""]
-    own = metric not in ("val_cer", "val_wer") and f"best_{metric}" in trials
-    # bilingual runs: the language-identification accuracy sits beside the error rates
-    lid = metric != "val_lid_acc" and "best_val_lid_acc" in trials and bool(trials["best_val_lid_acc"].notna().any())
-    head = ["rank", "trial", "best val CER", "best val WER", *(["best val LID acc"] if lid else []),
-            *([f"best {metric}"] if own else []),
-            f"epoch of best {metric}", "epochs", "status", *[c.removeprefix("config/") for c in params]]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for rank, (_, r) in enumerate(ok.iterrows(), start=1):
-        lines.append("| " + " | ".join([
-            str(rank), f"`{r.trial_id}`", _pct(r.best_val_cer), _pct(r.best_val_wer),
-            *([_pct(r.best_val_lid_acc)] if lid else []), *([_fmt(r[f"best_{metric}"])] if own else []), _fmt(r[f"best_{metric}_epoch"]), _fmt(r.epochs_run), r.status, *[_fmt(r[c]) for c in params]]) + " |")
-    for _, r in failed.iterrows():
-        lines.append("| " + " | ".join(["-", f"`{r.trial_id}`", r.status.upper(), "-", *(["-"] if lid else []),
-                                        *(["-"] if own else []), "-",
-                                        _fmt(r.epochs_run),
-                                        f"{r.status}: {r.error[:120]}", *[_fmt(r[c]) for c in params]]) + " |")
-    lines += ["", "Statuses: finished = ran all planned epochs; early-stopped = stopped by the scheduler; "
-              "diverged = its loss became NaN or infinite (the step is given); "
-              "failed = raised an error (both listed last with their reason). A metric a trial never reported "
-              "shows as n/a.", ""]
-    lines += ["Files: `trials.parquet` (one row per trial), `history.parquet` (one row per reported epoch).", ""]
+    if not t.empty and "cost_wall_s" in t:
+        lines.append(f"- cost: {t.cost_wall_s.sum():.0f} trial-seconds of wall time, "
+                     f"{t.cost_cpu_s.sum():.0f} CPU-seconds used of {t.cost_cpu_reserved_s.sum():.0f} "
+                     f"reserved, {t.cost_gpu_s.sum():.0f} GPU-seconds")
+        if t.time_to_target_s.notna().any():
+            lines.append(f"- fastest to target: {t.time_to_target_s.min():.0f} s of trial wall time")
+        if int(t.exploits.sum()):
+            lines.append(f"- PBT exploits: {int(t.exploits.sum())} (a trial continued from another's checkpoint)")
+    b = a.best()
+    if b is not None and pd.notna(b[f"best_{a.metric}"]):
+        lines.append(f"- **best: `{a.label(b)}`** (trial `{b.trial_id}`), {a.metric} "
+                     f"**{show(a.metric, b[f'best_{a.metric}'])}** at epoch {_fmt(b[f'best_{a.metric}_epoch'])} "
+                     f"of {_fmt(b.epochs_run)}")
+    return lines
+
+
+def best_config_lines(a: Analysis) -> list[str]:
+    b = a.best()
+    if b is None:
+        return []
+    cfg = {k: v for k, v in a.config_of(b).items() if not (isinstance(v, float) and math.isnan(v))}
+    size = f"  # {b.model_params / 1e6:.2f}M parameters" if pd.notna(b.get("model_params")) else ""
+    body = "\n".join(f"{k}: {_fmt(v)}" for k, v in cfg.items())
+    return [f"`{a.label(b)}`{' (' + size.strip(' #') + ')' if size else ''}:", "", "```yaml", body, "```"]
+
+
+def findings_md(a: Analysis) -> list[str]:
+    lines = []
+    key = [f for f in a.findings if f.kind in ("effect", "importance", "size", "edge", "longer", "spread")]
+    for i, f in enumerate(key, start=1):
+        lines.append(f"{i}. {f.text}")
+    return lines or ["No parameter varied across scored trials; nothing to compare."]
+
+
+def issues_md(a: Analysis) -> list[str]:
+    lines = [f"- {f.text}" for f in a.findings if f.kind in ("failures", "divergence")]
+    lines += [f"- loading: {w}" for w in a.warnings]
+    if a.record and not a.record.get("metric"):
+        lines.append("- no `speechtune_job.json`: ranked by `val_cer` (the default)")
+    return lines or ["- none: every trial ran and reported its metrics"]
+
+
+def critical_md(a: Analysis) -> list[str]:
+    return [f"- {f.text}" for f in a.findings if f.critical] or ["- none"]
+
+
+def write_markdown(a: Analysis, plots: list[tuple[str, Path]], out: Path, extra: dict | None,
+                   compare: "Analysis | None" = None) -> str:
+    head, rows = ranking_rows(a)
+    lines = [f"# Tuning report: {a.record.get('name', a.local.name)}", "", "## Summary", "",
+             *summary_lines(a, extra), "", f"## Ranking (by {a.metric}, {a.mode})", "", *md_table(head, rows), "",
+             STATUS_TEXT, "", "## Key findings", "", *findings_md(a), "", "## Technical issues", "",
+             *issues_md(a), "", "## Critical findings", "", *critical_md(a), "", "## Next steps", "",
+             *[f"{i}. {s}" for i, s in enumerate(a.next_steps, start=1)], ""]
+    cfg = best_config_lines(a)
+    if cfg:
+        lines += ["## Best configuration", "", *cfg, ""]
+    if compare is not None:
+        lines += ["## Compared with another experiment", "", *md_table(*compare_rows(a, compare)), "",
+                  *compare_config_lines(a, compare), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{title}]({p.relative_to(out).as_posix()})" for title, p in plots]
+        lines.append("")
+    lines += ["Files: `trials.parquet` (one row per trial), `history.parquet` (one row per reported epoch), "
+              "`report.html` (this report with its plots, one file).", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- comparison
+
+def compare_rows(a: Analysis, b: Analysis) -> tuple[list[str], list[list[str]]]:
+    ra, rb = a.best(), b.best()
+    head = ["", f"this: `{a.record.get('name', a.local.name)}`", f"other: `{b.record.get('name', b.local.name)}`"]
+    rows = [["trials", str(len(a.trials)), str(len(b.trials))],
+            ["statuses", ", ".join(f"{n} {s}" for s, n in a.trials.status.value_counts().items()),
+             ", ".join(f"{n} {s}" for s, n in b.trials.status.value_counts().items())]]
+    for m in dict.fromkeys([a.metric, *a.shown_metrics(), *b.shown_metrics()]):
+        va = ra.get(f"best_{m}") if ra is not None else math.nan
+        vb = rb.get(f"best_{m}") if rb is not None else math.nan
+        rows.append([f"best {m}", show(m, va), show(m, vb)])
+    rows.append(["best trial", f"`{a.label(ra)}`" if ra is not None else "-",
+                 f"`{b.label(rb)}`" if rb is not None else "-"])
+    for k in ("cost_wall_s", "cost_cpu_s"):
+        rows.append([k, _fmt(a.trials[k].sum() if k in a.trials else math.nan),
+                     _fmt(b.trials[k].sum() if k in b.trials else math.nan)])
+    return head, rows
+
+
+def compare_config_lines(a: Analysis, b: Analysis) -> list[str]:
+    ra, rb = a.best(), b.best()
+    ca = a.config_of(ra) if ra is not None else {}
+    cb = b.config_of(rb) if rb is not None else {}
+    diff = [(k, ca.get(k), cb.get(k)) for k in dict.fromkeys([*ca, *cb]) if _fmt(ca.get(k)) != _fmt(cb.get(k))]
+    if not diff:
+        return ["The two best configurations are the same."]
+    return ["Where the two best configurations differ:", "",
+            *md_table(["parameter", "this", "other"], [[f"`{k}`", _fmt(x), _fmt(y)] for k, x, y in diff])]
+
+
+# ---------------------------------------------------------------- HTML
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
+th{background:#f0f0f0}tr.bad td{background:#fdecea}code{background:#f4f4f4;padding:0 3px}
+img{max-width:100%;border:1px solid #ddd;margin:.5em 0}h1{border-bottom:2px solid #333}pre{background:#f6f6f6;padding:.7em}"""
+
+
+def _inline(text: str) -> str:
+    """Markdown's inline code and bold, on escaped text."""
+    s = html.escape(text)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+
+
+def md_to_html(md: str, images: dict[str, Path]) -> str:
+    """The report's own Markdown (headings, lists, tables, code blocks, images) as HTML. Written
+    here because it is a small known subset and the project carries no Markdown library; images
+    are embedded as data URIs so the file stands alone."""
+    out, table, code, listing = [], None, None, None
+    for line in md.splitlines() + [""]:
+        if code is not None:
+            if line.startswith("```"):
+                out.append(f"<pre>{html.escape(chr(10).join(code))}</pre>")
+                code = None
+            else:
+                code.append(line)
+            continue
+        if table is not None and not line.startswith("|"):
+            head, *body = table
+            cells = lambda l: [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", l.strip())[1:-1]]  # noqa: E731
+            rows = "".join(f"<tr{' class=bad' if any(c.startswith('-') and i == 0 for i, c in enumerate(cells(r))) else ''}>"
+                           + "".join(f"<td>{_inline(c)}</td>" for c in cells(r)) + "</tr>" for r in body[1:])
+            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells(head)) + f"</tr>{rows}</table>")
+            table = None
+        if listing and not re.match(r"^(\s*[-*]|\d+\.) ", line):
+            out.append(f"</{listing}>")
+            listing = None
+        if line.startswith("```"):
+            code = []
+        elif line.startswith("|"):
+            table = (table or []) + [line]
+        elif m := re.match(r"^(#{1,4}) (.*)", line):
+            n = len(m.group(1))
+            out.append(f"<h{n}>{_inline(m.group(2))}</h{n}>")
+        elif m := re.match(r"^!\[([^]]*)\]\(([^)]+)\)", line):
+            src = images.get(m.group(2))
+            if src is not None:
+                data = base64.b64encode(Path(src).read_bytes()).decode()
+                out.append(f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">'
+                           f"<figcaption>{html.escape(m.group(1))}</figcaption></figure>")
+        elif m := re.match(r"^(\s*)([-*]|\d+\.) (.*)", line):
+            kind = "ol" if m.group(2)[0].isdigit() else "ul"
+            if listing is None:
+                out.append(f"<{kind}>")
+                listing = kind
+            out.append(f"<li{' style=margin-left:1.5em' if m.group(1) else ''}>{_inline(m.group(3))}</li>")
+        elif m := re.match(r"^\[([^]]+)\]\(([^)]+)\)(.*)", line):
+            out.append(f'<p><a href="{html.escape(m.group(2))}">{_inline(m.group(1))}</a>{_inline(m.group(3))}</p>')
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    return "\n".join(out)
+
+
+def html_page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+# ---------------------------------------------------------------- writers
+
+def write_report(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 extra: dict | None = None, compare: str | os.PathLike | None = None) -> Path:
+    """Write ``report.md``, ``report.html``, ``plots/``, ``trials.parquet``, ``history.parquet`` into
+    ``out_dir`` (default: exp_dir; for an experiment in object storage the files are also uploaded
+    next to it). ``compare``: another experiment to set beside this one."""
+    return _write(analyse(exp_dir), out_dir, extra, compare)
+
+
+def _write(a: Analysis, out_dir, extra: dict | None = None, compare=None) -> Path:
+    """``write_report`` for an experiment already analysed."""
+    from analysis import plots as plotting
+    from analysis import store
+
+    remote = a.exp if store.is_remote(a.exp) else None
+    out = Path(out_dir or a.local)
+    out.mkdir(parents=True, exist_ok=True)
+    save_tables(a.trials, a.history, out)
+    other = analyse(compare) if compare is not None else None
+    figs = plotting.render(a.trials, a.history, a.record, [c.removeprefix("config/") for c in a.params], out) \
+        if not a.trials.empty else []
+    md = write_markdown(a, figs, out, extra, other)
     path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps({"experiment": str(remote or exp_dir), "extra": extra or {}},
-                                                indent=1))
+    path.write_text(md, encoding="utf-8")
+    images = {p.relative_to(out).as_posix(): p for _, p in figs}
+    title = f"Tuning report: {a.record.get('name', a.local.name)}"
+    (out / "report.html").write_text(html_page(title, md_to_html(md, images)), encoding="utf-8")
+    findings = [{"kind": f.kind, "text": f.text, "data": f.data, "critical": f.critical} for f in a.findings]
+    (out / "report.json").write_text(json.dumps({"experiment": str(remote or a.local), "extra": extra or {},
+                                                 "findings": findings, "next_steps": a.next_steps,
+                                                 "warnings": a.warnings}, indent=1, default=str))
     if remote and out_dir is None:
         import pyarrow.fs as pafs
 
         fs, root = store.resolve(remote)
-        for name in ("report.md", "report.json", "trials.parquet", "history.parquet"):
-            pafs.copy_files(str(out / name), f"{root}/{name}", destination_filesystem=fs)
+        for f in out.rglob("*"):
+            if f.is_file() and (f.name.startswith(("report.", "trials.", "history.")) or f.parent.name == "plots"):
+                pafs.copy_files(str(f), f"{root}/{f.relative_to(out).as_posix()}", destination_filesystem=fs)
     return path
 
 
+def _conclusion(a: Analysis, winners: dict) -> str:
+    """One line: what won, by how much over the runner-up, and what is carried forward."""
+    ok = a.ranked()
+    ok = ok[ok[f"best_{a.metric}"].notna()] if not ok.empty else ok
+    if ok.empty:
+        return "no trial reported the metric; nothing carried forward."
+    b = ok.iloc[0]
+    chosen = ", ".join(f"`{k}` = {_fmt(c['value'])}" for k, c in winners.items()) or a.label(b)
+    if len(ok) == 1:
+        return f"{chosen} (only trial, {a.metric} {_fmt(b[f'best_{a.metric}'])})."
+    second = ok.iloc[1]
+    vb, vs = float(b[f"best_{a.metric}"]), float(second[f"best_{a.metric}"])
+    rel = abs(vs - vb) / max(abs(vs), 1e-12)
+    if rel < ins.SAME:
+        return (f"{chosen} kept, but it makes little or no difference: {a.metric} {_fmt(vb)} against "
+                f"{_fmt(vs)} for `{a.label(second, values=True)}` ({rel:.2%}).")
+    return (f"{chosen} is best: {a.metric} {_fmt(vb)} against {_fmt(vs)} for the runner-up "
+            f"`{a.label(second, values=True)}` ({rel:.1%} {'lower' if vb < vs else 'higher'}); carried forward.")
+
+
+def phase_lines(name: str, ph: dict, a: Analysis | None, index: int) -> list[str]:
+    """Seed 002's form: the phase's question, its settings with ``<OPT>`` resolved, each trial with
+    its result, and a one-line conclusion."""
+    lines = [f"### Phase {index}: {name}", ""]
+    if a is None:
+        return lines + [f"_Status: {ph.get('status')}; not run to the end._", ""]
+    rec = a.record
+    desc = (rec.get("phase") or {}).get("description")
+    if desc:
+        lines += [desc, ""]
+    carried = (rec.get("phase") or {}).get("carried") or {}
+    fixed = {k: v for k, v in ((rec.get("job") or {}).get("params") or {}).items()
+             if not isinstance(v, (dict, list)) and k not in (rec.get("tuned") or [])}
+    sett = [f"`{k}={_fmt(v)}`" + (" (<OPT> from `" + carried[k]["phase"] + "`)" if k in carried else "")
+            for k, v in fixed.items()]
+    if sett:
+        lines += ["Fixed: " + ", ".join(sett), ""]
+    if rec.get("search_space"):
+        lines += ["Searched: " + ", ".join(f"`{k}`: {v}" for k, v in rec["search_space"].items()), ""]
+    for _, r in a.trials.iterrows():
+        keys = [c for c in a.params if c != "config/experiment"]
+        what = ", ".join(f"`{c.removeprefix('config/')}={_fmt(r[c])}`" for c in keys)
+        res = (f"{a.metric}: {_fmt(r[f'best_{a.metric}'])}" if r.status not in ("failed", "diverged")
+               else f"{r.status.upper()}: {str(r.error)[:100]}")
+        lines.append(f"- [X] {what or a.label(r)} (_{res}_)")
+    lines += ["", f"_Conclusion: {_conclusion(a, ph.get('winners') or {})}_", "",
+              f"[Full report of phase `{name}`]({name}/report.html)", ""]
+    return lines
+
+
 def write_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
-    """A staged study: each phase's report, and ``study.md`` listing the phases in order with the
-    values each carried forward (and where they came from)."""
+    """A staged study: each phase's report (``PHASE/report.md|html``), ``study.md`` with the
+    methodology (every phase in seed 002's form) and a study summary, and ``index.html``."""
     from analysis import store
 
     text = store.read_text(store.join(str(study_dir), "study.json"))
@@ -128,17 +478,35 @@ def write_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike 
     local = store.local_copy(study_dir) if store.is_remote(study_dir) else Path(study_dir)
     out = Path(out_dir or local)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Study: {state.get('study')}", "", "| phase | trials | best | chosen (carried forward) |",
-             "|---|---|---|---|"]
-    for name, ph in state.get("phases", {}).items():
+    method, summary, final = [], [], {}
+    for i, (name, ph) in enumerate(state.get("phases", {}).items(), start=1):
         if ph.get("status") != "done":
-            lines.append(f"| `{name}` | - | {ph.get('status')} | - |")
+            method += phase_lines(name, ph, None, i)
+            summary.append([f"{i}. `{name}`", "-", str(ph.get("status")), "-"])
             continue
-        write_report(ph["exp"], out / name if out_dir else None)
+        a = analyse(ph["exp"])  # once: for the phase's own report and for the methodology
+        _write(a, out / name)
+        method += phase_lines(name, ph, a, i)
         best = ph["best"]
-        chosen = ", ".join(f"`{k}`={c['value']}" for k, c in ph.get("winners", {}).items())
-        lines.append(f"| [`{name}`]({name}/report.md) | {ph.get('trials')} | {best['metric']} "
-                     f"{_fmt(best['value'])} (trial `{best['trial']}`) | {chosen} |")
+        chosen = ", ".join(f"`{k}`={_fmt(c['value'])}" for k, c in (ph.get("winners") or {}).items())
+        final.update({k: c for k, c in (ph.get("winners") or {}).items()})
+        summary.append([f"{i}. [`{name}`]({name}/report.md)", str(ph.get("trials")),
+                        f"{best['metric']} {_fmt(best['value'])} (trial `{best['trial']}`)", chosen or "-"])
+    lines = [f"# Study: {state.get('study')}", "", "## Methodology", "",
+             "Each phase tunes a few settings with the winners of the phases before it fixed (`<OPT>` below "
+             "is resolved to the value carried in, with the phase it came from).", "", *method,
+             "## Study summary", "", *md_table(["phase", "trials", "best", "chosen (carried forward)"], summary), ""]
+    vals = [r[2] for r in summary if r[2] != "-"]
+    if len(vals) >= 2:
+        lines += [f"Best {vals[0].split(' (')[0]} in the first phase, {vals[-1].split(' (')[0].split()[-1]} "
+                  "in the last.", ""]
+    if final:
+        lines += ["Final configuration (each value with the phase that chose it):", "", "```yaml",
+                  *[f"{k}: {_fmt(c['value'])}  # phase {c['phase']}, trial {c['trial']}" for k, c in final.items()],
+                  "```", ""]
+    md = "\n".join(lines)
     path = out / "study.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(md, encoding="utf-8")
+    body = md_to_html(md.replace("/report.md)", "/report.html)"), {})
+    (out / "index.html").write_text(html_page(f"Study: {state.get('study')}", body), encoding="utf-8")
     return path

@@ -25,18 +25,28 @@ def corpus(cache_dir) -> dict[str, str]:
     return ensure_corpus("demo-mono", cache_dir=cache_dir, train=160, dev=24, test=24, progress=False)
 
 
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Shuts down at the end whatever local Ray the tests left running."""
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
-def ray_start_2_cpus():
-    """A real local Ray with 2 CPUs (Ray's own test fixture name)."""
+def ray_start_2_cpus(_ray_session):
+    """A real local Ray with 2 CPUs (Ray's own test fixture name). Started once and kept across
+    modules (each start costs seconds); a test that needs Ray down shuts it down itself, and the
+    next module that asks for it starts a fresh one."""
     import ray
 
     from cluster.local import init_ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(num_cpus=2)
+    if not ray.is_initialized():
+        init_ray(num_cpus=2)
     yield ray
-    ray.shutdown()
 
 
 def make_params(corpus: dict, cache_dir, **overrides) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from analysis.load import load_experiment
+from analysis.raycheck import compare_with_ray
 from tune_jobs.spec import load_job
 
 JOBS = sorted(glob.glob(str(Path(__file__).parents[1] / "tune_jobs" / "jobs" / "*.yaml")))
@@ -122,7 +123,7 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint(corpus, cache_dir, tmp
           hyperparam_mutations: {lr: {loguniform: [1.0e-4, 1.0e-2]}}
         num_trials: 2
         max_concurrent: 2
-        """, epochs=3)
+        """, epochs=2)
     results, exp_dir, _ = run_tune(load_job(job), cache_dir=str(cache_dir), progress=False)
     assert not [r.error for r in results if r.error]
     hist = history_of(exp_dir)
@@ -139,6 +140,12 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint(corpus, cache_dir, tmp
     trials, _ = load_experiment(exp_dir)
     assert trials.exploits.sum() == len(exploits)
     assert (trials.cost_cpu_s > 0).all() and (trials.cost_wall_s > 0).all()
+    check = compare_with_ray(exp_dir)
+    assert check.ok and check.trials_ray == 2, check.summary()
+    from analysis.report import write_report
+
+    text = write_report(exp_dir, tmp_path / "rep").read_text()
+    assert "PBT schedules" in text and (tmp_path / "rep" / "plots" / "pbt.png").is_file()
 
 
 def test_staged_study_carries_the_winner_and_a_rerun_runs_nothing(corpus, cache_dir, tmp_path, ray_start_2_cpus):
@@ -169,6 +176,16 @@ def test_staged_study_carries_the_winner_and_a_rerun_runs_nothing(corpus, cache_
     assert sorted(p2["config/lstm_hidden"]) == [32, 64]
     rec = json.loads((Path(state["phases"]["width"]["exp"]) / "speechtune_job.json").read_text())
     assert rec["phase"]["carried"]["lr"]["trial"] == carried["trial"]
+    for ph in state["phases"].values():
+        assert compare_with_ray(ph["exp"]).ok
+    from analysis.report import write_study_report
+
+    md = write_study_report(state["phases"]["rate"]["exp"].rsplit("/", 1)[0], tmp_path / "rep").read_text()
+    rate, width = md.split("### Phase 1: rate")[1].split("### Phase 2: width")
+    assert rate.count("- [X] `lr=") == 2 and "_Conclusion: `lr` = 0.003 is best: val_loss" in rate
+    assert f"`lr=0.003` (<OPT> from `rate`)" in width and "`lstm_hidden`" in width.split("## Study summary")[0]
+    assert "Final configuration" in md and (tmp_path / "rep" / "index.html").is_file()
+    assert (tmp_path / "rep" / "width" / "report.html").is_file()
     dirs = sorted(str(p) for p in (tmp_path / "exp").rglob("params.json"))
     again = run_study(lj(job), cache_dir=str(cache_dir), progress=False)
     assert [s["ran"] for s in again] == [False, False]
@@ -239,6 +256,8 @@ def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_
     configs = {json.dumps(json.loads((d / "params.json").read_text())["train_loop_config"], sort_keys=True)
                for d in exp.glob("TorchTrainer_*")}
     assert len(configs) == 3
+    check = compare_with_ray(exp)  # Ray keeps the re-run epochs twice; ours once (explained, not a disagreement)
+    assert check.ok and check.trials_ray == 3, check.summary()
 
 
 @pytest.mark.timeout(300)
@@ -280,6 +299,7 @@ def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir,
     trials, history = load_experiment(exp_dir)
     assert trials.iloc[0].status == "finished" and "retried after" in trials.iloc[0].error
     assert sorted(history.epoch) == list(range(1, 17))  # each epoch once on the final line
+    assert compare_with_ray(exp_dir).ok
 
 
 @pytest.mark.timeout(300)

@@ -94,6 +94,12 @@ def test_report_equals_result_files_and_ray_result_grid(asha_run, tmp_path):
         assert cer in text
     ranked = [l.split("|")[2].strip(" `") for l in text.splitlines() if l.startswith("| 1 ") or l.startswith("| 2 ")]
     assert ranked == trials.trial_id.tolist()[:2]  # ranked by the job's metric (val_loss)
+    # the demo-shaped experiment: count, statuses and best metrics as Ray's ExperimentAnalysis reads them
+    from analysis.raycheck import compare_with_ray
+
+    check = compare_with_ray(exp_dir)
+    assert check.ok and check.trials_ray == 6 and check.compared >= 6 * 5, check.summary()
+    assert (tmp_path / "plots" / "asha_rungs.png").is_file() and "ASHA rung survival" in text
 
 
 def test_evaluate_cli_scores_the_best_checkpoint(asha_run, capsys):

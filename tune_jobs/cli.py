@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -72,6 +73,8 @@ def cmd_tune(a) -> int:
         print(f"study finished in {time.time() - t0:.0f} s: {len(ran)} phase(s) run, "
               f"{len(summaries) - len(ran)} skipped (done before)")
         print(f"study report: {write_study_report(study_uri(job), a.report_dir)}")
+        for s in summaries:
+            _check_with_ray(s.get("exp"))
         return 0
     results, exp_dir, manifests = run_tune(job, address=a.address, num_cpus=a.num_cpus, resume=bool(a.resume))
     elapsed = time.time() - t0
@@ -94,7 +97,22 @@ def cmd_tune(a) -> int:
         print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
     report = write_report(exp_dir, a.report_dir, extra=extra)
     print(f"report: {report}")
+    _check_with_ray(exp_dir)
     return 0
+
+
+def _check_with_ray(exp_dir) -> bool:
+    """Print whether the report's trial count, statuses and best metrics agree with Ray's own
+    ExperimentAnalysis of the same directory (local experiments; S3 ones are read by Ray too but
+    the check would download everything twice)."""
+    from analysis import store
+    from analysis.raycheck import compare_with_ray
+
+    if not exp_dir or store.is_remote(exp_dir):
+        return True
+    c = compare_with_ray(exp_dir)
+    print(f"checked {exp_dir} against {c.summary()}")
+    return c.ok
 
 
 def cmd_train(a) -> int:
@@ -172,14 +190,41 @@ def cmd_describe(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from analysis import store
+    from analysis.load import MetricNotFound
     from analysis.report import write_report, write_study_report
 
-    if store.exists(store.join(a.exp_dir, "study.json")):
-        print(f"study report: {write_study_report(a.exp_dir, a.out)}")
-    else:
-        print(f"report: {write_report(a.exp_dir, a.out)}")
+    try:
+        exps = _experiments(a.exp_dir)
+        if exps is not None:
+            if a.compare:
+                print("error: --compare takes two experiments, not a study", file=sys.stderr)
+                return 2
+            print(f"study report: {write_study_report(a.exp_dir, a.out)}")
+        else:
+            print(f"report: {write_report(a.exp_dir, a.out, compare=a.compare)}")
+            exps = [a.exp_dir]
+    except (MetricNotFound, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.check_ray:
+        return 0 if all([_check_with_ray(e) for e in exps]) else 1
     return 0
+
+
+def _experiments(exp_dir: str) -> list[str] | None:
+    """The finished phases' experiments of a study directory; None when it is not a study."""
+    from analysis import store
+
+    text = store.read_text(store.join(exp_dir, "study.json"))
+    if text is None:
+        return None
+    return [ph["exp"] for ph in json.loads(text)["phases"].values() if ph.get("status") == "done"]
+
+
+def cmd_check(a) -> int:
+    """Every experiment of a study, or the one experiment, against Ray's ExperimentAnalysis."""
+    exps = _experiments(a.exp_dir) or [a.exp_dir]
+    return 0 if all([_check_with_ray(e) for e in exps]) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,8 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write report.md and Parquet tables from an experiment directory")
     rep.add_argument("exp_dir")
-    rep.add_argument("--out")
+    rep.add_argument("--out", help="where the report goes (default: the experiment directory)")
+    rep.add_argument("--compare", metavar="OTHER_EXP", help="set another experiment beside this one")
+    rep.add_argument("--check-ray", action="store_true",
+                     help="compare trial count, statuses and best metrics with Ray's ExperimentAnalysis "
+                          "(exit 1 if they disagree)")
     rep.set_defaults(fn=cmd_report)
+
+    chk = sub.add_parser("check", help="compare an experiment's (or a study's) trial count, statuses and best "
+                                       "metrics with Ray's ExperimentAnalysis; exit 1 if they disagree")
+    chk.add_argument("exp_dir")
+    chk.set_defaults(fn=cmd_check)
     return p
 
 

@@ -159,6 +159,7 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
     cfg = run.train
     tok = data.tokenizer
     model = family.build(run.model, tok.vocab_size, run.features.n_mels)
+    n_params = sum(p.numel() for p in model.parameters())  # reported: the analysis sets size against metric
     padding = getattr(run.model, "PADDING", True)  # wavenet_ctc (seed 002) can batch without padding
     train_batches = data.train.batches(cfg.batch_bins, cfg.batch_size, padding=padding)
     dev_batches = shard(data.dev.batches(cfg.batch_bins, cfg.batch_size, padding=padding), rank, world, 0, 0,
@@ -236,6 +237,7 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
             "lr": optimizer.param_groups[0]["lr"],
             f"{metric}_auc": state.auc if state.best == state.best else float("nan"),
             "cpu_s": cpu_s,  # CPU seconds all workers used since the previous report
+            "model_params": n_params,
             **restored,
         }
         restored = {}

@@ -1,0 +1,305 @@
+"""Findings computed from the trial data, each stated with its numbers, and next steps chosen
+from them by rules (what seed 001's authors wrote by hand: "smaller models perform better",
+"only 2 epochs", "learning-rate sensitivity", "fix the failed preset").
+
+Statistics come from scipy (Spearman rank correlation) and scikit-learn (random-forest
+importance, the surrogate-model importance that fANOVA also starts from); nothing here fits a
+model by hand.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+EDGE = 0.10  # a best value within 10% of its range's end (log scale for loguniform) is "at the edge"
+SAME = 0.01  # relative differences under 1% are "no difference"
+
+
+@dataclass
+class Finding:
+    kind: str          # effect, importance, edge, longer, size, failures, divergence, spread, require
+    text: str          # one sentence with its numbers (Markdown)
+    data: dict = field(default_factory=dict)
+    critical: bool = False
+
+
+def _isnum(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, (float, np.floating)):
+        return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+    return str(v)
+
+
+def _scored(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    col = f"best_{metric}"
+    if trials.empty or col not in trials:
+        return trials.iloc[0:0]
+    return trials[trials[col].notna() & ~trials.status.isin(["failed", "diverged"])]
+
+
+def _values(df: pd.DataFrame, param: str) -> pd.Series:
+    return df[f"config/{param}"] if f"config/{param}" in df else pd.Series(dtype=object)
+
+
+def parameter_effects(trials: pd.DataFrame, params: list[str], metric: str, lower: bool) -> list[Finding]:
+    """Grouped medians for categorical parameters, Spearman's rho for numeric ones."""
+    from scipy.stats import spearmanr
+
+    out = []
+    ok = _scored(trials, metric)
+    y = ok.get(f"best_{metric}")
+    for p in params:
+        if p == "experiment":  # a named trial's name identifies it; it is not a parameter
+            continue
+        x = _values(ok, p)
+        known = x.notna() if len(x) else x
+        if not len(x) or x[known].astype(str).nunique() < 2:
+            continue
+        xs, ys = x[known], y[known]
+        numeric = all(_isnum(v) for v in xs) and xs.nunique() >= 3
+        if numeric:
+            rho, pval = spearmanr(xs.astype(float), ys.astype(float))
+            if math.isnan(rho):
+                continue
+            better = "higher" if (rho < 0) == lower else "lower"
+            strength = "strong" if abs(rho) >= 0.7 else "moderate" if abs(rho) >= 0.4 else "weak"
+            verdict = f"{better} values did better" if abs(rho) >= 0.4 else "no clear direction"
+            out.append(Finding("effect", f"`{p}`: {strength} rank correlation with `{metric}` "
+                                         f"(Spearman ρ = {rho:+.2f}, p = {pval:.2g}, n = {len(xs)}); "
+                                         f"{verdict}.",
+                               {"param": p, "rho": float(rho), "p": float(pval), "n": int(len(xs))}))
+        else:
+            g = ys.groupby(xs.map(fmt)).agg(["median", "count"])
+            if (g["count"] < 2).all() and len(g) > 2:
+                continue  # one trial per value: a ranking, not an effect
+            g = g.sort_values("median", ascending=lower)
+            parts = ", ".join(f"{k}: {fmt(r['median'])} (n={int(r['count'])})" for k, r in g.iterrows())
+            best, worst = g.iloc[0], g.iloc[-1]
+            rel = abs(best["median"] - worst["median"]) / max(abs(worst["median"]), 1e-12)
+            verdict = (f"`{g.index[0]}` best" if rel >= SAME else "no difference (<1%)")
+            out.append(Finding("effect", f"`{p}`: median `{metric}` by value: {parts}; {verdict}.",
+                               {"param": p, "medians": {k: float(r["median"]) for k, r in g.iterrows()},
+                                "counts": {k: int(r["count"]) for k, r in g.iterrows()}}))
+    return out
+
+
+def importance(trials: pd.DataFrame, params: list[str], metric: str) -> Finding | None:
+    """Random-forest importance of each varied parameter for the metric (needs >= 6 scored trials)."""
+    ok = _scored(trials, metric)
+    cols = [p for p in params if p != "experiment" and f"config/{p}" in ok
+            and ok[f"config/{p}"].astype(str).nunique() > 1]
+    if len(ok) < max(6, 2 * len(cols)) or len(cols) < 2:  # fewer trials than that: importance is noise
+        return None
+    from sklearn.ensemble import RandomForestRegressor
+
+    X = pd.DataFrame({p: (ok[f"config/{p}"].astype(float) if all(_isnum(v) for v in ok[f"config/{p}"].dropna())
+                          else ok[f"config/{p}"].astype(str).astype("category").cat.codes)
+                      for p in cols}).fillna(-1)
+    rf = RandomForestRegressor(n_estimators=200, random_state=0, min_samples_leaf=1)
+    rf.fit(X.values, ok[f"best_{metric}"].astype(float).values)
+    imp = sorted(zip(cols, rf.feature_importances_), key=lambda t: -t[1])
+    text = ", ".join(f"`{p}` {v:.0%}" for p, v in imp)
+    return Finding("importance", f"Importance for `{metric}` (random forest over {len(ok)} trials): {text}.",
+                   {"importance": {p: float(v) for p, v in imp}, "n": len(ok)})
+
+
+def _range(spec) -> tuple[str, list] | None:
+    if isinstance(spec, dict) and len(spec) == 1:
+        (kind, args), = spec.items()
+        return kind, list(args)
+    return None
+
+
+def edges(trials: pd.DataFrame, space: dict, tuned: list[str], metric: str) -> list[Finding]:
+    """The best trial's value at an end of its range: the optimum may lie outside it."""
+    ok = _scored(trials, metric)
+    if ok.empty:
+        return []
+    best = ok.iloc[0]
+    out = []
+    for p in dict.fromkeys([*space, *tuned]):
+        v = best.get(f"config/{p}")
+        if not _isnum(v):
+            continue
+        r = _range(space.get(p))
+        if r and r[0] in ("loguniform", "uniform", "randint"):
+            lo, hi = float(r[1][0]), float(r[1][1]) - (1 if r[0] == "randint" else 0)
+            f = (lambda t: math.log(t)) if r[0] == "loguniform" else float
+            pos = (f(v) - f(lo)) / (f(hi) - f(lo)) if hi > lo else 0.5
+            side = "low" if pos <= EDGE else "high" if pos >= 1 - EDGE else None
+            where = f"range [{fmt(lo)}, {fmt(hi)}]"
+        else:
+            tried = sorted({float(x) for x in _values(ok, p) if _isnum(x)})
+            if r and r[0] in ("choice", "grid"):
+                tried = sorted({float(x) for x in r[1] if _isnum(x)})
+            if len(tried) < 3:
+                continue
+            side = "low" if float(v) == tried[0] else "high" if float(v) == tried[-1] else None
+            where = f"values tried {', '.join(fmt(t) for t in tried)}"
+        if side:
+            out.append(Finding("edge", f"`{p}` = {fmt(v)} (best trial) is at the {side} end of its {where}: "
+                                       f"extend the range {'down' if side == 'low' else 'up'}.",
+                               {"param": p, "value": float(v), "side": side}))
+    return out
+
+
+def still_improving(trials: pd.DataFrame, history: pd.DataFrame, metric: str, lower: bool) -> Finding | None:
+    """Trials that ran their planned epochs and had their best at the last one (seed 001's 2 epochs)."""
+    fin = _scored(trials, metric)
+    fin = fin[fin.status == "finished"]
+    if fin.empty or history.empty or metric not in history:
+        return None
+    rising, gains = [], []
+    for _, t in fin.iterrows():
+        h = history[(history.trial == t.trial) & history[metric].notna()].sort_values("epoch")
+        if len(h) < 2 or t[f"best_{metric}_epoch"] != h.epoch.iloc[-1]:
+            continue
+        last, prev = h[metric].iloc[-1], h[metric].iloc[-2]
+        gain = (prev - last if lower else last - prev) / max(abs(prev), 1e-12)
+        if gain > SAME:
+            rising.append(t.trial_id)
+            gains.append(gain)
+    if not rising:
+        return None
+    top = fin.iloc[0]
+    best_rising = top.trial_id in rising
+    return Finding("longer", f"{len(rising)} of {len(fin)} finished trials were still improving at their last "
+                             f"epoch (median gain in the last epoch {np.median(gains):.1%})"
+                             + (", the best one among them" if best_rising else "")
+                             + f": train longer than {int(top.epochs_run)} epochs before trusting the ranking.",
+                   {"trials": rising, "median_gain": float(np.median(gains)), "best_rising": best_rising,
+                    "epochs": int(top.epochs_run)}, critical=best_rising)
+
+
+def size_effect(trials: pd.DataFrame, metric: str, lower: bool) -> Finding | None:
+    from scipy.stats import spearmanr
+
+    ok = _scored(trials, metric)
+    if "model_params" not in ok or ok.model_params.dropna().nunique() < 3:
+        return None
+    ok = ok[ok.model_params.notna()]
+    rho, pval = spearmanr(ok.model_params.astype(float), ok[f"best_{metric}"].astype(float))
+    if math.isnan(rho):
+        return None
+    smaller_better = (rho > 0) == lower
+    word = "smaller" if smaller_better else "larger"
+    sizes = f"{ok.model_params.min() / 1e6:.2f}M to {ok.model_params.max() / 1e6:.2f}M parameters"
+    if abs(rho) < 0.4:
+        text = f"Model size ({sizes}) shows no clear relation to `{metric}` (Spearman ρ = {rho:+.2f}, n = {len(ok)})."
+    else:
+        text = (f"{word.capitalize()} models performed better: Spearman ρ = {rho:+.2f} between parameter count "
+                f"({sizes}) and `{metric}` (p = {pval:.2g}, n = {len(ok)}).")
+    return Finding("size", text, {"rho": float(rho), "p": float(pval), "n": len(ok), "better": word})
+
+
+def failures(trials: pd.DataFrame) -> list[Finding]:
+    out = []
+    for status in ("failed", "diverged"):
+        bad = trials[trials.status == status] if not trials.empty else trials
+        if bad.empty:
+            continue
+        groups = bad.groupby(bad.error.fillna("").str.slice(0, 160)).trial_id.apply(list)
+        reasons = "; ".join(f"{', '.join(f'`{t}`' for t in ids)}: {err or 'no message'}" for err, ids in groups.items())
+        out.append(Finding("failures" if status == "failed" else "divergence",
+                           f"{len(bad)} of {len(trials)} trials {status}: {reasons}.",
+                           {"trials": bad.trial_id.tolist(), "errors": groups.index.tolist()}, critical=True))
+    return out
+
+
+def divergence_bound(trials: pd.DataFrame, params: list[str]) -> Finding | None:
+    """The smallest value of a numeric parameter at which trials diverged, against the largest that
+    did not (usually ``lr``)."""
+    div = trials[trials.status == "diverged"] if not trials.empty else trials
+    if div.empty:
+        return None
+    rest = trials[trials.status != "diverged"]
+    for p in params:
+        d = [float(v) for v in _values(div, p) if _isnum(v)]
+        r = [float(v) for v in _values(rest, p) if _isnum(v)]
+        if d and r and min(d) > max(r):
+            return Finding("divergence", f"Every diverged trial had `{p}` >= {fmt(min(d))}; none of the others "
+                                         f"went above {fmt(max(r))}.", {"param": p, "bound": min(d)},
+                           critical=True)
+    return None
+
+
+def spread(trials: pd.DataFrame, metric: str) -> Finding | None:
+    ok = _scored(trials, metric)
+    if len(ok) < 2:
+        return None
+    v = ok[f"best_{metric}"].astype(float)
+    rel = (v.max() - v.min()) / max(abs(v.median()), 1e-12)
+    if rel < SAME:
+        return Finding("spread", f"All {len(ok)} scored trials lie within {rel:.2%} of each other on `{metric}` "
+                                 f"({fmt(v.min())} to {fmt(v.max())}): the search did not separate them.",
+                       {"relative_spread": float(rel)}, critical=True)
+    return None
+
+
+def next_steps(found: list[Finding], trials: pd.DataFrame, metric: str) -> list[str]:
+    """Rules from the findings to actions, most urgent first."""
+    steps = []
+    for f in found:
+        if f.kind == "failures":
+            steps.append(f"Fix the failed trials before reading the ranking: {f.text}")
+    for f in found:
+        if f.kind == "divergence" and "bound" in f.data:
+            steps.append(f"Cap `{f.data['param']}` below {fmt(f.data['bound'])} in the next search (trials at or "
+                         "above it diverged).")
+    for f in found:
+        if f.kind == "longer":
+            steps.append(f"Train longer: the best configurations were still improving after {f.data['epochs']} "
+                         "epochs; rerun the top trials with more epochs (or let ASHA's `max_t` grow) before "
+                         "narrowing the search.")
+    for f in found:
+        if f.kind == "edge":
+            steps.append(f"Extend `{f.data['param']}` {'below' if f.data['side'] == 'low' else 'above'} "
+                         f"{fmt(f.data['value'])}: the best value sits at the edge of what was searched.")
+    for f in found:
+        if f.kind == "spread":
+            steps.append("Use more data or epochs per trial: the trials are indistinguishable at this budget.")
+    imp = next((f for f in found if f.kind == "importance"), None)
+    if imp:
+        ranked = list(imp.data["importance"].items())
+        top = [p for p, v in ranked if v >= 0.25] or [ranked[0][0]]
+        low = [p for p, v in ranked if v < 0.05]
+        steps.append(f"Focus the next search on {', '.join(f'`{p}`' for p in top)}"
+                     + (f"; fix {', '.join(f'`{p}`' for p in low)} at the best trial's values" if low else "") + ".")
+    size = next((f for f in found if f.kind == "size" and abs(f.data["rho"]) >= 0.4), None)
+    if size:
+        steps.append(f"Try {size.data['better']} models than the current best, since size and `{metric}` "
+                     f"moved together (ρ = {size.data['rho']:+.2f}).")
+    ok = _scored(trials, metric)
+    if not ok.empty:
+        steps.append(f"Confirm the winner `{ok.iloc[0].trial_id}` with more seeds (`repeats`) before adopting it: "
+                     "one run per configuration cannot tell noise from effect.")
+    return steps
+
+
+def analyse(trials: pd.DataFrame, history: pd.DataFrame, record: dict, params: list[str]) -> dict:
+    """Every finding for one experiment, and the next steps: {"findings": [...], "next_steps": [...]}."""
+    from analysis.load import lower_is_better
+
+    metric, mode = record.get("metric", "val_cer"), record.get("mode", "min")
+    lower = lower_is_better(metric, metric, mode)
+    found: list[Finding] = []
+    found += failures(trials) if not trials.empty else []
+    d = divergence_bound(trials, params)
+    found += [d] if d else []
+    found += parameter_effects(trials, params, metric, lower)
+    imp = importance(trials, params, metric)
+    found += [imp] if imp else []
+    found += edges(trials, record.get("search_space") or {}, params, metric)
+    for f in (still_improving(trials, history, metric, lower), size_effect(trials, metric, lower),
+              spread(trials, metric)):
+        if f:
+            found.append(f)
+    return {"findings": found, "next_steps": next_steps(found, trials, metric)}

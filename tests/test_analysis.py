@@ -1,0 +1,269 @@
+"""Analysis: loading robust to failed, diverged, corrupt and misnamed trials; findings computed
+from the data; reports in Markdown and HTML (opened in headless Chromium); agreement with
+Ray's own ExperimentAnalysis. Fixture experiments are written in Tune's layout by
+analysis.synthetic (no training), with Ray's own trial-state serializer."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.load import MetricNotFound, load_experiment
+from analysis.raycheck import compare_with_ray
+from analysis.report import write_report
+from analysis.synthetic import FakeTrial, write_experiment
+
+RECORD = {"name": "seed001_like", "family": "seq2seq", "metric": "val_char_acc", "mode": "max", "epochs": 2,
+          "tuned": ["lr", "batch_size"], "search_space": {}, "scheduler": {"name": "fifo"}, "searcher": "grid",
+          "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0}}
+
+
+def _rows(accs, **extra):
+    return [{"epoch": e + 1, "val_char_acc": a, "val_seq_acc": a / 10, "val_loss": 5 - 4 * a, "cpu_s": 1.0,
+             **extra} for e, a in enumerate(accs)]
+
+
+@pytest.fixture
+def broken_exp(tmp_path) -> Path:
+    """Seed 001's run as it went wrong: a preset that failed before reporting, a diverged trial,
+    a half-written result file, and a trial that wrote its metric under another key."""
+    good = json.dumps({**_rows([0.2])[0], "trial_id": "corrupt0", "training_iteration": 1, "time_this_iter_s": 1.0,
+                       "time_total_s": 1.0})
+    good2 = json.dumps({**_rows([0.2, 0.25])[1], "trial_id": "corrupt0", "training_iteration": 2,
+                        "time_this_iter_s": 1.0, "time_total_s": 2.0})
+    trials = [
+        FakeTrial("small000", {"experiment": "conservative_small", "lr": 1e-3, "batch_size": 32},
+                  _rows([0.20, 0.31], model_params=12.5e6)),
+        FakeTrial("medium00", {"experiment": "baseline_optimized", "lr": 2e-3, "batch_size": 64},
+                  _rows([0.18, 0.245], model_params=20e6)),
+        FakeTrial("ctcfail0", {"experiment": "ctc_alignment_free", "lr": 1e-3, "batch_size": 32}, [],
+                  status="ERROR", error="ValueError: Unknown preset: ctc"),
+        FakeTrial("diverge0", {"experiment": "aggressive_learning", "lr": 5e-2, "batch_size": 128},
+                  [*_rows([0.1]), {"epoch": 2, "diverged": 1, "diverged_step": 57, "diverged_value": "nan",
+                                   "val_char_acc": float("nan"), "val_loss": float("nan")}]),
+        FakeTrial("corrupt0", {"experiment": "fast_convergence", "lr": 5e-3, "batch_size": 96},
+                  _rows([0.2, 0.25]), raw_result=good + "\n\x00\x17garbage{{\n" + good2 + "\n{\"epoch\": 3, \"val_ch"),
+        FakeTrial("misname0", {"experiment": "focal_loss_experiment", "lr": 1.5e-3, "batch_size": 64},
+                  [{"epoch": e + 1, "val_char_accuracy": a, "val_loss": 3.0, "cpu_s": 1.0}
+                   for e, a in enumerate([0.2, 0.234])]),
+    ]
+    return write_experiment(tmp_path / "seed001_like", trials, RECORD)
+
+
+def _tree_digest(d: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(d.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(d)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_failed_diverged_corrupt_and_misnamed_trials_each_load_as_they_should(broken_exp, caplog, tmp_path):
+    with caplog.at_level(logging.WARNING, logger="analysis.load"):
+        trials, history = load_experiment(broken_exp)
+    by = {r.trial_id: r for _, r in trials.iterrows()}
+    assert len(trials) == 6  # nothing dropped: the failed trial stays in the table
+    # failed before reporting anything: status failed, with its error, and no metric
+    assert by["ctcfail0"].status == "failed" and "Unknown preset: ctc" in by["ctcfail0"].error
+    assert math.isnan(by["ctcfail0"].best_val_char_acc) and by["ctcfail0"].epochs_run == 0
+    # diverged: the step and value are given
+    assert by["diverge0"].status == "diverged" and "at step 57" in by["diverge0"].error
+    # corrupt lines skipped with one warning naming the file and the lines; the good reports kept
+    warn = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
+    assert len(warn) == 1 and "result.json" in warn[0] and "line(s) 2, 4" in warn[0], warn
+    assert by["corrupt0"].best_val_char_acc == 0.25 and by["corrupt0"].epochs_run == 2
+    # the misnamed metric is missing, not 0; what the trial did report is kept under its own name
+    assert math.isnan(by["misname0"].best_val_char_acc)
+    assert by["misname0"].best_val_char_accuracy == 0.234
+    # ranked by val_char_acc (max), trials without it after the others
+    assert trials.trial_id.tolist()[:3] == ["small000", "corrupt0", "medium00"]
+    assert set(history.trial_id) == {"small000", "medium00", "diverge0", "corrupt0", "misname0"}
+
+    before = _tree_digest(broken_exp)
+    out = tmp_path / "report"
+    text = write_report(broken_exp, out).read_text()
+    assert _tree_digest(broken_exp) == before  # the report writes nothing into the experiment it reads
+    table = text.split("## Ranking")[1].split("Statuses:")[0]
+    lines = [l for l in table.splitlines() if l.startswith("| ")][1:]
+    assert lines[0].startswith("| 1 | `small000` | conservative_small | 31.00% |")
+    assert "| 4 | `misname0` | focal_loss_experiment | n/a |" in table  # missing, never 0.00%
+    # failed and diverged last, with their reasons
+    fail, div = sorted(lines[-2:], key=lambda l: "diverge0" in l)
+    assert fail.startswith("| - | `ctcfail0` | ctc_alignment_free | FAILED |") and "Unknown preset: ctc" in fail
+    assert div.startswith("| - | `diverge0` | aggressive_learning | DIVERGED |") and "at step 57" in div
+    issues = text.split("## Technical issues")[1].split("## Critical")[0]
+    assert "corrupt result line(s) 2, 4" in issues and "Unknown preset: ctc" in issues
+    # the tables as Parquet, the missing metric as NaN
+    t2 = pd.read_parquet(out / "trials.parquet")
+    assert len(t2) == 6 and t2.set_index("trial_id").best_val_char_acc.isna().sum() == 2
+    assert len(pd.read_parquet(out / "history.parquet")) == len(history)
+
+
+def test_a_ranking_metric_absent_from_every_trial_is_an_error_naming_the_keys_reported(tmp_path):
+    """Seed 001's bug: the metric was under ``val_metrics``; the table read the wrong key as 0."""
+    exp = write_experiment(tmp_path / "bug", [
+        FakeTrial(f"t{i}", {"lr": lr}, [{"epoch": 1, "val_metrics": {"char_acc": 0.3 + i / 10}, "val_loss": 2.0}])
+        for i, lr in enumerate([1e-3, 2e-3])], RECORD)
+    before = _tree_digest(exp)
+    with pytest.raises(MetricNotFound, match=r"'val_char_acc' is absent from every trial.*val_loss, "
+                                             r"val_metrics/char_acc"):
+        load_experiment(exp)
+    p = subprocess.run([sys.executable, "-m", "tune_jobs.cli", "report", str(exp)], capture_output=True, text=True)
+    assert p.returncode == 2 and "val_metrics/char_acc" in p.stderr and "Traceback" not in p.stderr
+    assert _tree_digest(exp) == before  # nothing written, nothing lost
+
+
+def test_report_agrees_with_rays_experiment_analysis_on_the_fixture(broken_exp):
+    from ray.tune import ExperimentAnalysis
+
+    c = compare_with_ray(broken_exp)
+    assert c.ok, c.summary()
+    assert c.trials_ours == c.trials_ray == 6 and c.compared >= 10
+    # Ray cannot parse the half-written result.json and drops that trial's reports; ours kept them
+    assert any(e.startswith("corrupt0") for e in c.explained), c.explained
+    ea = ExperimentAnalysis(str(broken_exp))
+    assert {t.trial_id: t.status for t in ea.trials}["ctcfail0"] == "ERROR"
+    # and the check can fail: a trial whose params.json is lost is missing from our table, not Ray's
+    small = next(broken_exp.glob("*small000*"))
+    (small / "params.json").write_text("{not json")
+    bad = compare_with_ray(broken_exp)
+    assert not bad.ok and "trial count: ours 5, Ray 6" in bad.problems and \
+        any(p.startswith("small000") for p in bad.problems), bad.summary()
+
+
+def test_epochs_lost_from_a_retried_trials_result_json_are_explained_not_hidden(tmp_path):
+    """Ray 2.60 restores a retried trial's result.json from a lagging storage copy: its first
+    epochs survive only in progress.csv (CI saw it with a killed worker). Ours reads them there;
+    the check must say so."""
+    rows = [{"epoch": e, "val_cer": 1.0 - e / 10, "val_cer_auc": float(e), "val_loss": 3.0} for e in range(1, 6)]
+    rows[2]["restored_from_epoch"] = 2
+    exp = write_experiment(tmp_path / "lag", [FakeTrial("retried0", {"lr": 1e-3}, rows)],
+                           {**RECORD, "metric": "val_cer", "mode": "min", "epochs": 5})
+    res = next(exp.glob("*retried0*/result.json"))
+    res.write_text("".join(res.read_text().splitlines(keepends=True)[2:]))  # epochs 1, 2 lost
+    c = compare_with_ray(exp)
+    assert c.ok, c.summary()
+    assert any("val_cer_auc: Ray 3.0, ours 1.0" in e and "lacks epoch(s) [1, 2]" in e for e in c.explained), c.explained
+    # without progress.csv ours lacks those epochs too: the same value, nothing to explain
+    (res.parent / "progress.csv").unlink()
+    again = compare_with_ray(exp)
+    assert again.ok and not again.explained, again.summary()
+    assert load_experiment(exp)[0].iloc[0].best_val_cer_auc == 3.0
+
+
+def _designed_exp(tmp_path) -> Path:
+    """Known effects: higher lr is better up to the top of its range, smaller models are better,
+    adam beats sgd, every curve still falls at its last epoch, and one trial failed."""
+    trials = []
+    for i, (lr, opt, size) in enumerate([(1.2e-4, "sgd", 4e6), (3e-4, "adam", 3.5e6), (6e-4, "sgd", 3e6),
+                                         (1e-3, "adam", 2.5e6), (2e-3, "sgd", 2e6), (4e-3, "adam", 1.5e6),
+                                         (6e-3, "sgd", 1.2e6), (9.5e-3, "adam", 1e6)]):
+        base = 0.9 - 0.07 * i - (0.05 if opt == "adam" else 0)
+        cer = [base + 0.3, base + 0.1, base]
+        trials.append(FakeTrial(f"d{i}", {"lr": lr, "optimizer": opt},
+                                [{"epoch": e + 1, "val_cer": c, "val_loss": 10 * c, "model_params": size}
+                                 for e, c in enumerate(cer)]))
+    trials.append(FakeTrial("oom", {"lr": 1e-3, "optimizer": "adam"}, [], status="ERROR",
+                            error="RuntimeError: CUDA out of memory"))
+    rec = {"name": "designed", "family": "crnn_ctc", "metric": "val_cer", "mode": "min", "epochs": 3,
+           "search_space": {"lr": {"loguniform": [1e-4, 1e-2]}, "optimizer": {"choice": ["adam", "sgd"]}},
+           "tuned": ["lr", "optimizer"], "scheduler": {"name": "fifo"}, "searcher": "random",
+           "resources": {"cpus_per_trial": 2, "gpus_per_trial": 0}}
+    return write_experiment(tmp_path / "designed", trials, rec)
+
+
+def test_findings_and_next_steps_are_computed_from_the_data(tmp_path):
+    exp = _designed_exp(tmp_path)
+    write_report(exp, tmp_path / "rep")
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    by = {}
+    for f in rep["findings"]:
+        by.setdefault(f["kind"], []).append(f)
+    lr = next(f for f in by["effect"] if f["data"]["param"] == "lr")
+    assert lr["data"]["rho"] == pytest.approx(-1.0) and "higher values did better" in lr["text"]
+    opt = next(f for f in by["effect"] if f["data"]["param"] == "optimizer")
+    assert opt["data"]["medians"]["adam"] < opt["data"]["medians"]["sgd"]
+    assert [f["data"]["param"] for f in by["edge"]] == ["lr"] and by["edge"][0]["data"]["side"] == "high"
+    assert by["longer"][0]["data"]["trials"] and by["longer"][0]["data"]["best_rising"]
+    assert by["size"][0]["data"]["better"] == "smaller" and by["size"][0]["data"]["rho"] == pytest.approx(1.0)
+    assert "Smaller models performed better" in by["size"][0]["text"]
+    assert by["failures"][0]["data"]["trials"] == ["oom"]
+    imp = by["importance"][0]["data"]["importance"]
+    assert max(imp, key=imp.get) == "lr"
+    steps = "\n".join(rep["next_steps"])
+    assert "Fix the failed trials" in steps and "Train longer" in steps and "Extend `lr` above" in steps
+    assert "smaller models" in steps
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for section in ("## Key findings", "## Technical issues", "## Critical findings", "## Next steps",
+                    "## Best configuration", "## Plots"):
+        assert section in md
+    assert (tmp_path / "rep" / "plots" / "curves.png").is_file()
+
+
+def test_compare_sets_two_experiments_side_by_side(tmp_path, broken_exp):
+    exp = _designed_exp(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "tune_jobs.cli", "report", str(exp), "--compare", str(broken_exp),
+                        "--out", str(tmp_path / "cmp"), "--check-ray"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "all agree" in p.stdout
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    cmp = md.split("## Compared with another experiment")[1]
+    assert "| trials | 9 | 6 |" in cmp and "this: `designed`" in cmp and "other: `seed001_like`" in cmp
+
+
+def test_html_report_opens_in_headless_chromium_with_table_and_plot(tmp_path):
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.fail("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
+    from matplotlib.image import imread
+    from playwright.sync_api import sync_playwright
+
+    exp = _designed_exp(tmp_path)
+    write_report(exp, tmp_path / "rep")
+    page_file = tmp_path / "rep" / "report.html"
+    assert "data:image/png;base64," in page_file.read_text()  # self-contained
+    shutil.rmtree(tmp_path / "rep" / "plots")  # the HTML must not need the PNG files
+    shot = tmp_path / "shot.png"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1300, "height": 2400})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        failed: list[str] = []
+        page.on("requestfailed", lambda r: failed.append(r.url[:80]))
+        page.goto(page_file.as_uri())
+        page.wait_for_load_state("load")
+        table = page.locator("table").first.bounding_box()
+        imgs = page.evaluate("Array.from(document.images).map(i => [i.naturalWidth, i.getBoundingClientRect().top,"
+                             " i.getBoundingClientRect().left, i.getBoundingClientRect().width,"
+                             " i.getBoundingClientRect().height])")
+        header = page.locator("table").first.locator("th").all_inner_texts()
+        page.screenshot(path=str(shot))
+        browser.close()
+    assert not errors and not failed, (errors, failed)
+    assert header[:3] == ["rank", "trial", "best val CER"]
+    assert imgs and all(w > 0 for w, *_ in imgs), imgs  # every plot decoded
+    px = imread(shot)  # (H, W, 4) floats
+    h = px.shape[0]
+
+    def ink(top, left, width, height) -> float:
+        """Share of non-white pixels in a region of the screenshot."""
+        r = px[int(top):int(min(top + height, h)), int(left):int(left + width), :3]
+        return float((r.mean(axis=2) < 0.9).mean()) if r.size else 0.0
+
+    assert table["y"] + table["height"] < h and ink(table["y"], table["x"], table["width"], table["height"]) > 0.02
+    on_screen = [i for i in imgs if i[1] + i[4] < h]
+    assert on_screen and ink(*on_screen[0][1:]) > 0.02  # a plot is in the screenshot, drawn
