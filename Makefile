@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export SPEECHTUNE_CACHE ?= $(CURDIR)/.cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-bilingual demo-seeds test install benchmark clean
+.PHONY: demo demo-bilingual demo-seeds test install benchmark clean docker-images
 SEEDS := seed000_mono seed000_bilingual seed001_presets seed002_staged seed003_convergence seed004_crnn
 
 $(STAMP): pyproject.toml
@@ -44,6 +44,12 @@ test: $(STAMP) $(CHROMIUM)
 benchmark: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/report_load.py
+
+# images for cluster nodes (docker/; used by cluster/configs/ and docker/compose.yaml)
+IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+docker-images:
+	docker build -f docker/Dockerfile.cpu -t speechtune:$(IMAGE_TAG)-cpu .
+	docker build -f docker/Dockerfile.gpu -t speechtune:$(IMAGE_TAG)-gpu .
 
 clean:
 	rm -rf experiments reports .pytest_cache

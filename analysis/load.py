@@ -26,7 +26,7 @@ NOT_METRICS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration",
                "iterations_since_restore", "config", "should_checkpoint", "experiment_tag", "epoch", "step",
                "diverged", "diverged_step", "diverged_value", "restored_from_trial", "restored_from_epoch",
                "early_stop", "best_epoch", "cpu_s", "epoch_time_s", "utts_per_s", "lr", "model_params",
-               "experiment_id"}
+               "experiment_id", "num_nodes"}
 LOWER_IS_BETTER = {"val_cer", "val_wer", "val_loss", "train_loss", "val_levenshtein", "val_mel_loss",
                    "steps_to_target", "val_mel_loss_auc"}
 
@@ -245,7 +245,8 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         loaded.append((tdir, params, rows))
     found = discover_metrics([r for _, _, rows in loaded for r in rows])
     metrics = tuple(dict.fromkeys((*METRICS, metric, *found)))
-    numeric = (*metrics, "epoch_time_s", "utts_per_s", "lr", "cpu_s", "time_this_iter_s", "restored_from_epoch")
+    numeric = (*metrics, "epoch_time_s", "utts_per_s", "lr", "cpu_s", "time_this_iter_s", "restored_from_epoch",
+               "num_nodes")
     trials, history = [], []
     for tdir, params, rows in loaded:
         cfg = {**_flatten_config(record.get("params") or {}), **_flatten_config(params)}

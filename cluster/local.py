@@ -17,6 +17,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     kwargs = dict(runtime_env={"env_vars": dict(RAY_ENV)}, log_to_driver=not quiet,
                   logging_level="ERROR" if quiet else "INFO")
     if address:
+        if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # a submitted job's driver: the job's runtime
+            kwargs.pop("runtime_env")                      # env (code, requirements, RAY_ENV) applies
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,

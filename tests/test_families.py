@@ -85,7 +85,7 @@ def m32(corpus, tmp_path_factory):
 
 # family -> (preset, epochs, overrides); sized so that each run takes well under 90 s here
 OVERFIT = {
-    "crnn_ctc": ("tiny", 80, {"lr": 5e-3}),
+    "crnn_ctc": ("tiny", 100, {"lr": 5e-3}),
     "wavenet_ctc": ("tiny", 60, {"lr": 3e-3}),
     "seq2seq": ("tiny", 50, {"lr": 5e-3}),
     "conformer_aed": ("tiny", 45, {"lr": 3e-3, "ctc_weight": 0.3}),

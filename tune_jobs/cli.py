@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 
 import tune_jobs  # noqa: F401  (Train/Tune integration env)
 from asr_core.errors import InputError
+from cluster.head import ClusterError
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -32,7 +34,15 @@ def load_for_tune(a):
     from tune_jobs.spec import job_from_dict, load_job
     from tune_jobs.yamlio import Locator
 
-    if a.job:
+    if a.job and a.job.startswith("env:"):  # a job sent by `speechtune submit` (cluster.jobs)
+        name = a.job[4:]
+        if name not in os.environ:
+            raise InputError(a.job, f"environment variable {name} is not set (jobs sent by `speechtune submit` "
+                                    "carry it)")
+        sent = json.loads(os.environ[name])
+        job = job_from_dict(sent["job"], Locator(sent["path"], {}), sent["path"])
+        job.profile = sent.get("profile", "")
+    elif a.job:
         job = load_job(a.job, profile=a.profile)
     elif isinstance(a.resume, str):
         exp = a.resume.rstrip("/")
@@ -56,7 +66,20 @@ def load_for_tune(a):
     return job
 
 
+def _check_sent_requirements() -> None:
+    """A job sent by `speechtune submit` carries the submitter's pinned requirements: checked
+    before anything heavy is imported, so a mismatched cluster fails at once and says why."""
+    from cluster.jobs import REQ_ENV, requirement_mismatches
+
+    bad = requirement_mismatches(os.environ.get(REQ_ENV, "").split())
+    if bad:
+        raise InputError(REQ_ENV, "this cluster's Python environment differs from the submitter's: "
+                                  + "; ".join(bad) + " (build the cluster from docker/, or submit with --pip)")
+
+
 def cmd_tune(a) -> int:
+    if a.job and a.job.startswith("env:"):
+        _check_sent_requirements()
     from analysis.load import best_checkpoint
     from analysis.report import write_report, write_study_report
     from analysis import store
@@ -227,6 +250,72 @@ def cmd_check(a) -> int:
     return 0 if all([_check_with_ray(e) for e in exps]) else 1
 
 
+def cmd_cluster(a) -> int:
+    from cluster import head
+
+    if a.action == "up":
+        st = head.up(num_cpus=a.num_cpus, num_gpus=a.num_gpus, dashboard_port=a.dashboard_port, auth=not a.no_auth)
+        print(f"Ray head up: dashboard and Jobs API {st.dashboard_url} (127.0.0.1 only), GCS {st.gcs_address}")
+        print(f"token authentication: {'on, token in ' + st.token_file if st.token_file else 'off (--no-auth)'}")
+        print("submit with `speechtune submit JOB.yaml`; stop with `speechtune cluster down`")
+        return 0
+    st = head.read_state()
+    if a.action == "down":
+        st = head.down()
+        print("no speechtune cluster is running" if st is None else f"stopped the cluster at {st.dashboard_url}")
+        return 0
+    if st is None or not head.is_running(st):
+        print("no speechtune cluster is running here (`speechtune cluster up` starts one)")
+        return 1
+    s = head.status(st)
+    print(f"dashboard: {s['dashboard']}   GCS: {s['gcs']}   head pid: {s['pid']}")
+    for n in s["nodes"]:
+        res = "  ".join(f"{k} {v:g}" if k in ("CPU", "GPU") else f"{k} {v / 2**30:.1f} GiB"
+                        for k, v in n["resources"].items())
+        print(f"node {n['node_id']} {n['ip']} {'head' if n['head'] else 'worker'} {n['state']}: {res}")
+    running = [j for j in s["jobs"] if j["status"] in ("PENDING", "RUNNING")]
+    print(f"jobs: {len(s['jobs'])} ({len(running)} running)")
+    for j in running:
+        print(f"  {j['id']} {j['status']}  {j['entrypoint']}")
+    return 0
+
+
+def cmd_submit(a) -> int:
+    from cluster.jobs import submit
+
+    sid, address, exp = submit(a.job, address=a.address, profile=a.profile, pip=a.pip,
+                               report_dir=a.report_dir, submission_id=a.submission_id)
+    print(f"submitted {sid} to {address}; experiment: {exp}")
+    print(f"follow it: speechtune jobs logs {sid} --follow")
+    if a.wait:
+        from cluster.jobs import logs
+
+        status = logs(sid, address=a.address, follow=True)
+        print(f"job {sid}: {status}")
+        return 0 if status == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_jobs(a) -> int:
+    from cluster import jobs
+
+    if a.action == "list":
+        for j in sorted(jobs.list_jobs(a.address), key=lambda j: j.start_time or 0):
+            start = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((j.start_time or 0) / 1000))
+            print(f"{j.submission_id}  {j.status.value:9}  {start}  {j.entrypoint}")
+        return 0
+    if not a.id:
+        print(f"error: jobs {a.action} needs a job ID", file=sys.stderr)
+        return 2
+    if a.action == "logs":
+        status = jobs.logs(a.id, address=a.address, follow=a.follow)
+        if a.follow:
+            print(f"job {a.id}: {status}")
+        return 0
+    print(f"stop requested for {a.id}" if jobs.stop(a.id, a.address) else f"{a.id} was not running")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speechtune", description="Tune speech models on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -292,6 +381,33 @@ def build_parser() -> argparse.ArgumentParser:
                                        "metrics with Ray's ExperimentAnalysis; exit 1 if they disagree")
     chk.add_argument("exp_dir")
     chk.set_defaults(fn=cmd_check)
+
+    cl = sub.add_parser("cluster", help="a local single-node Ray head on 127.0.0.1 for testing jobs")
+    cl.add_argument("action", choices=["up", "status", "down"])
+    cl.add_argument("--num-cpus", type=float, help="CPUs to offer (default: detected)")
+    cl.add_argument("--num-gpus", type=float, help="GPUs to offer (default: detected)")
+    cl.add_argument("--dashboard-port", type=int, default=8265, help="dashboard and Jobs API port on 127.0.0.1")
+    cl.add_argument("--no-auth", action="store_true", help="no token authentication (Ray's gRPC ports bind every "
+                                                          "interface: only on a machine no one else reaches)")
+    cl.set_defaults(fn=cmd_cluster)
+
+    sb = sub.add_parser("submit", help="check a job file, then run it on a Ray cluster through the Jobs API")
+    sb.add_argument("job")
+    sb.add_argument("--address", help="Jobs API, http://HEAD:8265 (default: the cluster `cluster up` started)")
+    sb.add_argument("--profile")
+    sb.add_argument("--report-dir", help="where the report goes (default: the experiment directory)")
+    sb.add_argument("--pip", action="store_true", help="have Ray install the pinned requirements (it clones the "
+                                                       "cluster's environment first: minutes with torch)")
+    sb.add_argument("--submission-id")
+    sb.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
+    sb.set_defaults(fn=cmd_submit)
+
+    jb = sub.add_parser("jobs", help="jobs on a Ray cluster: list, logs ID [--follow], stop ID")
+    jb.add_argument("action", choices=["list", "logs", "stop"])
+    jb.add_argument("id", nargs="?")
+    jb.add_argument("--address")
+    jb.add_argument("--follow", action="store_true")
+    jb.set_defaults(fn=cmd_jobs)
     return p
 
 
@@ -306,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -259,6 +259,7 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. ``config`` is the run's flat parameter dict (plus family/preset)."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -273,7 +274,17 @@ def train_loop_per_worker(config: dict) -> None:
         with restored.as_directory() as d:
             state, meta = ckpt.load_state(d), ckpt.load_meta(d)
 
+    # how many nodes this trial's workers run on (reported: placement across nodes is visible in
+    # the results, and a trial retried after losing a node shows it)
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if ctx.get_world_size() > 1:
+        gathered: list = [None] * ctx.get_world_size()
+        torch.distributed.all_gather_object(gathered, nodes[0])
+        nodes = gathered
+    num_nodes = len(set(nodes))
+
     def report(metrics: dict, save) -> None:
+        metrics = {**metrics, "num_nodes": num_nodes}
         if save is None:
             ray.train.report(metrics)
             return

@@ -1,0 +1,205 @@
+"""``speechtune submit JOB.yaml`` and ``speechtune jobs list | logs | stop``, through Ray's Jobs API.
+
+A job file is loaded and checked here, before anything is uploaded: a bad key fails on the
+submitting machine with the file and line, not minutes later in the cluster's logs. What is sent:
+
+- the job itself, with its profile applied and its local relative paths (manifests, storage)
+  made absolute, as ``SPEECHTUNE_JOB`` in the job's environment (``speechtune tune env:SPEECHTUNE_JOB``
+  reads it there; the job file may live outside the project);
+- the project's code as the runtime environment's ``working_dir`` (``.gitignore`` and the
+  excludes below keep the virtual environment, caches and experiments out);
+- the package's requirements pinned to the versions installed here, as ``SPEECHTUNE_REQUIREMENTS``:
+  the job's driver checks them before it starts and stops with the list of mismatches (a cluster
+  built from ``docker/`` has them). ``--pip`` has Ray install them instead (its ``pip`` runtime
+  environment); Ray then clones the cluster's Python environment first, which for a torch-sized
+  environment takes minutes (4.5 min for 6.3 GB here), so it is not the default.
+
+The token of an authenticated cluster goes in the request's ``Authorization`` header only.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from importlib import metadata
+from pathlib import Path
+
+from asr_core.errors import InputError
+from cluster.local import RAY_ENV
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXCLUDES = [".venv", ".cache", ".git", "experiments", "reports", "**/__pycache__", ".pytest_cache", "*.pt",
+            "*.parquet"]
+JOB_ENV = "SPEECHTUNE_JOB"
+REQ_ENV = "SPEECHTUNE_REQUIREMENTS"
+
+
+def pinned_requirements() -> list[str]:
+    """speechtune's own requirements at the versions installed here (Ray itself excluded: the
+    cluster's Ray must not be replaced by a job)."""
+    out = []
+    for req in metadata.requires("speechtune") or []:
+        if "extra ==" in req:
+            continue
+        name = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0]
+        if name.lower() == "ray":
+            continue
+        try:
+            out.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(req.split(";")[0].strip())
+    return out
+
+
+def requirement_mismatches(pins: list[str]) -> list[str]:
+    """The pins (``name==version``) this Python environment does not satisfy."""
+    bad = []
+    for pin in pins:
+        name, _, want = pin.partition("==")
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = "not installed"
+        if want and have != want:
+            bad.append(f"{name}: wanted {want}, {have}")
+    return bad
+
+
+def resolve_address(address: str | None) -> tuple[str, str | None]:
+    """The Jobs API address and the token to send: ``--address``, else ``RAY_API_SERVER_ADDRESS``
+    / ``RAY_ADDRESS`` (http), else the cluster ``speechtune cluster up`` started here. The token:
+    ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, else that cluster's own token file."""
+    from cluster.head import read_state, read_token
+
+    st = read_state()
+    if address is None:
+        env = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS", "")
+        if env.startswith("http"):
+            address = env
+        elif st is not None:
+            address = st.dashboard_url
+        else:
+            raise InputError("--address", "no cluster given and none started here: run `speechtune cluster up`, "
+                                          "or pass --address http://HEAD:8265")
+    address = address.rstrip("/")
+    if not address.startswith(("http://", "https://")):
+        address = f"http://{address}"
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token and os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        p = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
+        token = p.read_text().strip() if p.is_file() else None
+    if not token and st is not None and st.dashboard_url.rstrip("/") == address:
+        token = read_token(st)
+    return address, token
+
+
+def client(address: str, token: str | None):
+    """A JobSubmissionClient (the connection is checked on creation)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from cluster.head import auth_headers
+
+    with api_errors(address, token):
+        return JobSubmissionClient(address, headers=auth_headers(token))
+
+
+@contextlib.contextmanager
+def api_errors(address: str, token: str | None):
+    """An unreachable address or a refused token becomes an InputError saying which and what to do."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
+    except ConnectionError as e:
+        raise InputError(address, f"cannot reach a Ray Jobs API there ({_first_line(e)}); is the cluster up "
+                                  "(`speechtune cluster status`) and is this the dashboard's address (port 8265)?"
+                         ) from None
+    except AuthenticationError:
+        raise InputError(address, "the cluster requires token authentication and "
+                                  + ("refused the token given" if token else "no token was given")
+                                  + ": set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to the cluster's token file"
+                         ) from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _absolute(path: str, base: Path) -> str:
+    from analysis import store
+
+    if not path or store.is_remote(path) or os.path.isabs(path):
+        return path
+    return str((base / path).resolve())
+
+
+def job_payload(job_file: str, profile: str | None) -> tuple[dict, "object"]:
+    """The job with its profile applied and local relative paths made absolute; raises
+    InputError (file, line, key) before anything is sent."""
+    from tune_jobs.spec import load_job
+
+    job = load_job(job_file, profile=profile)
+    raw = json.loads(json.dumps(job.raw, default=str))
+    cwd = Path.cwd()
+    raw["storage_path"] = _absolute(job.storage_path, cwd)
+    data = raw.get("data") or {}
+    for k in ("train_manifest", "dev_manifest", "test_manifest"):
+        if data.get(k):
+            data[k] = _absolute(data[k], cwd)
+    return {"path": str(Path(job_file).resolve()), "profile": profile or "", "job": raw}, job
+
+
+def submit(job_file: str, address: str | None = None, profile: str | None = None, pip: bool = False,
+           report_dir: str | None = None, submission_id: str | None = None) -> tuple[str, str, str]:
+    """Check the job, then submit it. Returns (submission id, Jobs API address, experiment URI)."""
+    from analysis import store
+
+    payload, job = job_payload(job_file, profile)
+    address, token = resolve_address(address)
+    c = client(address, token)
+    pins = pinned_requirements()
+    env = {**RAY_ENV, JOB_ENV: json.dumps(payload, ensure_ascii=False), REQ_ENV: " ".join(pins)}
+    if os.environ.get("SPEECHTUNE_CACHE"):
+        env["SPEECHTUNE_CACHE"] = os.environ["SPEECHTUNE_CACHE"]
+    runtime_env: dict = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env}
+    if pip:
+        runtime_env["pip"] = {"packages": pins, "pip_check": False}
+    entry = f"python -m tune_jobs.cli tune env:{JOB_ENV} --address auto"
+    if report_dir:
+        entry += f" --report-dir {_absolute(report_dir, Path.cwd())}"
+    with api_errors(address, token):
+        sid = c.submit_job(entrypoint=entry, runtime_env=runtime_env, submission_id=submission_id,
+                           metadata={"speechtune_job": payload["path"], "name": job.name})
+    return sid, address, store.join(payload["job"]["storage_path"], job.name)
+
+
+def list_jobs(address: str | None = None) -> list:
+    address, token = resolve_address(address)
+    with api_errors(address, token):
+        return client(address, token).list_jobs()
+
+
+def logs(job_id: str, address: str | None = None, follow: bool = False, out=print) -> str:
+    """The job's driver output; ``follow`` streams it until the job ends and returns its status."""
+    address, token = resolve_address(address)
+    c = client(address, token)
+    if not follow:
+        with api_errors(address, token):
+            out(c.get_job_logs(job_id), end="")
+            return str(c.get_job_status(job_id))
+    import asyncio
+
+    async def tail():
+        async for chunk in c.tail_job_logs(job_id):
+            out(chunk, end="", flush=True)
+
+    with api_errors(address, token):
+        asyncio.run(tail())
+        return str(c.get_job_status(job_id))
+
+
+def stop(job_id: str, address: str | None = None) -> bool:
+    address, token = resolve_address(address)
+    with api_errors(address, token):
+        return client(address, token).stop_job(job_id)

@@ -1,0 +1,283 @@
+"""Clusters: the local head (`speechtune cluster up/status/down`) with job submission through the
+Jobs API and token authentication, two Ray nodes on this machine with a trial's DDP workers
+spread across them and one node removed mid-search, and the shipped cluster configs and Docker
+files checked against what the launcher, KubeRay and Docker need."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tests.test_jobs import tiny_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _st(*args, env, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tune_jobs.cli", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _gcs_servers() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"}
+
+
+@pytest.mark.timeout(600)
+def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir, ray_start_2_cpus):
+    ray = ray_start_2_cpus  # another Ray on this machine (this test process's): `down` must leave it alone
+    home, port = tmp_path / "home", _free_port()
+    env = {**os.environ, "SPEECHTUNE_HOME": str(home), "SPEECHTUNE_CACHE": str(cache_dir)}
+    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS"):
+        env.pop(k, None)
+    url = f"http://127.0.0.1:{port}"
+    p = _st("cluster", "up", "--num-cpus", "2", "--dashboard-port", str(port), env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    state = json.loads((home / "cluster" / "cluster.json").read_text())
+    try:
+        # a second `up` says so and starts nothing
+        before = _gcs_servers()
+        again = _st("cluster", "up", "--num-cpus", "2", "--dashboard-port", str(_free_port()), env=env)
+        assert again.returncode == 1 and "already running" in again.stderr, again.stderr
+        assert _gcs_servers() == before
+        s = _st("cluster", "status", env=env)
+        assert s.returncode == 0 and url in s.stdout and re.search(r"head ALIVE: .*CPU 2", s.stdout), s.stdout
+
+        # the Jobs API listens on loopback only: not on the host's own address
+        host = state["gcs_address"].rsplit(":", 1)[0]
+        if not host.startswith("127."):
+            with pytest.raises(OSError):
+                socket.create_connection((host, port), timeout=2).close()
+        token_file = home / "cluster" / "auth_token"
+        assert token_file.stat().st_mode & 0o077 == 0  # the token is the owner's alone
+        token = token_file.read_text().strip()
+
+        # without the token: refused, with a message that says what to do
+        bare = {**env, "SPEECHTUNE_HOME": str(tmp_path / "elsewhere")}
+        demo = str(ROOT / "tune_jobs" / "jobs" / "demo.yaml")
+        refused = _st("submit", demo, "--profile", "smoke", "--address", url, env=bare, cwd=tmp_path)
+        assert refused.returncode == 2 and "requires token authentication" in refused.stderr, refused.stderr
+        # a job file that fails validation is refused before anything is sent
+        bad = tmp_path / "bad.yaml"
+        bad.write_text((ROOT / "tune_jobs" / "jobs" / "demo.yaml").read_text().replace("num_trials: 8",
+                                                                                     "num_trails: 8"))
+        b = _st("submit", str(bad), "--address", url, env={**bare, "RAY_AUTH_TOKEN_PATH": str(token_file)})
+        assert b.returncode == 2 and "bad.yaml" in b.stderr and "num_trails" in b.stderr, b.stderr
+        # an address where nothing listens
+        gone = _st("jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}", env=bare)
+        assert gone.returncode == 2 and "cannot reach a Ray Jobs API" in gone.stderr, gone.stderr
+
+        # with the token (the way a user of a remote cluster gives it): the demo job runs
+        authed = {**bare, "RAY_AUTH_TOKEN_PATH": str(token_file)}
+        sub = _st("submit", demo, "--profile", "smoke", "--address", url, env=authed, cwd=tmp_path)
+        assert sub.returncode == 0, sub.stdout + sub.stderr
+        job_id = re.search(r"submitted (\S+) to", sub.stdout).group(1)
+        logs = _st("jobs", "logs", job_id, "--follow", "--address", url, env=authed, timeout=400)
+        assert logs.returncode == 0 and f"job {job_id}: SUCCEEDED" in logs.stdout, logs.stdout[-3000:] + logs.stderr
+        assert "search finished" in logs.stdout and "all agree" in logs.stdout
+        listed = _st("jobs", "list", env=env)  # the local cluster's own token, from the state directory
+        assert re.search(rf"{job_id}\s+SUCCEEDED", listed.stdout), listed.stdout + listed.stderr
+
+        # the experiment is where the job file said (relative to where submit ran); report works on it
+        exp = tmp_path / "experiments" / "demo"
+        rep = _st("report", str(exp), "--out", str(tmp_path / "rep"), "--check-ray", env=env)
+        assert rep.returncode == 0, rep.stdout + rep.stderr
+        assert (tmp_path / "rep" / "report.md").read_text().count("| finished |") + \
+            (tmp_path / "rep" / "report.md").read_text().count("| early-stopped |") == 2
+        # no secret in the experiment, the job file, or what Ray keeps of the job
+        for f in [*exp.rglob("*"), Path(demo)]:
+            if f.is_file() and f.stat().st_size < 5_000_000:
+                assert token not in f.read_text(errors="replace"), f
+        from ray.job_submission import JobSubmissionClient
+
+        info = JobSubmissionClient(url, headers={"Authorization": f"Bearer {token}"}).get_job_info(job_id)
+        assert token not in json.dumps(info.runtime_env) and token not in info.entrypoint
+    finally:
+        d = _st("cluster", "down", env=env)
+    assert d.returncode == 0 and "stopped" in d.stdout, d.stdout + d.stderr
+    left = [p for p in psutil.process_iter(["cmdline"]) if state["temp_dir"] in " ".join(p.info["cmdline"] or [])]
+    assert not left, [p.info["cmdline"][:2] for p in left]
+    assert not [p for p in psutil.process_iter() if p.pid == state["pid"]]
+    assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42  # the other Ray still works
+    assert _st("cluster", "status", env=env).returncode == 1
+
+
+@pytest.mark.timeout(600)
+def test_two_nodes_spread_ddp_workers_and_a_removed_node_is_survived(corpus, cache_dir, tmp_path):
+    """Two Ray nodes on this machine (Ray's own ray.cluster_utils.Cluster: separate raylets).
+    Each trial has 2 DDP workers placed with SPREAD; the first trial starts across both nodes,
+    then the worker node is removed (its raylet and workers are killed): the trial is retried
+    from its checkpoint on the remaining node and the search completes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from analysis.load import load_experiment
+    from analysis.raycheck import compare_with_ray
+    from tune_jobs.runner import run_tune
+    from tune_jobs.spec import load_job
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    try:
+        job = tiny_job(tmp_path, corpus, cache_dir, "nodes", """\
+            max_concurrent: 1
+            max_failures: 2
+            search_space: {lr: {grid: [3.0e-3, 4.0e-3]}}
+            searcher: {name: grid}
+            """, epochs=8)
+        job.write_text(job.read_text().replace("resources: {num_workers: 1, cpus_per_worker: 1}",
+                                               "resources: {num_workers: 2, cpus_per_worker: 1, "
+                                               "placement_strategy: SPREAD}"))
+        exp = tmp_path / "exp" / "nodes"
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.update(out=run_tune(load_job(job), address=cluster.address,
+                                                                    cache_dir=str(cache_dir), progress=False)))
+        t.start()
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(exp.glob("*/checkpoint_000001")):
+            time.sleep(0.1)
+        assert list(exp.glob("*/checkpoint_000001")), "no checkpoint written"
+        cluster.remove_node(worker)  # kills that node's raylet and every worker on it
+        t.join(timeout=400)
+        assert not t.is_alive(), "search did not finish"
+        results, exp_dir, _ = box["out"]
+        assert len(results) == 2 and not [r.error for r in results if r.error]
+        trials, history = load_experiment(exp_dir)  # epochs a retry lost from result.json come from progress.csv
+        assert set(trials.status) == {"finished"} and trials.epochs_run.tolist() == [8, 8]
+        retried = {t for t, h in history.groupby("trial_id") if h.restored_from_epoch.notna().any()}
+        assert len(retried) == 1, history[["trial_id", "epoch", "restored_from_epoch"]]
+        first = history[history.trial_id == retried.pop()].sort_values("epoch")
+        assert first.num_nodes.iloc[0] == 2  # the 2 DDP workers were placed on different nodes
+        resumed = first[first.restored_from_epoch.notna()]
+        assert len(resumed) == 1 and resumed.restored_from_epoch.iloc[0] >= 1, first[["epoch", "num_nodes"]]
+        assert resumed.epoch.iloc[0] == resumed.restored_from_epoch.iloc[0] + 1 and resumed.num_nodes.iloc[0] == 1
+        assert first.epoch.tolist() == list(range(1, 9))
+        assert compare_with_ray(exp_dir).ok
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+CONFIGS = sorted((ROOT / "cluster" / "configs").glob("*.yaml"))
+RAY_VERSION = __import__("importlib.metadata").metadata.version("ray")
+PKG_VERSION = __import__("importlib.metadata").metadata.version("speechtune")
+
+
+def test_every_cluster_config_parses_and_has_what_launcher_and_kuberay_require():
+    """Launcher YAMLs through Ray's own checks (ray-schema.json and the autoscaler's
+    prepare/validate); KubeRay manifests against the fields the ray.io/v1 CRDs require."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    kinds = {}
+    for path in CONFIGS:
+        cfg = yaml.safe_load(path.read_text())
+        kind = cfg.get("kind", "launcher")
+        kinds.setdefault(kind, []).append(path.name)
+        if kind == "launcher":
+            validate_config(prepare_config(cfg))
+            types = cfg["available_node_types"]
+            assert cfg["cluster_name"] and cfg["head_node_type"] in types, path
+            head = types[cfg["head_node_type"]]
+            assert "GPU" not in head["resources"], f"{path}: the head is a CPU node"
+            gpu = [n for n, t in types.items() if t["resources"].get("GPU", 0) >= 1]
+            assert gpu and types[gpu[0]]["max_workers"] > types[gpu[0]].get("min_workers", 0), \
+                f"{path}: an autoscaling GPU worker type"
+            images = [cfg["docker"][k] for k in ("head_image", "worker_image")]
+            assert all(re.fullmatch(rf"speechtune:{PKG_VERSION}-(cpu|gpu)", i) for i in images), images
+            assert all("--dashboard-host=127.0.0.1" in c for c in cfg["head_start_ray_commands"] if "--head" in c)
+            continue
+        assert cfg["apiVersion"] == "ray.io/v1" and cfg["metadata"]["name"], path
+        spec = cfg["spec"]
+        if kind == "RayJob":
+            assert spec["entrypoint"].startswith("speechtune tune ") and "--address auto" in spec["entrypoint"]
+            yaml.safe_load(spec["runtimeEnvYAML"])
+            spec = spec["rayClusterSpec"]
+        else:
+            assert kind == "RayCluster", path
+        assert spec["rayVersion"] == RAY_VERSION, path
+        groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+        gpus = 0
+        for name, g in groups:
+            assert isinstance(g["rayStartParams"], dict), (path, name)
+            (c, *_) = g["template"]["spec"]["containers"]
+            assert re.fullmatch(rf"speechtune:{PKG_VERSION}-(cpu|gpu)", c["image"]), (path, name, c["image"])
+            assert c["resources"]["limits"]["cpu"] and c["resources"]["limits"]["memory"], (path, name)
+            assert g["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+            env = {e["name"]: e for e in c.get("env", [])}
+            assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+            if name != "head":
+                assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], (path, name)
+            gpus += int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
+            assert ("gpu" in c["image"]) == bool(c["resources"]["limits"].get("nvidia.com/gpu")), (path, name)
+        assert gpus >= 1 and len(groups) >= 3, f"{path}: CPU and GPU worker groups"
+    assert sorted(kinds) == ["RayCluster", "RayJob", "launcher"] and len(kinds["launcher"]) == 2, kinds
+
+
+def test_launcher_validation_catches_a_missing_field():
+    """The check above can fail: a node type without resources is refused by Ray's schema."""
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((ROOT / "cluster" / "configs" / "aws.yaml").read_text())
+    del cfg["available_node_types"]["worker_gpu"]["resources"]
+    with pytest.raises(jsonschema.ValidationError, match="resources"):
+        validate_config(prepare_config(cfg))
+
+
+def _dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(instruction, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#")))
+    return [(l.split(None, 1)[0].upper(), l.split(None, 1)[1] if " " in l.strip() else "")
+            for l in text.splitlines() if l.strip()]
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_dockerfiles_pin_the_ray_image_run_as_non_root_and_install_the_package(name):
+    """No Docker engine runs here: the files are checked for what the images must do."""
+    ins = _dockerfile(ROOT / "docker" / name)
+    (base,) = [a for i, a in ins if i == "FROM"]
+    flavour = name.split(".")[1]
+    assert re.fullmatch(rf"rayproject/ray:{re.escape(RAY_VERSION)}-py3\d+-{flavour}", base), base  # pinned, never :latest
+    users = [a for i, a in ins if i == "USER"]
+    assert users and users[-1] not in ("root", "0") and not users[-1].startswith(("root:", "0:")), users
+    copied = " ".join(a for i, a in ins if i == "COPY")
+    for part in ("pyproject.toml", "asr_core", "tune_jobs", "analysis", "cluster"):
+        assert part in copied, part
+    assert all("--chown=ray" in a for i, a in ins if i == "COPY")
+    runs = [a for i, a in ins if i == "RUN"]
+    assert any(re.search(r"pip install .*(\s\.)(\s|$|&)", r) for r in runs), runs
+    # the package's pins are what the image installs: no other torch or ray pin slipped in
+    assert not re.search(r"torch==|ray==", " ".join(runs))
+
+
+def test_compose_runs_a_head_and_two_workers_and_publishes_only_on_loopback():
+    c = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    svc = c["services"]
+    heads = [n for n, s in svc.items() if "--head" in s["command"]]
+    workers = [n for n, s in svc.items() if "--address=head:6379" in s["command"]]
+    assert heads == ["head"] and len(workers) == 2
+    for n, s in svc.items():
+        assert re.fullmatch(rf"speechtune:{PKG_VERSION}-cpu", s["image"]), n
+        assert s["environment"]["RAY_AUTH_MODE"] == "token" and s["environment"]["RAY_AUTH_TOKEN"].startswith("${")
+        for port in s.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (n, port)
+    make = (ROOT / "Makefile").read_text()
+    assert "docker-images:" in make and "docker/Dockerfile.cpu" in make and "docker/Dockerfile.gpu" in make
