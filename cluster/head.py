@@ -204,6 +204,7 @@ def up(num_cpus: float | None = None, num_gpus: float | None = None, dashboard_p
     while not api_ready(url, token):
         if proc.poll() is not None or time.time() > deadline:
             _stop(st)
+            shutil.rmtree(temp_dir, ignore_errors=True)
             tail = (sdir / "head.log").read_text(errors="replace")[-2000:]
             raise ClusterError(f"the Ray head did not come up ({'exited' if proc.poll() is not None else 'timeout'});"
                                f" {sdir / 'head.log'} ends with:\n{tail}")
