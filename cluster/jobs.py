@@ -126,27 +126,19 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def _absolute(path: str, base: Path) -> str:
-    from analysis import store
-
-    if not path or store.is_remote(path) or os.path.isabs(path):
-        return path
-    return str((base / path).resolve())
-
-
 def job_payload(job_file: str, profile: str | None) -> tuple[dict, "object"]:
     """The job with its profile applied and local relative paths made absolute; raises
     InputError (file, line, key) before anything is sent."""
+    from analysis import store
     from tune_jobs.spec import load_job
 
     job = load_job(job_file, profile=profile)
     raw = json.loads(json.dumps(job.raw, default=str))
-    cwd = Path.cwd()
-    raw["storage_path"] = _absolute(job.storage_path, cwd)
+    raw["storage_path"] = store.normalize(job.storage_path)
     data = raw.get("data") or {}
     for k in ("train_manifest", "dev_manifest", "test_manifest"):
         if data.get(k):
-            data[k] = _absolute(data[k], cwd)
+            data[k] = store.normalize(data[k])
     return {"path": str(Path(job_file).resolve()), "profile": profile or "", "job": raw}, job
 
 
@@ -167,7 +159,7 @@ def submit(job_file: str, address: str | None = None, profile: str | None = None
         runtime_env["pip"] = {"packages": pins, "pip_check": False}
     entry = f"python -m tune_jobs.cli tune env:{JOB_ENV} --address auto"
     if report_dir:
-        entry += f" --report-dir {_absolute(report_dir, Path.cwd())}"
+        entry += f" --report-dir {store.normalize(report_dir)}"
     with api_errors(address, token):
         sid = c.submit_job(entrypoint=entry, runtime_env=runtime_env, submission_id=submission_id,
                            metadata={"speechtune_job": payload["path"], "name": job.name})

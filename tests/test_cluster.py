@@ -18,15 +18,9 @@ import psutil
 import pytest
 import yaml
 
-from tests.test_jobs import tiny_job
+from tests.test_jobs import _free_port, tiny_job
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _st(*args, env, cwd=None, timeout=300) -> subprocess.CompletedProcess:

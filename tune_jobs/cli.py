@@ -39,6 +39,7 @@ def load_for_tune(a):
         if name not in os.environ:
             raise InputError(a.job, f"environment variable {name} is not set (jobs sent by `speechtune submit` "
                                     "carry it)")
+        _check_sent_requirements()
         sent = json.loads(os.environ[name])
         job = job_from_dict(sent["job"], Locator(sent["path"], {}), sent["path"])
         job.profile = sent.get("profile", "")
@@ -78,8 +79,7 @@ def _check_sent_requirements() -> None:
 
 
 def cmd_tune(a) -> int:
-    if a.job and a.job.startswith("env:"):
-        _check_sent_requirements()
+    job = load_for_tune(a)  # first: a submitted job's requirements are checked before the imports below
     from analysis.load import best_checkpoint
     from analysis.report import write_report, write_study_report
     from analysis import store
@@ -88,7 +88,6 @@ def cmd_tune(a) -> int:
     from tune_jobs.runner import run_tune
     from tune_jobs.study import run_study, study_uri
 
-    job = load_for_tune(a)
     t0 = time.time()
     if job.phases:
         summaries = run_study(job, address=a.address, num_cpus=a.num_cpus)

@@ -259,7 +259,6 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. ``config`` is the run's flat parameter dict (plus family/preset)."""
-    import ray
     import ray.train
     import ray.train.torch
 
