@@ -44,6 +44,8 @@ test: $(STAMP) $(CHROMIUM)
 benchmark: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/report_load.py
+	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/features.py
 
 # images for cluster nodes (docker/; used by cluster/configs/ and docker/compose.yaml)
 IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

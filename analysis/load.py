@@ -222,7 +222,7 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
     ranking metric: a trial with none is ranked last and marked ``feasible`` False.
     Raises ``MetricNotFound`` when trials reported but none of them the ranking metric.
     """
-    from analysis import store
+    from asr_core import storage as store
 
     exp_dir = store.local_copy(exp_dir)
     if not exp_dir.is_dir():

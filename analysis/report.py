@@ -128,7 +128,7 @@ class Analysis:
 
 
 def analyse(exp_dir: str | os.PathLike) -> Analysis:
-    from analysis import store
+    from asr_core import storage as store
 
     remote = str(exp_dir) if store.is_remote(exp_dir) else None
     local = store.local_copy(exp_dir)
@@ -387,7 +387,7 @@ def write_report(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
 def _write(a: Analysis, out_dir, extra: dict | None = None, compare=None) -> Path:
     """``write_report`` for an experiment already analysed."""
     from analysis import plots as plotting
-    from analysis import store
+    from asr_core import storage as store
 
     remote = a.exp if store.is_remote(a.exp) else None
     out = Path(out_dir or a.local)
@@ -469,7 +469,7 @@ def phase_lines(name: str, ph: dict, a: Analysis | None, index: int) -> list[str
 def write_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
     """A staged study: each phase's report (``PHASE/report.md|html``), ``study.md`` with the
     methodology (every phase in seed 002's form) and a study summary, and ``index.html``."""
-    from analysis import store
+    from asr_core import storage as store
 
     text = store.read_text(store.join(str(study_dir), "study.json"))
     if text is None:

@@ -12,3 +12,8 @@ class InputError(ValueError):
         self.where = where
         self.message = message
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):
+        # Ray carries an exception across processes by pickling it; the default reduction
+        # re-calls __init__ with ``self.args`` (one string), which lost the type and message.
+        return type(self), (self.where, self.message)

@@ -37,7 +37,8 @@ def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, ba
     std = np.asarray(meta["cmvn"]["std"], np.float32)
     data = dataset_for(manifest, tok, FeatureConfig(**meta["features"]),
                        cache_dir or run.data.cache_dir or str(default_cache_dir()), mean, std,
-                       run.data.with_lang_tag, progress=progress)
+                       run.data.with_lang_tag, progress=progress, feature_store=run.data.feature_store,
+                       skip_bad=skip_bad)
     counts: dict[str, float] = {}
     padding = getattr(run.model, "PADDING", True)
     for batch in data.iterate(data.batches(batch_bins, padding=padding)):

@@ -129,7 +129,8 @@ def _first_line(e: Exception) -> str:
 def job_payload(job_file: str, profile: str | None) -> tuple[dict, "object"]:
     """The job with its profile applied and local relative paths made absolute; raises
     InputError (file, line, key) before anything is sent."""
-    from analysis import store
+    from asr_core import storage as store
+    from asr_core.data.manifest import normalize_spec
     from tune_jobs.spec import load_job
 
     job = load_job(job_file, profile=profile)
@@ -138,14 +139,14 @@ def job_payload(job_file: str, profile: str | None) -> tuple[dict, "object"]:
     data = raw.get("data") or {}
     for k in ("train_manifest", "dev_manifest", "test_manifest"):
         if data.get(k):
-            data[k] = store.normalize(data[k])
+            data[k] = normalize_spec(data[k])
     return {"path": str(Path(job_file).resolve()), "profile": profile or "", "job": raw}, job
 
 
 def submit(job_file: str, address: str | None = None, profile: str | None = None, pip: bool = False,
            report_dir: str | None = None, submission_id: str | None = None) -> tuple[str, str, str]:
     """Check the job, then submit it. Returns (submission id, Jobs API address, experiment URI)."""
-    from analysis import store
+    from asr_core import storage as store
 
     payload, job = job_payload(job_file, profile)
     address, token = resolve_address(address)

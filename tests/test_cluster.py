@@ -136,6 +136,7 @@ def test_two_nodes_spread_ddp_workers_and_a_removed_node_is_survived(corpus, cac
             max_failures: 2
             search_space: {lr: {grid: [3.0e-3, 4.0e-3]}}
             searcher: {name: grid}
+            storage_shared: true     # both nodes run on this machine: they do share its disk
             """, epochs=8)
         job.write_text(job.read_text().replace("resources: {num_workers: 1, cpus_per_worker: 1}",
                                                "resources: {num_workers: 2, cpus_per_worker: 1, "
@@ -197,11 +198,18 @@ def test_every_cluster_config_parses_and_has_what_launcher_and_kuberay_require()
             images = [cfg["docker"][k] for k in ("head_image", "worker_image")]
             assert all(re.fullmatch(rf"speechtune:{PKG_VERSION}-(cpu|gpu)", i) for i in images), images
             assert all("--dashboard-host=127.0.0.1" in c for c in cfg["head_start_ray_commands"] if "--head" in c)
+            # nodes share no disk: every worker type can reach the job's object storage
+            for t in types.values():
+                nc = t["node_config"]
+                assert nc.get("IamInstanceProfile") or any("devstorage" in sc or "cloud-platform" in sc
+                                                           for sa in nc.get("serviceAccounts", [])
+                                                           for sc in sa["scopes"]) or t is head, (path, nc)
             continue
         assert cfg["apiVersion"] == "ray.io/v1" and cfg["metadata"]["name"], path
         spec = cfg["spec"]
         if kind == "RayJob":
             assert spec["entrypoint"].startswith("speechtune tune ") and "--address auto" in spec["entrypoint"]
+            assert "--storage s3://" in spec["entrypoint"]  # pods share no disk: the job's storage is S3
             yaml.safe_load(spec["runtimeEnvYAML"])
             spec = spec["rayClusterSpec"]
         else:
@@ -217,6 +225,7 @@ def test_every_cluster_config_parses_and_has_what_launcher_and_kuberay_require()
             assert g["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
             env = {e["name"]: e for e in c.get("env", [])}
             assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+            assert {"secretRef": {"name": "speechtune-object-storage"}} in c["envFrom"], (path, name)
             if name != "head":
                 assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], (path, name)
             gpus += int(c["resources"]["limits"].get("nvidia.com/gpu", 0))

@@ -303,49 +303,31 @@ def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir,
 
 
 @pytest.mark.timeout(300)
-def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path):
-    import boto3
+def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path, s3_server):
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket="speech")
-        job = tiny_job(tmp_path, corpus, cache_dir, "ons3", """\
-            search_space: {lr: {grid: [1.0e-3, 3.0e-3]}}
-            searcher: {name: grid}
-            max_concurrent: 2
-            """, epochs=2)
-        job.write_text(job.read_text().replace(f"storage_path: {tmp_path / 'exp'}", "storage_path: s3://speech/exps"))
-        p = _speechtune("tune", str(job), "--num-cpus", "2", env=env)
-        out, _ = p.communicate(timeout=240)
-        assert p.returncode == 0, out[-3000:]
-        assert not (tmp_path / "exp").exists()
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="speech", Prefix="exps/ons3/")["Contents"]]
-        assert any(k.endswith("result.json") for k in keys) and any("/checkpoint_" in k for k in keys)
-        report = s3.get_object(Bucket="speech", Key="exps/ons3/report.md")["Body"].read().decode()
-        assert "s3://speech/exps/ons3" in report and report.count("| finished |") == 2
-        r = _speechtune("report", "s3://speech/exps/ons3", "--out", str(tmp_path / "rep"), env=env)
-        out, _ = r.communicate(timeout=120)
-        assert r.returncode == 0, out
-        again = (tmp_path / "rep" / "report.md").read_text()
-        assert again.split("## Ranking")[1] == report.split("## Ranking")[1]
-    finally:
-        server.terminate()
-        server.wait()
+    env, s3 = s3_server
+    job = tiny_job(tmp_path, corpus, cache_dir, "ons3", """\
+        search_space: {lr: {grid: [1.0e-3, 3.0e-3]}}
+        searcher: {name: grid}
+        max_concurrent: 2
+        """, epochs=2)
+    job.write_text(job.read_text().replace(f"storage_path: {tmp_path / 'exp'}", "storage_path: s3://speech/exps"))
+    p = _speechtune("tune", str(job), "--num-cpus", "2", env=env)
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 0, out[-3000:]
+    assert not (tmp_path / "exp").exists()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="speech", Prefix="exps/ons3/")["Contents"]]
+    assert any(k.endswith("result.json") for k in keys) and any("/checkpoint_" in k for k in keys)
+    report = s3.get_object(Bucket="speech", Key="exps/ons3/report.md")["Body"].read().decode()
+    assert "s3://speech/exps/ons3" in report and report.count("| finished |") == 2
+    r = _speechtune("report", "s3://speech/exps/ons3", "--out", str(tmp_path / "rep"), env=env)
+    out, _ = r.communicate(timeout=120)
+    assert r.returncode == 0, out
+    again = (tmp_path / "rep" / "report.md").read_text()
+    assert again.split("## Ranking")[1] == report.split("## Ranking")[1]
 
 
 def test_a_preset_point_outside_the_search_space_is_an_error_naming_its_line(tmp_path):

@@ -30,7 +30,7 @@ def load_for_tune(a):
     """The job to run: a job file (with ``--profile``), or the job recorded in ``--resume EXP``."""
     import json
 
-    from analysis import store
+    from asr_core import storage as store
     from tune_jobs.spec import job_from_dict, load_job
     from tune_jobs.yamlio import Locator
 
@@ -82,7 +82,7 @@ def cmd_tune(a) -> int:
     job = load_for_tune(a)  # first: a submitted job's requirements are checked before the imports below
     from analysis.load import best_checkpoint
     from analysis.report import write_report, write_study_report
-    from analysis import store
+    from asr_core import storage as store
     from asr_core.evaluate import evaluate
     from asr_core.models import get_family
     from tune_jobs.runner import run_tune
@@ -100,9 +100,21 @@ def cmd_tune(a) -> int:
         return 0
     results, exp_dir, manifests = run_tune(job, address=a.address, num_cpus=a.num_cpus, resume=bool(a.resume))
     elapsed = time.time() - t0
-    errors = sum(1 for r in results if r.error)
-    print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {errors} failed; experiment: {exp_dir}")
+    errors = [r.error for r in results if r.error]
+    print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {len(errors)} failed; experiment: {exp_dir}")
     extra = {"search wall time": f"{elapsed:.0f} s"}
+    if not any(_reported(r, job.metric) for r in results):
+        from analysis.load import MetricNotFound
+
+        try:
+            print(f"report: {write_report(exp_dir, a.report_dir, extra=extra)}")
+        except (MetricNotFound, FileNotFoundError) as e:
+            print(f"report: not written ({e})")
+        print(f"error: the search produced nothing: no trial of {len(results)} reported {job.metric} "
+              f"({len(errors)} failed)", file=sys.stderr)
+        if errors:
+            print(f"first error: {first_error(errors[0])}", file=sys.stderr)
+        return 1
     if job.test_eval and "test" in manifests and get_family(job.family).decode is not None:
         try:
             best = best_checkpoint(store.local_copy(exp_dir, skip_checkpoints=False), job.metric, job.mode)
@@ -123,11 +135,32 @@ def cmd_tune(a) -> int:
     return 0
 
 
+def _reported(result, metric: str) -> bool:
+    """Did this trial report ``metric`` with a value at least once (NaN is no value)?"""
+    df = result.metrics_dataframe
+    return df is not None and metric in df and bool(df[metric].notna().any())
+
+
+def first_error(e: BaseException) -> str:
+    """The innermost cause of a trial's error (Ray wraps it in RayTaskError / TrainingFailedError),
+    as ``Type: message`` on one line."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    name = type(e).__name__.removeprefix("RayTaskError(").rstrip(")")
+    text = str(e).strip().splitlines()
+    return f"{name}: {text[-1] if text else ''}"[:500]
+
+
 def _check_with_ray(exp_dir) -> bool:
     """Print whether the report's trial count, statuses and best metrics agree with Ray's own
     ExperimentAnalysis of the same directory (local experiments; S3 ones are read by Ray too but
     the check would download everything twice)."""
-    from analysis import store
+    from asr_core import storage as store
     from analysis.raycheck import compare_with_ray
 
     if not exp_dir or store.is_remote(exp_dir):
@@ -146,7 +179,9 @@ def cmd_train(a) -> int:
     if a.preset:
         params["preset"] = a.preset
     if a.train_manifest:
-        params.update(train_manifest=a.train_manifest, dev_manifest=a.dev_manifest)
+        from asr_core.data.manifest import normalize_spec
+
+        params.update(train_manifest=normalize_spec(a.train_manifest), dev_manifest=normalize_spec(a.dev_manifest))
     else:
         m = ensure_corpus(a.corpus)
         params.update(train_manifest=m["train"], dev_manifest=m["dev"])
@@ -180,6 +215,53 @@ def cmd_evaluate(a) -> int:
         print(f"CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
     print("  ".join(f"{k} {v:.4g}" for k, v in ev["metrics"].items() if v == v))
     return 0
+
+
+def cmd_data(a) -> int:
+    """``data import FORMAT SRC OUT.jsonl`` and ``data stats MANIFEST``."""
+    from asr_core.data.manifest import manifest_stats, read_manifest, write_manifest
+
+    options = {k: v for k, v in (("audio_column", a.audio_column), ("text_column", a.text_column),
+                                 ("split", a.split)) if v}
+    if a.action == "import":
+        from asr_core.data.importers import FORMATS
+
+        if not (a.format and a.src and a.out):
+            print("error: data import FORMAT SRC OUT.jsonl", file=sys.stderr)
+            return 2
+        if a.format not in FORMATS or a.format == "jsonl":
+            print(f"error: unknown format {a.format!r} (known: {', '.join(f for f in FORMATS if f != 'jsonl')})",
+                  file=sys.stderr)
+            return 2
+        out = Path(a.out)
+        m = read_manifest(f"{a.format}:{a.src}", skip_bad=a.skip_bad, audio_dir=str(out.parent / f"{out.stem}_audio"),
+                          allow_pipes=a.allow_pipes, **options)
+        write_manifest(out, m.utterances)
+        print(f"{out}: {len(m)} utterances from {a.format}:{a.src}")
+        _print_skipped(m.skipped)
+        return 0
+    spec = a.format  # `data stats MANIFEST`: the first positional
+    if not spec or a.src:
+        print("error: data stats MANIFEST (a JSONL manifest or FORMAT:SOURCE)", file=sys.stderr)
+        return 2
+    m = read_manifest(spec, skip_bad=a.skip_bad, **options)
+    st = manifest_stats(m)
+    pct = st["duration_percentiles"]
+    print(f"{spec}: {st['utterances']} utterances, {st['hours']:.3f} hours ({st['seconds']:.1f} s)")
+    print(f"duration (s): min {pct[0]:.2f}  p5 {pct[5]:.2f}  median {pct[50]:.2f}  p95 {pct[95]:.2f}  "
+          f"max {pct[100]:.2f}  mean {st['mean_duration']:.2f}")
+    print("languages: " + ", ".join(f"{k} {v}" for k, v in st["languages"].items()))
+    print(f"speakers: {st['speakers']}")
+    print(f"characters ({len(st['characters'])}): {st['characters']!r}")
+    _print_skipped(m.skipped)
+    return 0
+
+
+def _print_skipped(skipped: list[str]) -> None:
+    if skipped:
+        print(f"--skip-bad: skipped {len(skipped)} bad row(s):")
+        for s in skipped:
+            print(f"  {s}")
 
 
 def cmd_describe(a) -> int:
@@ -235,7 +317,7 @@ def cmd_report(a) -> int:
 
 def _experiments(exp_dir: str) -> list[str] | None:
     """The finished phases' experiments of a study directory; None when it is not a study."""
-    from analysis import store
+    from asr_core import storage as store
 
     text = store.read_text(store.join(exp_dir, "study.json"))
     if text is None:
@@ -358,6 +440,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kenlm", help="flashlight KenLM model")
     e.add_argument("--ctc-weight", type=float, help="conformer_aed: joint CTC/attention decoding weight")
     e.set_defaults(fn=cmd_evaluate)
+
+    da = sub.add_parser("data", help="import a corpus into a JSONL manifest, or print a manifest's statistics",
+                        description="speechtune data import FORMAT SRC OUT.jsonl  |  speechtune data stats MANIFEST")
+    da.add_argument("action", choices=["import", "stats"], help="import: convert SRC; stats: count MANIFEST")
+    da.add_argument("format", nargs="?", help="import: kaldi, nemo, lhotse, hf or commonvoice; stats: the manifest "
+                                              "(JSONL, or FORMAT:SOURCE)")
+    da.add_argument("src", nargs="?", help="import: the source (data dir, manifest, dataset folder; local or s3://)")
+    da.add_argument("out", nargs="?", help="import: the JSONL manifest to write")
+    da.add_argument("--skip-bad", action="store_true", help="skip bad rows (each is listed) instead of stopping")
+    da.add_argument("--allow-pipes", action="store_true",
+                    help="kaldi/lhotse: run wav.scp pipe commands (`... |`) and keep their output as wav files")
+    da.add_argument("--audio-column", help="hf: the audio column (default: audio)")
+    da.add_argument("--text-column", help="hf: the transcript column (default: text)")
+    da.add_argument("--split", help="commonvoice: which .tsv of a release folder (default: train)")
+    da.set_defaults(fn=cmd_data)
 
     d = sub.add_parser("describe", help="a family's config (with a preset) and its parameter count")
     d.add_argument("family")

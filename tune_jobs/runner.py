@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import tune_jobs  # noqa: F401  (sets RAY_TRAIN_V2_ENABLED before ray.train loads)
-from analysis import store
+from asr_core import storage as store
+from asr_core.data.manifest import normalize_spec, read_manifest, spec_is_remote
 from asr_core.data.synth import default_cache_dir, ensure_corpus
 from asr_core.errors import InputError
 from asr_core.train.config import split_params
-from asr_core.train.data import prepare_data
 from asr_core.train.loop import train_loop_per_worker
 from cluster.local import init_ray
 from tune_jobs.registry import make_scheduler, make_searcher
@@ -20,41 +20,100 @@ from tune_jobs.spec import JobSpec, ResourcesSpec
 
 log = logging.getLogger(__name__)
 JOB_RECORD = "speechtune_job.json"
+PUBLISHED = "PUBLISHED.json"
 
 
 def resolve_data(job: JobSpec, cache_dir: str | None = None) -> dict[str, str]:
-    """Manifest paths of the job's train/dev/test splits (synthesizing a demo corpus if needed)."""
+    """Manifest specs of the job's train/dev/test splits (synthesizing a demo corpus if needed),
+    local paths made absolute."""
     d = job.data
     if d.corpus:
         return ensure_corpus(d.corpus, cache_dir=cache_dir, train=d.train, dev=d.dev, test=d.test, seed=d.seed)
-    out = {"train": str(Path(d.train_manifest).resolve()), "dev": str(Path(d.dev_manifest).resolve())}
+    out = {"train": normalize_spec(d.train_manifest), "dev": normalize_spec(d.dev_manifest)}
     if d.test_manifest:
-        out["test"] = str(Path(d.test_manifest).resolve())
+        out["test"] = normalize_spec(d.test_manifest)
     return out
+
+
+def publish_corpus(manifests: dict[str, str], storage: str) -> dict[str, str]:
+    """A synthesized demo corpus copied to the job's object storage (once: a second job finds it),
+    so that no trial reads a path only the driver's node has.
+
+    Why publish rather than have each node synthesize it again (it is deterministic): the nodes
+    need only the features, which are extracted once from the published audio; synthesizing on
+    every node would cost each of them minutes of CPU (eSpeak NG in a fresh process) for audio
+    it never reads, and a node added later would pay it again."""
+    local_root = Path(manifests["train"]).parent
+    remote_root = store.join(storage, "corpora", local_root.name)
+    marker = store.join(remote_root, PUBLISHED)
+    if not store.is_file(marker):
+        print(f"publishing corpus {local_root.name} to {remote_root}")
+        store.upload_dir(local_root, remote_root)
+        store.write_text(marker, json.dumps({"from": str(local_root), "time": time.time()}))  # last: complete
+    return {split: store.join(remote_root, Path(m).name) for split, m in manifests.items()}
+
+
+def feature_root(job: JobSpec) -> str:
+    """Where the job's feature store lives: its object storage, or its storage path when the user
+    declares it mounted on every node; "" = this machine's cache (everything local)."""
+    if store.is_remote(job.storage_path) or job.storage_shared:
+        return store.join(store.normalize(job.storage_path), "features")
+    return ""
 
 
 def base_params(job: JobSpec, manifests: dict[str, str], cache_dir: str) -> dict:
     p = {"family": job.family, **job.params, "train_manifest": manifests["train"],
          "dev_manifest": manifests["dev"], "cache_dir": cache_dir, "skip_bad": job.data.skip_bad}
+    root = feature_root(job)
+    if root:
+        p["feature_store"] = root
     if job.preset is not None:
         p["preset"] = job.preset
     return p
 
 
+def check_manifests(params: dict) -> None:
+    """Every row of both manifests, before Ray starts (local audio files opened)."""
+    run = split_params(params, where="job params")
+    for spec in (run.data.train_manifest, run.data.dev_manifest):
+        read_manifest(spec, skip_bad=run.data.skip_bad)
+
+
+def check_cluster(job: JobSpec, manifests: dict[str, str]) -> None:
+    """On a cluster of several nodes, every path the trials read must be readable on every node:
+    a local storage path or manifest is refused unless the job declares it shared."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1 or job.storage_shared:
+        return
+    if not store.is_remote(job.storage_path):
+        raise InputError(f"{job.path}: storage_path",
+                         f"'{job.storage_path}' is a local path, and this Ray cluster has {len(nodes)} nodes that "
+                         "do not share it: use object storage (storage_path: s3://bucket/prefix, or --storage), "
+                         "or set 'storage_shared: true' if the same path is mounted on every node")
+    for split, spec in manifests.items():
+        if not spec_is_remote(spec) and not job.data.corpus:
+            raise InputError(f"{job.path}: data.{split}_manifest",
+                             f"'{spec}' is a local path, and this Ray cluster has {len(nodes)} nodes: put the corpus "
+                             "in object storage (s3://...), or set 'storage_shared: true' if it is mounted on every "
+                             "node")
+
+
 def check_and_cache(params: dict, progress: bool = True) -> None:
     """Everything that can fail on bad input fails here, before any trial starts: manifests,
-    tokenizer coverage of the dev set, and feature extraction into the node's cache."""
+    tokenizer coverage of the dev set, and the feature store (built by Ray tasks when Ray is up)."""
     from asr_core.models import get_family
+    from asr_core.train.data import check_data
 
     run = split_params(params, where="job params")
-    data = prepare_data(run.data, run.features, progress=progress)
+    tok, skipped = check_data(run.data, run.features, progress=progress)
     try:  # a model that cannot be built for this data fails here, not in every trial
-        get_family(run.family).build(run.model, data.tokenizer.vocab_size, run.features.n_mels)
+        get_family(run.family).build(run.model, tok.vocab_size, run.features.n_mels)
     except ValueError as e:
         raise InputError("job params", str(e)) from None
-    for m in (data.train_manifest, data.dev_manifest):
-        if m.skipped:
-            print(f"--skip-bad: skipped {len(m.skipped)} bad row(s) in {m.path}; first: {m.skipped[0]}")
+    if skipped:
+        print(f"--skip-bad: skipped {len(skipped)} bad row(s); first: {skipped[0]}")
 
 
 def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, storage_path: str, name: str,
@@ -115,13 +174,17 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     cache_dir = cache_dir or str(default_cache_dir())
     phase = phase or {}
     manifests = resolve_data(job, cache_dir)
+    check_manifests(base_params(job, manifests, cache_dir))  # bad rows fail before Ray starts
+    init_ray(address, num_cpus=num_cpus)
+    check_cluster(job, manifests)
+    storage = store.normalize(job.storage_path)
+    if job.data.corpus and store.is_remote(storage):
+        manifests = publish_corpus(manifests, storage)
     params = base_params(job, manifests, cache_dir)
     if phase.get("init_checkpoint"):
         params["finetune"] = True
-    check_and_cache(params, progress=progress)
-    init_ray(address, num_cpus=num_cpus)
+    check_and_cache(params, progress=progress)  # features extracted by Ray tasks on the cluster
     check_fits(job.resources, f"{job.path} (resources)")
-    storage = store.normalize(job.storage_path)
     name = job.name
     exp_uri = store.join(storage, name)
     if resume and not can_resume(exp_uri):
@@ -193,12 +256,13 @@ def run_train(params: dict, res: ResourcesSpec, storage_path: str, name: str, ad
     Checkpoints are ranked by ``metric`` (default: the run's select_metric or its family's)."""
     from asr_core.models import get_family
 
-    check_and_cache(params, progress=progress)
+    check_manifests(params)
     run = split_params(params, where="train params")
     family = get_family(run.family)
     mode = run.train.select_mode or family.default_mode
     metric = metric or run.train.select_metric or family.default_metric
     init_ray(address, num_cpus=num_cpus)
+    check_and_cache(params, progress=progress)
     check_fits(res, "--workers/--cpus-per-worker")
     trainer = make_trainer(params, res, metric=metric, mode=mode, storage_path=storage_path, name=name,
                            resume_from=resume_from)

@@ -96,6 +96,8 @@ class JobSpec:
     init_from: str = ""  # "best": start every trial from the previous phase's best checkpoint
     repeats: int = 1  # grid / named trials: how many times each combination runs
     profile: str = ""
+    # the user says storage_path (and local manifests) are mounted at the same path on every node
+    storage_shared: bool = False
     raw: dict = field(default_factory=dict)  # the job as loaded (profile applied), for records and resume
 
     def tune_space(self) -> dict:
@@ -127,7 +129,8 @@ class JobSpec:
 
 
 TOP_KEYS = {"name", "family", "preset", "data", "params", "search_space", "searcher", "scheduler",
-            "metric", "mode", "num_trials", "max_concurrent", "resources", "storage_path", "max_failures",
+            "metric", "mode", "num_trials", "max_concurrent", "resources", "storage_path", "storage_shared",
+            "max_failures",
             "test_eval", "trials", "constraints", "require", "profiles", "phases", "init_from", "description"}
 PHASE_KEYS = {"name", "params", "search_space", "trials", "constraints", "searcher", "scheduler", "metric", "mode",
               "num_trials", "max_concurrent", "resources", "init_from", "description", "require", "max_failures"}
@@ -212,7 +215,7 @@ def _opt_values(ph: dict) -> dict[str, str]:
 def phase_dict(job_data: dict, ph: dict, carried: dict[str, object]) -> dict:
     """The job file's top level with phase ``ph`` laid over it and ``<OPT>`` resolved from
     ``carried`` (key -> value; a None value only checks structure, as at load time)."""
-    from analysis.store import join
+    from asr_core.storage import join
 
     d = {k: copy.deepcopy(v) for k, v in job_data.items()
          if k not in ("search_space", "trials", "constraints", "phases")}
@@ -432,8 +435,15 @@ def _build(data: dict, loc: Locator, path: str) -> JobSpec:
         num_trials=num_trials, max_concurrent=max_conc, resources=resources,
         storage_path=str(data.get("storage_path", "experiments")), max_failures=max_failures,
         test_eval=bool(data.get("test_eval", True)), trials=trials, constraints=[str(c) for c in constraints],
-        require=require, init_from=init_from, repeats=repeats,
+        require=require, init_from=init_from, repeats=repeats, storage_shared=_bool(data, "storage_shared", loc),
     )
+
+
+def _bool(data: dict, key: str, loc) -> bool:
+    v = data.get(key, False)
+    if not isinstance(v, bool):
+        raise InputError(loc(key), f"'{key}' must be true or false, got {v!r}")
+    return v
 
 
 def _is_run_key(family: str | None, key: str) -> bool:

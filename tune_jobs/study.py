@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 
-from analysis import store
+from asr_core import storage as store
 from analysis.load import best_checkpoint, load_experiment
 from asr_core.errors import InputError
 from tune_jobs.spec import JobSpec, _build, phase_dict

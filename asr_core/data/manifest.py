@@ -1,20 +1,27 @@
-"""JSONL manifests: one utterance a line with ``id``, ``audio``, ``duration``, ``text``, ``language``.
+"""Manifests: one utterance a row with ``id``, ``audio``, ``duration``, ``text``, ``language`` and
+optional ``offset`` (seconds into the audio file) and ``speaker``.
 
-The same form serves the synthesized demo corpora and real corpora. Audio paths may be
-absolute or relative to the manifest's folder.
+The same form serves the synthesized demo corpora and real corpora. A manifest is named by a
+*spec*: a JSONL file (local path or object-store URI), or ``FORMAT:SOURCE`` for the formats
+speech teams keep (``kaldi:``, ``nemo:``, ``lhotse:``, ``hf:``, ``commonvoice:``; see
+``asr_core.data.importers``), read into the same rows and checked by the same rules. Audio
+paths may be absolute, URIs, or relative to the manifest's own folder (local or remote).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import soundfile
 
+from asr_core import storage
 from asr_core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -25,99 +32,180 @@ REQUIRED = ("id", "audio", "text")
 @dataclass(frozen=True)
 class Utterance:
     id: str
-    audio: str  # absolute path once read
-    duration: float
+    audio: str  # absolute path or URI once read
+    duration: float  # seconds of speech (the segment's length when ``offset`` is set); 0 = unknown
     text: str
     language: str = "en"
     speaker: str = ""  # voice variant for synthesized corpora; optional for real ones
+    offset: float = 0.0  # where the utterance starts in ``audio`` (Kaldi segments, NeMo, lhotse cuts)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.offset:
+            d.pop("offset")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Utterance":
         return cls(
             id=str(d["id"]),
             audio=str(d["audio"]),
-            duration=float(d.get("duration", 0.0)),
+            duration=float(d.get("duration") or 0.0),
             text=str(d["text"]),
-            language=str(d.get("language", "en")),
-            speaker=str(d.get("speaker", "")),
+            language=str(d.get("language") or "en"),
+            speaker=str(d.get("speaker") or ""),
+            offset=float(d.get("offset") or 0.0),
         )
 
 
 @dataclass
 class Manifest:
-    path: str
+    path: str  # the spec it was read from
     utterances: list[Utterance]
     skipped: list[str]  # "file:line: reason" for rows dropped under skip_bad
+    key: str = ""  # content hash of the source files (feature-store key; see features.store_key)
+    where: dict[str, str] = field(default_factory=dict)  # utterance id -> "file:line"
+    skipped_ids: dict[str, str] = field(default_factory=dict)  # id -> reason, rows with an id that were dropped
 
     def __len__(self) -> int:
         return len(self.utterances)
 
 
-def _check_row(raw: str, where: str, base: Path, check_audio: bool) -> Utterance:
+@dataclass
+class RawSource:
+    """What an importer hands to :func:`read_manifest`: rows as dicts of the manifest's keys
+    (or the InputError that row is), each with its ``file:line``; the folder relative audio paths
+    resolve against; and a digest of the source files' bytes."""
+    base: str
+    rows: list[tuple[str, dict | InputError]]
+    digest: str
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``"kaldi:/data/train"`` -> ("kaldi", "/data/train"); a plain path or URI -> ("jsonl", it)."""
+    from asr_core.data.importers import FORMATS
+
+    head, sep, rest = str(spec).partition(":")
+    if sep and head in FORMATS and not rest.startswith("//"):
+        return head, rest
+    return "jsonl", str(spec)
+
+
+def normalize_spec(spec: str) -> str:
+    """A spec with its local path made absolute (URIs and the format prefix kept)."""
+    fmt, src = split_spec(spec)
+    return storage.normalize(src) if fmt == "jsonl" else f"{fmt}:{storage.normalize(src)}"
+
+
+def spec_is_remote(spec: str) -> bool:
+    return storage.is_remote(split_spec(spec)[1])
+
+
+def read_jsonl(src: str, **_) -> RawSource:
     try:
-        d = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InputError(where, f"not valid JSON ({e.msg})") from None
-    if not isinstance(d, dict):
-        raise InputError(where, "a manifest line must be a JSON object")
-    missing = [k for k in REQUIRED if k not in d]
+        data = storage.read_bytes(storage.normalize(src))
+    except FileNotFoundError:
+        raise InputError(str(src), "manifest not found") from None
+    rows: list[tuple[str, dict | InputError]] = []
+    for lineno, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{src}:{lineno}"
+        try:
+            d = json.loads(raw)
+        except json.JSONDecodeError as e:
+            rows.append((where, InputError(where, f"not valid JSON ({e.msg})")))
+            continue
+        rows.append((where, d if isinstance(d, dict) else InputError(where, "a manifest line must be a JSON object")))
+    return RawSource(storage.parent(storage.normalize(src)), rows, digest_of(storage.normalize(src), data))
+
+
+def digest_of(location: str, *blobs: bytes) -> str:
+    h = hashlib.sha1(location.encode())  # relative audio paths resolve against the location
+    for b in blobs:
+        h.update(hashlib.sha1(b).digest())
+    return h.hexdigest()
+
+
+def audio_info(uri: str) -> soundfile._SoundFileInfo:
+    """Header of a local or remote audio file (any format libsndfile reads: wav, flac, ogg, mp3)."""
+    if storage.is_remote(uri):
+        return soundfile.info(io.BytesIO(storage.read_bytes(uri)))
+    return soundfile.info(uri)
+
+
+def _check_row(d: dict, where: str, base: str, check_audio: bool) -> Utterance:
+    missing = [k for k in REQUIRED if k not in d or d[k] is None]
     if missing:
-        raise InputError(where, f"missing key(s) {missing}; a row needs id, audio, text (duration, language optional)")
+        raise InputError(where, f"missing key(s) {missing}; a row needs id, audio, text (duration, language, "
+                                "offset, speaker optional)")
     text = str(d["text"]).strip()
     if not text:
         raise InputError(where, f"utterance '{d['id']}' has an empty transcript")
-    audio = Path(str(d["audio"]))
-    if not audio.is_absolute():
-        audio = base / audio
-    duration = d.get("duration")
-    if check_audio:
-        if not audio.is_file():
+    audio = storage.resolve_against(base, str(d["audio"]))
+    try:
+        duration = float(d["duration"]) if d.get("duration") is not None else None
+        offset = float(d.get("offset") or 0.0)
+    except (TypeError, ValueError):
+        raise InputError(where, f"duration/offset must be numbers, got {d.get('duration')!r}/{d.get('offset')!r}") \
+            from None
+    if offset < 0 or (duration is not None and duration < 0):
+        raise InputError(where, f"negative offset or duration ({offset}, {duration})")
+    # Local audio is checked here (cheap); remote audio when features are extracted (each file is
+    # read there anyway, by the node that extracts it), which names the same file and line.
+    if check_audio and not storage.is_remote(audio):
+        if not os.path.isfile(audio):
             raise InputError(where, f"audio file not found: {audio}")
         try:
-            info = soundfile.info(str(audio))
+            info = soundfile.info(audio)
         except Exception as e:  # soundfile raises RuntimeError/LibsndfileError subclasses
             raise InputError(where, f"audio file unreadable: {audio} ({e})") from None
         if info.frames == 0:
             raise InputError(where, f"audio file has no samples: {audio}")
+        length = info.frames / info.samplerate
+        if offset >= length:
+            raise InputError(where, f"offset {offset} s is past the end of {audio} ({length:.2f} s)")
         if duration is None:
-            duration = info.frames / info.samplerate
-    return Utterance.from_dict({**d, "text": text, "audio": str(audio), "duration": float(duration or 0.0)})
+            duration = length - offset
+    return Utterance.from_dict({**d, "text": text, "audio": audio, "duration": duration or 0.0, "offset": offset})
 
 
-def read_manifest(path: str | os.PathLike, *, skip_bad: bool = False, check_audio: bool = True) -> Manifest:
-    """Read and validate a manifest. A bad row is an :class:`InputError` naming ``file:line``,
-    unless ``skip_bad``, in which case it is dropped and listed in ``Manifest.skipped``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(str(path), "manifest not found")
-    base = path.resolve().parent
+def read_manifest(spec: str | os.PathLike, *, skip_bad: bool = False, check_audio: bool = True,
+                  audio_dir: str | None = None, allow_pipes: bool = False, **reader_options) -> Manifest:
+    """Read and validate a manifest (any spec, see the module doc). A bad row is an
+    :class:`InputError` naming ``file:line``, unless ``skip_bad``, in which case it is dropped and
+    listed in ``Manifest.skipped``. ``audio_dir``: where an import may write audio (a dataset's
+    embedded bytes; with ``allow_pipes``, the output of Kaldi pipe commands); without it such rows
+    are errors that say how to import them."""
+    from asr_core.data.importers import FORMATS
+
+    fmt, src = split_spec(str(spec))
+    raw = FORMATS[fmt](src, audio_dir=audio_dir, allow_pipes=allow_pipes, **reader_options)
     utts: list[Utterance] = []
     skipped: list[str] = []
-    seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                u = _check_row(raw, where, base, check_audio)
-                if u.id in seen:
-                    raise InputError(where, f"duplicate utterance id '{u.id}'")
-            except InputError as e:
-                if not skip_bad:
-                    raise
-                skipped.append(str(e))
-                continue
-            seen.add(u.id)
-            utts.append(u)
+    skipped_ids: dict[str, str] = {}
+    where_of: dict[str, str] = {}
+    for where, d in raw.rows:
+        try:
+            if isinstance(d, InputError):
+                raise d
+            u = _check_row(d, where, raw.base, check_audio)
+            if u.id in where_of:
+                raise InputError(where, f"duplicate utterance id '{u.id}' (first at {where_of[u.id]})")
+        except InputError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
+            if isinstance(d, dict) and "id" in d and str(d["id"]) not in where_of:
+                skipped_ids[str(d["id"])] = str(e)
+            continue
+        where_of[u.id] = where
+        utts.append(u)
     if skipped:
-        log.warning("%s: skipped %d bad row(s); first: %s", path, len(skipped), skipped[0])
+        log.warning("%s: skipped %d bad row(s); first: %s", spec, len(skipped), skipped[0])
     if not utts:
-        raise InputError(str(path), "manifest has no usable utterances")
-    return Manifest(str(path), utts, skipped)
+        raise InputError(str(spec), "manifest has no usable utterances")
+    return Manifest(str(spec), utts, skipped, key=raw.digest, where=where_of, skipped_ids=skipped_ids)
 
 
 def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance], relative_to: str | None = None) -> None:
@@ -127,7 +215,31 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance], relative_
     with open(tmp, "w", encoding="utf-8") as f:
         for u in utts:
             d = u.to_dict()
-            if relative_to is not None:
+            if relative_to is not None and not storage.is_remote(d["audio"]):
                 d["audio"] = os.path.relpath(d["audio"], relative_to)
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def manifest_stats(m: Manifest) -> dict:
+    """Utterances, hours, duration percentiles, languages, speakers and character set of ``m``
+    (an unknown duration is read from the audio file's header)."""
+    import numpy as np
+
+    durations = []
+    for u in m.utterances:
+        d = u.duration
+        if not d:
+            info = audio_info(u.audio)
+            d = info.frames / info.samplerate - u.offset
+        durations.append(d)
+    dur = np.asarray(durations, dtype=np.float64)
+    langs: dict[str, int] = {}
+    for u in m.utterances:
+        langs[u.language] = langs.get(u.language, 0) + 1
+    chars = sorted(set("".join(u.text for u in m.utterances)))
+    return {"utterances": len(m), "hours": float(dur.sum() / 3600), "seconds": float(dur.sum()),
+            "duration_percentiles": {p: float(np.percentile(dur, p)) for p in (0, 5, 50, 95, 100)},
+            "mean_duration": float(dur.mean()), "languages": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
+            "speakers": len({u.speaker for u in m.utterances if u.speaker}), "characters": "".join(chars),
+            "skipped": len(m.skipped)}

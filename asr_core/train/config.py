@@ -26,6 +26,7 @@ class TrainConfig:
     batch_bins: int = 400_000  # ESPnet "numel" meaning, see asr_core.data.batching
     batch_size: int = 0  # > 0: this many utterances a batch (seeds 001/002's BATCH) instead of batch_bins
     accum_grad: int = 1  # optimizer step every accum_grad batches
+    prefetch: int = 4  # batches assembled ahead by a background thread; 0 = in the training step
     grad_clip: float = 5.0  # max gradient norm; 0 = off
     # Learning-rate schedule (asr_core.train.schedules): per step unless noted.
     schedule: Literal["constant", "noam", "cosine", "cosine_restarts", "plateau", "step"] = "cosine"
@@ -58,6 +59,8 @@ class TrainConfig:
             raise ValueError("key 'lr' must be > 0")
         if self.batch_bins <= 0 or self.batch_size < 0:
             raise ValueError("key 'batch_bins' must be > 0 and 'batch_size' >= 0")
+        if self.prefetch < 0:
+            raise ValueError("key 'prefetch' must be >= 0")
         if self.accum_grad < 1:
             raise ValueError("key 'accum_grad' must be >= 1")
         if self.cosine_stages < 1 or self.restart_steps < 1 or self.restart_mult < 1:
@@ -72,7 +75,8 @@ class TrainConfig:
 class DataConfig:
     train_manifest: str = ""
     dev_manifest: str = ""
-    cache_dir: str = ""
+    cache_dir: str = ""  # this node's cache (the memory-mapped copy of the features)
+    feature_store: str = ""  # where the job's features are stored (object storage, shared path); "" = the cache
     skip_bad: bool = False
     max_train_utts: int = 0  # 0 = all; a small number overfits a subset (tests)
     with_lang_tag: bool = False  # prefix targets with the language tag token

@@ -1,13 +1,25 @@
-"""Everything a run needs from its manifests: validated utterances, tokenizer, cached features."""
+"""Everything a run needs from its manifests: validated utterances, tokenizer, features.
+
+Two callers, two halves of one path. The job's driver calls :func:`check_data` before any trial
+starts: every row is validated (local audio files checked), the feature store is built (Ray tasks
+when Ray is up) and the dev set's characters are checked against the tokenizer. Each trial's
+workers call :func:`prepare_data`: they read the same manifests (no audio is opened: a worker
+may run on a node that cannot see the audio, and needs only features) and map the features from
+the store, which names the rows the driver skipped and why.
+"""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
+from asr_core import storage
 from asr_core.data.batching import SpeechDataset
-from asr_core.data.features import FeatureConfig, FeatureStore, load_features
-from asr_core.data.manifest import Manifest, read_manifest
+from asr_core.data.features import (INDEX_FILE, FeatureConfig, FeatureStore, default_root, ensure_store,
+                                    open_store)
+from asr_core.data.manifest import Manifest, Utterance, read_manifest
 from asr_core.data.synth import default_cache_dir
 from asr_core.data.tokenizer import CharTokenizer
+from asr_core.errors import InputError
 from asr_core.train.config import DataConfig
 
 
@@ -24,26 +36,79 @@ def cache_dir_of(data: DataConfig) -> str:
     return data.cache_dir or str(default_cache_dir())
 
 
-def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True) -> RunData:
-    """Validate both manifests, build the tokenizer from the training texts, map cached features.
+def store_root_of(data: DataConfig) -> str:
+    return data.feature_store or default_root(cache_dir_of(data))
 
+
+def usable(m: Manifest, skipped: dict[str, str], skip_bad: bool) -> list[Utterance]:
+    """Rows of ``m`` that have features: a row the store skipped is dropped under ``skip_bad``
+    and an error (the reason recorded at extraction, with file and line) otherwise."""
+    out = []
+    for u in m.utterances:
+        if u.id in skipped:
+            if not skip_bad:
+                raise InputError(m.where.get(u.id, m.path), skipped[u.id])
+            continue
+        out.append(u)
+    if not out:
+        raise InputError(m.path, "no utterance of this manifest has features (every row was skipped)")
+    return out
+
+
+def _tokenizer(train: list[Utterance]) -> CharTokenizer:
+    return CharTokenizer.build((u.text for u in train), (u.language for u in train))
+
+
+def check_data(data: DataConfig, feats: FeatureConfig, progress: bool = True,
+               parallel: bool = True) -> tuple[CharTokenizer, list[str]]:
+    """The driver's half: validate both manifests, build their feature stores, check the dev
+    texts against the training tokenizer. Returns the tokenizer and what ``skip_bad`` skipped
+    ("file:line: why")."""
+    root = store_root_of(data)
+    kept, skipped_msgs = {}, []
+    for name, spec in (("train", data.train_manifest), ("dev", data.dev_manifest)):
+        m = read_manifest(spec, skip_bad=data.skip_bad)
+        entry, _ = ensure_store(m, feats, root, skip_bad=data.skip_bad, progress=progress, parallel=parallel)
+        skipped = json.loads(storage.read_text(storage.join(entry, INDEX_FILE)))["skipped"]
+        kept[name] = (m, usable(m, skipped, data.skip_bad))
+        skipped_msgs += m.skipped + [r for k, r in skipped.items() if k not in m.skipped_ids]
+    tok = _tokenizer(kept["train"][1])
+    dev_m, dev = kept["dev"]
+    for u in dev:
+        tok.encode(u.text, u.language if data.with_lang_tag else None, where=f"{dev_m.path}: utterance '{u.id}'")
+    return tok, skipped_msgs
+
+
+def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, check_audio: bool = True) -> RunData:
+    """Manifests, tokenizer (from the training texts) and memory-mapped features of a run.
     Raises InputError naming file and line for a bad row (unless ``skip_bad``), and for a dev
-    character the training tokenizer cannot map.
-    """
-    train_m = read_manifest(data.train_manifest, skip_bad=data.skip_bad)
-    dev_m = read_manifest(data.dev_manifest, skip_bad=data.skip_bad)
-    tok = CharTokenizer.build((u.text for u in train_m.utterances), (u.language for u in train_m.utterances))
-    cache = cache_dir_of(data)
-    train_store = load_features(train_m, feats, cache, progress=progress)
-    dev_store = load_features(dev_m, feats, cache, progress=progress)
-    utts = train_m.utterances[: data.max_train_utts] if data.max_train_utts else train_m.utterances
+    character the training tokenizer cannot map."""
+    train_m = read_manifest(data.train_manifest, skip_bad=data.skip_bad, check_audio=check_audio)
+    dev_m = read_manifest(data.dev_manifest, skip_bad=data.skip_bad, check_audio=check_audio)
+    train_store = features_of(train_m, feats, data, progress)
+    dev_store = features_of(dev_m, feats, data, progress)
+    train_utts = usable(train_m, train_store.skipped, data.skip_bad)
+    dev_utts = usable(dev_m, dev_store.skipped, data.skip_bad)
+    tok = _tokenizer(train_utts)
+    utts = train_utts[: data.max_train_utts] if data.max_train_utts else train_utts
     mean, std = train_store.mean, train_store.std  # global CMVN from the training set
     train = SpeechDataset(utts, train_store, tok, mean, std, data.with_lang_tag, train_m.path)
-    dev = SpeechDataset(dev_m.utterances, dev_store, tok, mean, std, data.with_lang_tag, dev_m.path)
+    dev = SpeechDataset(dev_utts, dev_store, tok, mean, std, data.with_lang_tag, dev_m.path)
     return RunData(tok, train, dev, train_m, dev_m)
 
 
-def dataset_for(manifest: Manifest, tok: CharTokenizer, feats: FeatureConfig, cache_dir: str,
-                mean, std, with_lang_tag: bool, progress: bool = True) -> SpeechDataset:
-    store: FeatureStore = load_features(manifest, feats, cache_dir, progress=progress)
-    return SpeechDataset(manifest.utterances, store, tok, mean, std, with_lang_tag, manifest.path)
+def features_of(m: Manifest, feats: FeatureConfig, data: DataConfig, progress: bool = False) -> FeatureStore:
+    """The store entry of ``m`` (extracted in this process if nobody has), mapped from this node."""
+    entry, extracted = ensure_store(m, feats, store_root_of(data), skip_bad=data.skip_bad, progress=progress,
+                                    parallel=False)  # inside a trial: its workers hold the CPUs
+    return open_store(entry, cache_dir_of(data), extracted)
+
+
+def dataset_for(manifest: Manifest, tok: CharTokenizer, feats: FeatureConfig, cache_dir: str, mean, std,
+                with_lang_tag: bool, progress: bool = True, feature_store: str = "",
+                skip_bad: bool = False) -> SpeechDataset:
+    data = DataConfig(train_manifest="-", dev_manifest="-", cache_dir=cache_dir, feature_store=feature_store,
+                      skip_bad=skip_bad, with_lang_tag=with_lang_tag)
+    store = features_of(manifest, feats, data, progress)
+    utts = usable(manifest, store.skipped, skip_bad)
+    return SpeechDataset(utts, store, tok, mean, std, with_lang_tag, manifest.path)

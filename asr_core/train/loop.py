@@ -78,7 +78,7 @@ def train_one_epoch(model, family: Family, data: SpeechDataset, batches, optimiz
     device = next(model.parameters()).device
     accum = cfg.accum_grad
     optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(data.iterate(batches)):
+    for i, batch in enumerate(data.iterate(batches, prefetch=cfg.prefetch, pin=device.type == "cuda")):
         batch = batch.to(device)
         sync = (i + 1) % accum == 0 or i + 1 == len(batches)
         no_sync = getattr(model, "no_sync", None)
@@ -266,7 +266,8 @@ def train_loop_per_worker(config: dict) -> None:
     family = get_family(run.family)
     ctx = ray.train.get_context()
     torch.manual_seed(run.train.seed)
-    data = prepare_data(run.data, run.features, progress=False)
+    # no audio is opened here: this node may not see it; the driver checked it and built the features
+    data = prepare_data(run.data, run.features, progress=False, check_audio=False)
     restored = ray.train.get_checkpoint()
     state = meta = None
     if restored is not None:

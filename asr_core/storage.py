@@ -1,13 +1,16 @@
-"""Experiment storage: a local path or an object-store URI (``s3://bucket/prefix``, ``gs://...``).
+"""Storage: a local path or an object-store URI (``s3://bucket/prefix``, ``gs://...``).
 
-pyarrow's filesystems do the work, the same ones Ray Tune writes through, so what Tune can
+Experiments, published demo corpora, manifests, audio and the feature store all go through
+here. pyarrow's filesystems do the work, the same ones Ray Tune writes through, so what Tune can
 write here can be read back. For S3 the usual AWS variables apply (credentials, region, and
 ``AWS_ENDPOINT_URL`` for an S3-compatible server such as MinIO or moto); nothing of them is
-written into a job file or an experiment directory.
+written into a job file or an experiment directory. pyarrow only (no torch, no Ray): the
+analysis side reads experiments through this module too.
 """
 from __future__ import annotations
 
 import os
+import posixpath
 import tempfile
 from pathlib import Path
 
@@ -34,23 +37,54 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([str(uri).rstrip("/"), *parts]) if is_remote(uri) else os.path.join(os.path.abspath(uri), *parts)
 
 
-def read_text(uri: str) -> str | None:
+def parent(uri: str) -> str:
+    """The folder holding ``uri`` (a manifest's folder: relative audio paths resolve against it)."""
+    if is_remote(uri):
+        scheme, rest = str(uri).split("://", 1)
+        return f"{scheme}://{posixpath.dirname(rest.rstrip('/'))}"
+    return os.path.dirname(os.path.abspath(str(uri)))
+
+
+def resolve_against(base: str, path: str) -> str:
+    """``path`` as written in a manifest: absolute paths and URIs as they are, relative ones
+    against ``base`` (the manifest's folder, local or remote)."""
+    if is_remote(path) or os.path.isabs(path):
+        return path
+    if is_remote(base):
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
+    return os.path.normpath(os.path.join(base, path))
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole object. FileNotFoundError when it is not there."""
     import pyarrow.fs as pafs
 
     fs, path = resolve(uri)
     if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
+        raise FileNotFoundError(uri)
     with fs.open_input_stream(path) as f:
-        return f.read().decode("utf-8")
+        return f.read()
 
 
-def write_text(uri: str, text: str) -> None:
+def read_text(uri: str) -> str | None:
+    try:
+        return read_bytes(uri).decode("utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
     fs.create_dir(os.path.dirname(path), recursive=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with fs.open_output_stream(tmp) as f:
-        f.write(text.encode("utf-8"))
+        f.write(data)
     fs.move(tmp, path)  # readers never see half a file
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
 
 
 def exists(uri: str) -> bool:
@@ -58,6 +92,34 @@ def exists(uri: str) -> bool:
 
     fs, path = resolve(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def files_under(uri: str) -> dict[str, int]:
+    """Every file below ``uri``: path relative to it -> size in bytes ({} when there is none)."""
+    import pyarrow.fs as pafs
+
+    fs, root = resolve(uri)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return {}
+    return {os.path.relpath(i.path, root): i.size for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            if i.type == pafs.FileType.File}
+
+
+def upload_dir(local: str | os.PathLike, uri: str) -> None:
+    """Copy a local folder to ``uri`` (threads, as pyarrow's copy_files does)."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(Path(local).resolve()), path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs, use_threads=True)
 
 
 def local_copy(uri: str | os.PathLike, dest: str | os.PathLike | None = None,

@@ -1,0 +1,183 @@
+"""A cluster whose nodes share no disk, on this machine: a Ray head that offers no CPU for trials,
+and a worker node started in its own mount namespace with an empty tmpfs over /tmp, where the
+driver writes everything (cache, corpora, experiments, temp). The two share nothing but a moto
+S3 server on 127.0.0.1, as a KubeRay or cloud cluster shares nothing but object storage."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import soundfile
+
+from tests.test_jobs import _free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _unshare_works() -> str:
+    if shutil.which("unshare") is None:
+        return "no unshare command"
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /mnt"],
+                       capture_output=True, text=True)
+    return "" if p.returncode == 0 else f"unshare -m is not permitted here: {p.stderr.strip()}"
+
+
+def _stop(p: subprocess.Popen) -> None:
+    try:
+        procs = psutil.Process(p.pid).children(recursive=True) + [psutil.Process(p.pid)]
+    except psutil.NoSuchProcess:
+        return
+    for q in procs:
+        try:
+            q.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory, s3_server):
+    why = _unshare_works()
+    if why:
+        pytest.skip(why)
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    env_s3, s3 = s3_server
+    port = _free_port()
+    # loopback test cluster: Ray's token authentication off for its own processes (DEVELOPERS.md)
+    env = {**os.environ, **env_s3, "RAY_AUTH_MODE": "disabled"}
+    logs = tmp_path_factory.mktemp("nodes")
+    # its own temp dir: the default one would leave /tmp/ray/ray_current_cluster behind, which a
+    # later plain ray.init() on this machine would try to join
+    temp = tempfile.mkdtemp(prefix="st-head-", dir="/tmp")
+    head = subprocess.Popen([RAY, "start", "--head", "--num-cpus", "0", "--port", str(port), "--block",
+                             "--include-dashboard", "false", "--node-ip-address", "127.0.0.1",
+                             f"--temp-dir={temp}", "--disable-usage-stats"], env=env, stdout=open(logs / "head.log", "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    # The worker node and every process its raylet starts see an empty, private /tmp.
+    worker = subprocess.Popen(["unshare", "-m", "--propagation", "private", "bash", "-c",
+                               f"mount -t tmpfs none /tmp && exec {RAY} start --address 127.0.0.1:{port} "
+                               "--num-cpus 2 --block --disable-usage-stats"],
+                              env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        probe = [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR');"
+                 "import sys; sys.stdout.write(str(ray.cluster_resources().get('CPU', 0)))"]
+        deadline = time.time() + 120
+        while time.time() < deadline:  # until the worker node has registered its CPUs
+            out = subprocess.run(probe, env=env, capture_output=True, text=True).stdout
+            if out.strip() == "2.0":
+                break
+            assert head.poll() is None and worker.poll() is None, (logs / "head.log").read_text()[-2000:] + \
+                (logs / "worker.log").read_text()[-2000:]
+        else:
+            pytest.fail("the worker node did not join: " + (logs / "worker.log").read_text()[-2000:])
+        yield f"127.0.0.1:{port}", env, s3
+    finally:
+        _stop(worker)
+        _stop(head)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _tune(*args, env, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tune_jobs.cli", "tune", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _upload(s3, local: Path, prefix: str) -> None:
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            s3.upload_file(str(f), "speech", f"{prefix}/{f.relative_to(local)}")
+
+
+def _kaldi_corpus(corpus: dict, out: Path) -> None:
+    """train and dev Kaldi data directories: recordings of four corpus utterances each, with
+    ``segments`` cutting them out, relative wav.scp paths, utt2spk."""
+    for split, n in (("train", 48), ("dev", 12)):
+        base = Path(corpus[split]).parent
+        rows = [json.loads(l) for l in Path(corpus[split]).read_text().splitlines()][:n]
+        d = out / split
+        d.mkdir(parents=True)
+        wav, seg, text, spk = [], [], [], []
+        for r in range(n // 4):
+            parts, t = [], 0.0
+            for k, u in enumerate(rows[4 * r: 4 * r + 4]):
+                x, sr = soundfile.read(str(base / u["audio"]), dtype="float32")
+                uid = f"{split}-r{r:02d}-{k}"
+                seg.append(f"{uid} rec{r:02d} {t:.3f} {t + len(x) / sr:.3f}")
+                text.append(f"{uid} {u['text']}")
+                spk.append(f"{uid} {u['speaker']}")
+                parts += [x, np.zeros(sr // 5, np.float32)]
+                t += len(x) / sr + 0.2
+            soundfile.write(str(d / f"rec{r:02d}.flac"), np.concatenate(parts), 16000)
+            wav.append(f"rec{r:02d} rec{r:02d}.flac")
+        for name, lines in (("wav.scp", wav), ("segments", seg), ("text", text), ("utt2spk", spk)):
+            (d / name).write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.timeout(900)
+def test_demo_and_a_kaldi_corpus_run_on_nodes_that_share_only_object_storage(two_nodes, corpus, tmp_path):
+    address, env, s3 = two_nodes
+    env = {**env, "SPEECHTUNE_CACHE": str(tmp_path / "cache")}  # under /tmp: invisible to the worker node
+    demo = str(ROOT / "tune_jobs" / "jobs" / "demo.yaml")
+
+    # (a) the demo's smoke profile, experiment in S3: the driver publishes the synthesized corpus,
+    # Ray tasks on the worker node extract the features into S3, the trials train there
+    p = _tune(demo, "--profile", "smoke", "--address", address, "--storage", "s3://speech/exps", env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    assert "search finished" in p.stdout and "2 trials, 0 failed" in p.stdout, p.stdout[-3000:]
+    assert not (tmp_path / "experiments").exists()
+    report = s3.get_object(Bucket="speech", Key="exps/demo/report.md")["Body"].read().decode()
+    assert report.count("| finished |") + report.count("| early-stopped |") == 2, report
+    assert "test CER" in report
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="speech", Prefix="exps/")["Contents"]]
+    assert any(k.startswith("exps/corpora/demo-mono-") and k.endswith(".flac") for k in keys)
+    assert any(k.startswith("exps/features/") and "/part-" in k for k in keys)
+    history = [json.loads(l) for k in keys if k.endswith("/result.json")
+               for l in s3.get_object(Bucket="speech", Key=k)["Body"].read().decode().splitlines() if l.strip()]
+    assert history and {h["num_nodes"] for h in history} == {1}
+
+    # (b) a Kaldi corpus with segments, uploaded to S3, named directly in the job file
+    _kaldi_corpus(corpus, tmp_path / "kaldi")
+    _upload(s3, tmp_path / "kaldi", "corpora/kaldi")
+    job = tmp_path / "kaldi.yaml"
+    job.write_text(f"""\
+name: kaldi_s3
+family: crnn_ctc
+preset: tiny
+data: {{train_manifest: "kaldi:s3://speech/corpora/kaldi/train", dev_manifest: "kaldi:s3://speech/corpora/kaldi/dev"}}
+params: {{epochs: 2, n_mels: 40, batch_bins: 200000}}
+search_space: {{lr: {{grid: [2.0e-3, 4.0e-3]}}}}
+searcher: {{name: grid}}
+metric: val_cer
+max_concurrent: 2
+resources: {{num_workers: 1, cpus_per_worker: 1}}
+storage_path: s3://speech/exps
+""")
+    k = _tune(str(job), "--address", address, env=env, cwd=tmp_path)
+    assert k.returncode == 0, k.stdout[-4000:] + k.stderr[-4000:]
+    assert "2 trials, 0 failed" in k.stdout, k.stdout[-3000:]
+    kreport = s3.get_object(Bucket="speech", Key="exps/kaldi_s3/report.md")["Body"].read().decode()
+    assert kreport.count("| finished |") == 2, kreport
+
+    # (c) the same job with a local storage path: refused before any trial, naming the key
+    local = tmp_path / "local.yaml"
+    local.write_text(job.read_text().replace("name: kaldi_s3", "name: kaldi_local")
+                     .replace("storage_path: s3://speech/exps", f"storage_path: {tmp_path / 'exp'}"))
+    c = _tune(str(local), "--address", address, env=env, cwd=tmp_path)
+    assert c.returncode == 2, c.stdout[-3000:] + c.stderr[-3000:]
+    assert f"{local}: storage_path" in c.stderr and "object storage" in c.stderr, c.stderr
+    assert not (tmp_path / "exp").exists()
+    assert not [o for o in s3.list_objects_v2(Bucket="speech", Prefix="exps/kaldi_local").get("Contents", [])]
