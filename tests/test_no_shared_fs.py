@@ -1,6 +1,6 @@
 """A cluster whose nodes share no disk, on this machine: a Ray head that offers no CPU for trials,
-and a worker node started in its own mount namespace with an empty tmpfs over /tmp, where the
-driver writes everything (cache, corpora, experiments, temp). The two share nothing but a moto
+and a worker node started in its own mount namespace with an empty tmpfs over every directory
+the driver writes (cache, corpora, experiments, temp). The two share nothing but a moto
 S3 server on 127.0.0.1, as a KubeRay or cloud cluster shares nothing but object storage."""
 from __future__ import annotations
 
@@ -66,9 +66,15 @@ def two_nodes(tmp_path_factory, s3_server):
                              "--include-dashboard", "false", "--node-ip-address", "127.0.0.1",
                              f"--temp-dir={temp}", "--disable-usage-stats"], env=env, stdout=open(logs / "head.log", "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-    # The worker node and every process its raylet starts see an empty, private /tmp.
+    # The worker node and every process its raylet starts see an empty, private copy of every
+    # directory the driver writes: pytest's base temp (the cache with its corpora and features,
+    # the experiments, and the driver's TMPDIR, see _tune) and the head node's Ray temp dir; and
+    # a /tmp/ray of its own. The code and the virtual environment stay visible, as a node's
+    # image has them (they may live under /tmp in a fresh clone, so /tmp itself is not hidden).
+    hidden = [str(tmp_path_factory.getbasetemp()), temp, "/tmp/ray"]
+    mounts = " && ".join(f"mkdir -p {d} && mount -t tmpfs none {d}" for d in hidden)
     worker = subprocess.Popen(["unshare", "-m", "--propagation", "private", "bash", "-c",
-                               f"mount -t tmpfs none /tmp && exec {RAY} start --address 127.0.0.1:{port} "
+                               f"{mounts} && exec {RAY} start --address 127.0.0.1:{port} "
                                "--num-cpus 2 --block --disable-usage-stats"],
                               env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
@@ -92,8 +98,10 @@ def two_nodes(tmp_path_factory, s3_server):
 
 
 def _tune(*args, env, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tune_jobs.cli", "tune", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    tmp = Path(cwd) / "driver-tmp"  # the driver's temp files, hidden from the worker node with the rest
+    tmp.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "tune_jobs.cli", "tune", *args], env={**env, "TMPDIR": str(tmp)},
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def _upload(s3, local: Path, prefix: str) -> None:
@@ -130,7 +138,12 @@ def _kaldi_corpus(corpus: dict, out: Path) -> None:
 @pytest.mark.timeout(900)
 def test_demo_and_a_kaldi_corpus_run_on_nodes_that_share_only_object_storage(two_nodes, corpus, tmp_path):
     address, env, s3 = two_nodes
-    env = {**env, "SPEECHTUNE_CACHE": str(tmp_path / "cache")}  # under /tmp: invisible to the worker node
+    env = {**env, "SPEECHTUNE_CACHE": str(tmp_path / "cache")}  # under pytest's base temp: hidden from the worker
+    # the worker node (the only one with CPUs) cannot see the driver's files
+    seen = subprocess.run([sys.executable, "-c", f"import os, ray; ray.init(address='{address}', logging_level='ERROR');"
+                           f"print(ray.get(ray.remote(num_cpus=1)(os.path.exists).remote({corpus['train']!r})))"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert Path(corpus["train"]).is_file() and seen.stdout.strip().splitlines()[-1] == "False", seen.stdout + seen.stderr
     demo = str(ROOT / "tune_jobs" / "jobs" / "demo.yaml")
 
     # (a) the demo's smoke profile, experiment in S3: the driver publishes the synthesized corpus,
