@@ -1,6 +1,8 @@
 """Score a checkpoint on any manifest: CER and WER with the checkpoint's own tokenizer and CMVN."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -36,7 +38,9 @@ def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, ba
     mean = np.asarray(meta["cmvn"]["mean"], np.float32)
     std = np.asarray(meta["cmvn"]["std"], np.float32)
     data = dataset_for(manifest, tok, FeatureConfig(**meta["features"]),
-                       cache_dir or run.data.cache_dir or str(default_cache_dir()), mean, std,
+                       # this machine's cache: the environment first, then what the run recorded
+                       cache_dir or os.environ.get("SPEECHTUNE_CACHE") or run.data.cache_dir or str(default_cache_dir()),
+                       mean, std,
                        run.data.with_lang_tag, progress=progress, feature_store=run.data.feature_store,
                        skip_bad=skip_bad)
     counts: dict[str, float] = {}

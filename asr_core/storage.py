@@ -112,6 +112,42 @@ def files_under(uri: str) -> dict[str, int]:
             if i.type == pafs.FileType.File}
 
 
+def stats(uris: list[str]) -> dict[str, tuple[int, int]]:
+    """Size and modification time (ns) of each file, (-1, -1) for one that is not there; one
+    listing per folder for object storage rather than a request per file."""
+    import pyarrow.fs as pafs
+
+    out: dict[str, tuple[int, int]] = {}
+    by_dir: dict[str, list[str]] = {}
+    for u in uris:
+        if is_remote(u):
+            by_dir.setdefault(parent(u), []).append(u)
+        else:
+            try:
+                st = os.stat(u)
+                out[u] = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                out[u] = (-1, -1)
+    for d, members in by_dir.items():
+        fs, root = resolve(d)
+        listed = {}
+        if fs.get_file_info(root).type == pafs.FileType.Directory:
+            for i in fs.get_file_info(pafs.FileSelector(root)):
+                listed[i.path] = (i.size or 0, i.mtime_ns or 0)
+        for u in members:
+            out[u] = listed.get(resolve(u)[1], (-1, -1))
+    return out
+
+
+def remove_dir(uri: str) -> None:
+    """Delete a folder and everything below it (nothing when it is not there)."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
 def upload_dir(local: str | os.PathLike, uri: str) -> None:
     """Copy a local folder to ``uri`` (threads, as pyarrow's copy_files does)."""
     import pyarrow.fs as pafs

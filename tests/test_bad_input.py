@@ -116,3 +116,96 @@ def test_bad_input_stops_tune_before_any_trial(corpus, tmp_path):
                + f"storage_path: {tmp_path / 'exp'}\n")
     assert main(["tune", str(job)]) == 2
     assert not (tmp_path / "exp").exists()
+
+
+def _with_audio(corpus, tmp_path, i: int, wav) -> Path:
+    """The dev manifest with row ``i``'s audio replaced by ``wav`` (a 16 kHz float array)."""
+    import soundfile
+
+    path = tmp_path / f"row{i}.wav"
+    soundfile.write(str(path), wav, 16000)
+    return copy_manifest(corpus["dev"], tmp_path / "dev.jsonl",
+                         lambda j, r: {**r, "audio": str(path), "duration": len(wav) / 16000} if j == i else r)
+
+
+def test_audio_shorter_than_one_window_names_file_and_line_before_any_trial(corpus, cache_dir, tmp_path):
+    import numpy as np
+
+    from tests.test_jobs import _speechtune
+    from asr_core.train.data import check_data
+
+    dev = _with_audio(corpus, tmp_path, 5, np.zeros(160, np.float32) + 0.01)  # 0.01 s
+    job = _job(tmp_path, BASE.replace("data: {corpus: demo-mono}",
+                                      f"data: {{train_manifest: {corpus['train']}, dev_manifest: {dev}}}")
+               + f"storage_path: {tmp_path / 'exp'}\n")
+    p = _speechtune("tune", str(job), "--num-cpus", "2")
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 2, out[-3000:]
+    assert f"error: {dev}:6: audio of utterance 'dev-00005' is 10 ms long, shorter than one analysis window" in out
+    assert not (tmp_path / "exp").exists()
+    run = split_params(make_params(corpus, cache_dir, dev_manifest=str(dev), skip_bad=True))
+    checked = check_data(run.data, run.features, progress=False, parallel=False)
+    assert [s for s in checked.skipped if f"{dev}:6:" in s and "shorter than one analysis window" in s]
+    assert len(checked.utterances["dev"]) == 23
+
+
+def test_utterance_longer_than_max_duration_names_file_and_line_before_any_trial(corpus, cache_dir, tmp_path):
+    import numpy as np
+    import soundfile
+
+    from asr_core.train.data import check_data, duration_limit
+    from tune_jobs.cli import main
+
+    x, _ = soundfile.read(str(Path(corpus["dev"]).parent / "audio" / "dev" / "dev-00000.flac"), dtype="float32")
+    dev = _with_audio(corpus, tmp_path, 2, np.tile(x, int(60 * 16000 / len(x)) + 1))  # over a minute
+    job = _job(tmp_path, BASE.replace("data: {corpus: demo-mono}",
+                                      f"data: {{train_manifest: {corpus['train']}, dev_manifest: {dev}}}")
+               .replace("  epochs: 2", "  epochs: 2\n  n_mels: 40\n  batch_bins: 200000")
+               + f"storage_path: {tmp_path / 'exp'}\n")
+    assert main(["tune", str(job)]) == 2
+    assert not (tmp_path / "exp").exists()
+    run = split_params(make_params(corpus, cache_dir, dev_manifest=str(dev), skip_bad=True))
+    limit = duration_limit(run.data, run.features, run.train.batch_bins, run.train.batch_size)
+    assert limit == 50.0  # 200,000 bins / 40 mels = 5,000 frames of 10 ms
+    with pytest.raises(InputError, match=rf"{dev}:3: utterance 'dev-00002' is 6\d\.\d s long, over max_duration 50.0 s"):
+        check_data(dataclasses_replace(run.data, skip_bad=False), run.features, progress=False, parallel=False,
+                   max_duration=limit)
+    checked = check_data(run.data, run.features, progress=False, parallel=False, max_duration=limit)
+    assert len(checked.utterances["dev"]) == 23 and [s for s in checked.skipped if "over max_duration" in s]
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+def test_repaired_or_replaced_audio_is_extracted_again(corpus, cache_dir, tmp_path):
+    """The feature store's key covers each audio file's size and modification time: a file
+    repaired after a --skip-bad run is extracted and its utterance used; a file whose contents
+    are replaced gets new features."""
+    import numpy as np
+    import soundfile
+
+    from asr_core.train.data import prepare_data
+
+    junk = tmp_path / "broken.flac"
+    junk.write_bytes(b"not audio at all")
+    dev = copy_manifest(corpus["dev"], tmp_path / "dev.jsonl",
+                        lambda i, r: {**r, "audio": str(junk)} if i == 4 else r)
+    run = split_params(make_params(corpus, cache_dir, dev_manifest=str(dev), skip_bad=True))
+    first = prepare_data(run.data, run.features, progress=False)
+    assert len(first.dev) == 23 and "dev-00004" not in first.dev.store.index
+    src = Path(corpus["dev"]).parent / "audio" / "dev"
+    x, sr = soundfile.read(str(src / "dev-00004.flac"), dtype="float32")
+    junk.unlink()
+    soundfile.write(str(junk), x, sr, format="FLAC")  # repaired
+    repaired = prepare_data(run.data, run.features, progress=False)
+    assert len(repaired.dev) == 24 and repaired.dev.store.path != first.dev.store.path
+    before = repaired.dev.store.feats(repaired.dev.store.index["dev-00004"]).copy()
+    y, _ = soundfile.read(str(src / "dev-00009.flac"), dtype="float32")
+    soundfile.write(str(junk), y, sr, format="FLAC")  # same path, other contents
+    replaced = prepare_data(run.data, run.features, progress=False)
+    after = replaced.dev.store.feats(replaced.dev.store.index["dev-00004"])
+    assert after.shape != before.shape or not np.array_equal(after, before)
+    assert replaced.dev.store.path != repaired.dev.store.path

@@ -109,3 +109,14 @@ def test_evaluate_cli_scores_the_best_checkpoint(asha_run, capsys):
     assert main(["evaluate", exp_dir, "--manifest", manifests["dev"]]) == 0
     out = capsys.readouterr().out
     assert "24 utterances" in out and "CER" in out and "WER" in out
+
+
+def test_evaluate_uses_this_machines_cache_not_the_one_recorded(asha_run, tmp_path, monkeypatch, capsys):
+    """SPEECHTUNE_CACHE first, then the cache the run recorded (as train and tune resolve it)."""
+    from tune_jobs.cli import main
+
+    results, exp_dir, manifests, _ = asha_run
+    monkeypatch.setenv("SPEECHTUNE_CACHE", str(tmp_path / "here"))
+    assert main(["evaluate", exp_dir, "--manifest", manifests["dev"]]) == 0
+    assert "24 utterances" in capsys.readouterr().out
+    assert list((tmp_path / "here" / "features").glob("*/feats.arrow"))

@@ -73,10 +73,15 @@ def base_params(job: JobSpec, manifests: dict[str, str], cache_dir: str) -> dict
 
 
 def check_manifests(params: dict) -> None:
-    """Every row of both manifests, before Ray starts (local audio files opened)."""
+    """Every row of both manifests, before Ray starts: local audio files opened, lengths against
+    max_duration (what needs the audio of object storage is checked at extraction)."""
+    from asr_core.train.data import duration_limit, within_limit
+
     run = split_params(params, where="job params")
+    limit = duration_limit(run.data, run.features, run.train.batch_bins, run.train.batch_size)
     for spec in (run.data.train_manifest, run.data.dev_manifest):
-        read_manifest(spec, skip_bad=run.data.skip_bad)
+        m = read_manifest(spec, skip_bad=run.data.skip_bad)
+        within_limit(m.utterances, limit, lambda u: m.where.get(u.id, m.path), run.data.skip_bad, [])
 
 
 def check_cluster(job: JobSpec, manifests: dict[str, str]) -> None:
@@ -100,20 +105,23 @@ def check_cluster(job: JobSpec, manifests: dict[str, str]) -> None:
                              "node")
 
 
-def check_and_cache(params: dict, progress: bool = True) -> None:
+def check_and_cache(params: dict, progress: bool = True) -> dict:
     """Everything that can fail on bad input fails here, before any trial starts: manifests,
-    tokenizer coverage of the dev set, and the feature store (built by Ray tasks when Ray is up)."""
+    tokenizer coverage of the dev set, utterance lengths, and the feature store (built by Ray tasks
+    when Ray is up). Returns ``params`` with the store entries the trials read."""
     from asr_core.models import get_family
-    from asr_core.train.data import check_data
+    from asr_core.train.data import check_data, duration_limit
 
     run = split_params(params, where="job params")
-    tok, skipped = check_data(run.data, run.features, progress=progress)
+    limit = duration_limit(run.data, run.features, run.train.batch_bins, run.train.batch_size)
+    checked = check_data(run.data, run.features, progress=progress, max_duration=limit)
     try:  # a model that cannot be built for this data fails here, not in every trial
-        get_family(run.family).build(run.model, tok.vocab_size, run.features.n_mels)
+        get_family(run.family).build(run.model, checked.tokenizer.vocab_size, run.features.n_mels)
     except ValueError as e:
         raise InputError("job params", str(e)) from None
-    if skipped:
-        print(f"--skip-bad: skipped {len(skipped)} bad row(s); first: {skipped[0]}")
+    if checked.skipped:
+        print(f"--skip-bad: skipped {len(checked.skipped)} bad row(s); first: {checked.skipped[0]}")
+    return {**params, "train_features": checked.entries["train"], "dev_features": checked.entries["dev"]}
 
 
 def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, storage_path: str, name: str,
@@ -183,7 +191,7 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     params = base_params(job, manifests, cache_dir)
     if phase.get("init_checkpoint"):
         params["finetune"] = True
-    check_and_cache(params, progress=progress)  # features extracted by Ray tasks on the cluster
+    params = check_and_cache(params, progress=progress)  # features extracted by Ray tasks on the cluster
     check_fits(job.resources, f"{job.path} (resources)")
     name = job.name
     exp_uri = store.join(storage, name)
@@ -262,7 +270,7 @@ def run_train(params: dict, res: ResourcesSpec, storage_path: str, name: str, ad
     mode = run.train.select_mode or family.default_mode
     metric = metric or run.train.select_metric or family.default_metric
     init_ray(address, num_cpus=num_cpus)
-    check_and_cache(params, progress=progress)
+    params = check_and_cache(params, progress=progress)
     check_fits(res, "--workers/--cpus-per-worker")
     trainer = make_trainer(params, res, metric=metric, mode=mode, storage_path=storage_path, name=name,
                            resume_from=resume_from)

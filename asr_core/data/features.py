@@ -24,6 +24,7 @@ could not be memory-mapped any better than this one; pyarrow already compresses.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -112,8 +113,13 @@ def load_audio(u: Utterance, cached: dict | None = None) -> tuple[np.ndarray, in
 
 
 def store_key(manifest: Manifest, cfg: FeatureConfig) -> str:
-    """Content key: the manifest's source bytes and location (``Manifest.key``) and the settings."""
-    h = __import__("hashlib").sha1(manifest.key.encode())
+    """Content key: the manifest's source bytes and location (``Manifest.key``), the size and
+    modification time of every audio file it names (a repaired or replaced file is extracted
+    again, as make and rsync decide it), and the settings."""
+    h = hashlib.sha1(manifest.key.encode())
+    files = sorted({u.audio for u in manifest.utterances})
+    for uri, (size, mtime) in sorted(storage.stats(files).items()):
+        h.update(f"{uri}\t{size}\t{mtime}\n".encode())
     h.update(json.dumps({**asdict(cfg), "version": FORMAT_VERSION}, sort_keys=True).encode())
     return h.hexdigest()[:20]
 
@@ -140,12 +146,13 @@ def extract_shard(utts: list[Utterance], where: dict[str, str], cfg: FeatureConf
     for u in utts:
         try:
             wav, sr = load_audio(u, cached)
-            if wav.size == 0:
-                raise ValueError("no samples")
+            if wav.size < sr * cfg.frame_length_ms / 1000:
+                raise _TooShort(f"audio of utterance '{u.id}' is {1000 * wav.size / sr:.0f} ms long, shorter than "
+                                f"one analysis window ({cfg.frame_length_ms:g} ms): {u.audio}")
             fb = compute_fbank(torch.from_numpy(wav), sr, cfg).numpy()  # (T, F)
         except Exception as e:  # a missing or unreadable file, from libsndfile or the object store
-            err = InputError(where.get(u.id, u.id), f"audio of utterance '{u.id}' unreadable: {u.audio} "
-                                                    f"({type(e).__name__}: {e})")
+            err = InputError(where.get(u.id, u.id), str(e) if isinstance(e, _TooShort) else
+                             f"audio of utterance '{u.id}' unreadable: {u.audio} ({type(e).__name__}: {e})")
             if not skip_bad:
                 raise err from None
             skipped[u.id] = str(err)
@@ -167,6 +174,10 @@ def extract_shard(utts: list[Utterance], where: dict[str, str], cfg: FeatureConf
             "skipped": skipped}
 
 
+class _TooShort(ValueError):
+    pass
+
+
 def _shards(n: int, workers: int) -> list[tuple[int, int]]:
     """Contiguous row ranges: a few per CPU (even progress, stragglers small), 32..1000 rows each."""
     size = min(1000, max(32, math.ceil(n / max(1, 4 * workers))))
@@ -174,10 +185,13 @@ def _shards(n: int, workers: int) -> list[tuple[int, int]]:
 
 
 def ensure_store(manifest: Manifest, cfg: FeatureConfig, root: str, *, skip_bad: bool = False,
-                 progress: bool = True, parallel: bool = True) -> tuple[str, int]:
+                 progress: bool = True, parallel: bool = True, entry: str = "") -> tuple[str, int]:
     """The store entry of ``manifest`` under ``root`` (built if missing). Returns (its URI, the
     number of utterances this call extracted: 0 when the entry was there). With ``parallel`` and
-    Ray up, shards are extracted by Ray tasks on the cluster's CPUs."""
+    Ray up, shards are extracted by Ray tasks on the cluster's CPUs. ``entry``: the entry the
+    job's driver built (a trial's workers need not compute the key again)."""
+    if entry and storage.is_file(storage.join(entry, INDEX_FILE)):
+        return entry, 0
     entry = storage.join(root, store_key(manifest, cfg))
     local = not storage.is_remote(entry)
     lock = FileLock(entry + ".lock") if local else None
@@ -186,6 +200,7 @@ def ensure_store(manifest: Manifest, cfg: FeatureConfig, root: str, *, skip_bad:
     with lock if lock is not None else _nolock():
         if storage.is_file(storage.join(entry, INDEX_FILE)):
             return entry, 0
+        storage.remove_dir(entry)  # shards an interrupted extraction left: written completely or not at all
         log.info("extracting features of %s into %s", manifest.path, entry)
         utts = manifest.utterances
         use_ray = parallel and _ray_up()
@@ -254,10 +269,10 @@ def _run_ray(args: list[tuple], bar) -> list[dict]:
         done, pending = ray.wait(pending, num_returns=1)
         try:
             _tick(bar, ray.get(done[0]))
-        except InputError:
+        except InputError as e:
             for r in pending:
                 ray.cancel(r)
-            raise
+            raise InputError(e.where, e.message) from None  # the user's error, without Ray's wrapping
     return ray.get(refs)
 
 

@@ -77,13 +77,20 @@ class DataConfig:
     dev_manifest: str = ""
     cache_dir: str = ""  # this node's cache (the memory-mapped copy of the features)
     feature_store: str = ""  # where the job's features are stored (object storage, shared path); "" = the cache
+    train_features: str = ""  # the store entries the job's driver built for the two manifests (set by
+    dev_features: str = ""    # the runner: a trial's workers use them without computing keys again)
     skip_bad: bool = False
     max_train_utts: int = 0  # 0 = all; a small number overfits a subset (tests)
+    # longest utterance (seconds) a run accepts; 0 = the longest that fits batch_bins alone
+    # (batch_bins / n_mels frames). A longer one is an error naming it, or skipped with skip_bad.
+    max_duration: float = 0.0
     with_lang_tag: bool = False  # prefix targets with the language tag token
 
     def validate(self) -> None:
         if not self.train_manifest or not self.dev_manifest:
             raise ValueError("keys 'train_manifest' and 'dev_manifest' are required")
+        if self.max_duration < 0:
+            raise ValueError("key 'max_duration' must be >= 0")
 
 
 @dataclass

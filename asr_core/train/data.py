@@ -9,6 +9,7 @@ the store, which names the rows the driver skipped and why.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -55,40 +56,83 @@ def usable(m: Manifest, skipped: dict[str, str], skip_bad: bool) -> list[Utteran
     return out
 
 
+def duration_limit(data: DataConfig, feats: FeatureConfig, batch_bins: int, batch_size: int) -> float:
+    """The longest utterance (seconds) a run accepts: ``max_duration``, else the longest whose
+    frames alone fit ``batch_bins`` (none when batches count utterances, ``batch_size``)."""
+    if data.max_duration:
+        return data.max_duration
+    return 0.0 if batch_size else batch_bins / feats.n_mels * feats.frame_shift_ms / 1000
+
+
+def within_limit(utts: list[Utterance], limit: float, where_of, skip_bad: bool, skipped: list[str]) -> list[Utterance]:
+    """``utts`` without those longer than ``limit`` seconds: each an error naming its file and line,
+    or, under ``skip_bad``, dropped and listed in ``skipped``."""
+    if not limit:
+        return utts
+    out = []
+    for u in utts:
+        if u.duration > limit:
+            err = InputError(where_of(u), f"utterance '{u.id}' is {u.duration:.1f} s long, over max_duration "
+                                          f"{limit:.1f} s (a batch of it alone would exceed batch_bins): set "
+                                          "max_duration, raise batch_bins, or skip it with --skip-bad")
+            if not skip_bad:
+                raise err
+            skipped.append(str(err))
+            continue
+        out.append(u)
+    return out
+
+
 def _tokenizer(train: list[Utterance]) -> CharTokenizer:
     return CharTokenizer.build((u.text for u in train), (u.language for u in train))
 
 
-def check_data(data: DataConfig, feats: FeatureConfig, progress: bool = True,
-               parallel: bool = True) -> tuple[CharTokenizer, list[str]]:
-    """The driver's half: validate both manifests, build their feature stores, check the dev
-    texts against the training tokenizer. Returns the tokenizer and what ``skip_bad`` skipped
-    ("file:line: why")."""
+@dataclass
+class CheckedData:
+    tokenizer: CharTokenizer
+    skipped: list[str]  # "file:line: why" of every row skip_bad dropped
+    entries: dict[str, str]  # "train"/"dev" -> feature store entry
+    utterances: dict[str, list[tuple[Utterance, str]]]  # "train"/"dev" -> (row, its file:line), usable ones
+
+
+def check_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, parallel: bool = True,
+               max_duration: float = 0.0) -> CheckedData:
+    """The driver's half: validate both manifests (and their lengths against ``max_duration``),
+    build their feature stores, check the dev texts against the training tokenizer."""
     root = store_root_of(data)
-    kept, skipped_msgs = {}, []
+    kept, skipped_msgs, entries = {}, [], {}
     for name, spec in (("train", data.train_manifest), ("dev", data.dev_manifest)):
         m = read_manifest(spec, skip_bad=data.skip_bad)
-        entry, _ = ensure_store(m, feats, root, skip_bad=data.skip_bad, progress=progress, parallel=parallel)
-        skipped = json.loads(storage.read_text(storage.join(entry, INDEX_FILE)))["skipped"]
-        kept[name] = (m, usable(m, skipped, data.skip_bad))
-        skipped_msgs += m.skipped + [r for k, r in skipped.items() if k not in m.skipped_ids]
+        skipped_msgs += m.skipped
+        fits = within_limit(m.utterances, max_duration, lambda u: m.where.get(u.id, m.path), data.skip_bad,
+                            skipped_msgs)
+        entries[name], _ = ensure_store(m, feats, root, skip_bad=data.skip_bad, progress=progress, parallel=parallel)
+        skipped = json.loads(storage.read_text(storage.join(entries[name], INDEX_FILE)))["skipped"]
+        kept[name] = (m, usable(dataclasses.replace(m, utterances=fits), skipped, data.skip_bad))
+        skipped_msgs += [r for k, r in skipped.items() if k not in m.skipped_ids]
     tok = _tokenizer(kept["train"][1])
     dev_m, dev = kept["dev"]
     for u in dev:
         tok.encode(u.text, u.language if data.with_lang_tag else None, where=f"{dev_m.path}: utterance '{u.id}'")
-    return tok, skipped_msgs
+    return CheckedData(tok, skipped_msgs, entries,
+                       {k: [(u, m.where.get(u.id, m.path)) for u in us] for k, (m, us) in kept.items()})
 
 
-def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, check_audio: bool = True) -> RunData:
+def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, check_audio: bool = True,
+                 max_duration: float = 0.0) -> RunData:
     """Manifests, tokenizer (from the training texts) and memory-mapped features of a run.
     Raises InputError naming file and line for a bad row (unless ``skip_bad``), and for a dev
-    character the training tokenizer cannot map."""
+    character the training tokenizer cannot map. Utterances over ``max_duration`` seconds are
+    dropped under ``skip_bad`` (the driver refused them otherwise)."""
     train_m = read_manifest(data.train_manifest, skip_bad=data.skip_bad, check_audio=check_audio)
     dev_m = read_manifest(data.dev_manifest, skip_bad=data.skip_bad, check_audio=check_audio)
-    train_store = features_of(train_m, feats, data, progress)
-    dev_store = features_of(dev_m, feats, data, progress)
+    train_store = features_of(train_m, feats, data, progress, entry=data.train_features)
+    dev_store = features_of(dev_m, feats, data, progress, entry=data.dev_features)
     train_utts = usable(train_m, train_store.skipped, data.skip_bad)
     dev_utts = usable(dev_m, dev_store.skipped, data.skip_bad)
+    if max_duration:
+        train_utts = within_limit(train_utts, max_duration, lambda u: train_m.where.get(u.id, ""), data.skip_bad, [])
+        dev_utts = within_limit(dev_utts, max_duration, lambda u: dev_m.where.get(u.id, ""), data.skip_bad, [])
     tok = _tokenizer(train_utts)
     utts = train_utts[: data.max_train_utts] if data.max_train_utts else train_utts
     mean, std = train_store.mean, train_store.std  # global CMVN from the training set
@@ -97,10 +141,12 @@ def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, 
     return RunData(tok, train, dev, train_m, dev_m)
 
 
-def features_of(m: Manifest, feats: FeatureConfig, data: DataConfig, progress: bool = False) -> FeatureStore:
-    """The store entry of ``m`` (extracted in this process if nobody has), mapped from this node."""
+def features_of(m: Manifest, feats: FeatureConfig, data: DataConfig, progress: bool = False,
+                entry: str = "") -> FeatureStore:
+    """The store entry of ``m`` (``entry`` when the driver named it; extracted in this process if
+    nobody has), mapped from this node."""
     entry, extracted = ensure_store(m, feats, store_root_of(data), skip_bad=data.skip_bad, progress=progress,
-                                    parallel=False)  # inside a trial: its workers hold the CPUs
+                                    parallel=False, entry=entry)  # inside a trial: its workers hold the CPUs
     return open_store(entry, cache_dir_of(data), extracted)
 
 

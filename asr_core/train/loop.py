@@ -20,7 +20,7 @@ from asr_core.data.batching import SpeechDataset, shard
 from asr_core.models import Family, get_family
 from asr_core.train import checkpoint as ckpt
 from asr_core.train.config import RunConfig, TrainConfig, split_params
-from asr_core.train.data import RunData, prepare_data
+from asr_core.train.data import RunData, duration_limit, prepare_data
 from asr_core.train.schedules import Schedule, make_optimizer  # noqa: F401  (re-exported)
 
 
@@ -267,7 +267,8 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     torch.manual_seed(run.train.seed)
     # no audio is opened here: this node may not see it; the driver checked it and built the features
-    data = prepare_data(run.data, run.features, progress=False, check_audio=False)
+    limit = duration_limit(run.data, run.features, run.train.batch_bins, run.train.batch_size)
+    data = prepare_data(run.data, run.features, progress=False, check_audio=False, max_duration=limit)
     restored = ray.train.get_checkpoint()
     state = meta = None
     if restored is not None:
