@@ -209,3 +209,36 @@ def test_repaired_or_replaced_audio_is_extracted_again(corpus, cache_dir, tmp_pa
     after = replaced.dev.store.feats(replaced.dev.store.index["dev-00004"])
     assert after.shape != before.shape or not np.array_equal(after, before)
     assert replaced.dev.store.path != repaired.dev.store.path
+
+
+@pytest.mark.parametrize("line, key, message", [
+    ("num_trials: -1", "num_trials", "'num_trials' must be >= 1, got -1"),
+    ("num_trials: 0", "num_trials", "'num_trials' must be >= 1, got 0"),
+    ("max_concurrent: 0", "max_concurrent", "'max_concurrent' must be >= 1, got 0"),
+    ("metric: val_bleu", "metric", "family crnn_ctc does not report 'val_bleu'; it reports: .*val_cer.*val_wer"),
+    ("constraints: ['lr < 9**9**8']", "constraints", "an exponent must be a number within"),
+    ("constraints: ['lr.real < 1']", "constraints", "not allowed in an expression: Attribute"),
+])
+def test_job_values_are_checked_at_load_naming_line_and_key(tmp_path, line, key, message):
+    p = _job(tmp_path, BASE + line + "\n")
+    with pytest.raises(InputError, match=rf"{p}:8 \({key}\): {message}"):
+        load_job(p)
+
+
+def test_a_preset_typo_names_the_preset_line(tmp_path):
+    p = _job(tmp_path, BASE.replace("preset: tiny", "preset: tinyy"))
+    with pytest.raises(InputError, match=rf"{p}:2 \(preset\): unknown preset for crnn_ctc: tinyy"):
+        load_job(p)
+
+
+@pytest.mark.parametrize("command", ["report", "check"])
+def test_report_or_check_on_a_folder_that_is_no_experiment_writes_nothing(tmp_path, capsys, command):
+    from tune_jobs.cli import main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    assert main([command, str(folder)]) == 2  # empty
+    (folder / "notes.txt").write_text("my own files")
+    assert main([command, str(folder)]) == 2
+    assert "not an experiment or study directory" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]

@@ -293,10 +293,23 @@ def cmd_describe(a) -> int:
     return 0
 
 
+def require_experiment(path: str) -> None:
+    """``path`` is an experiment or study of speechtune or Ray Tune; otherwise an InputError, and
+    nothing is written into it."""
+    from asr_core import storage as store
+
+    names = {p.split("/")[0] for p in (store.files_under(path) if store.is_remote(path) else
+                                       (os.listdir(path) if os.path.isdir(path) else []))}
+    if not ({"speechtune_job.json", "study.json"} & names or any(n.startswith("experiment_state") for n in names)):
+        raise InputError(path, "not an experiment or study directory (no speechtune_job.json, study.json or Ray "
+                               "Tune experiment_state-*.json here); nothing was written")
+
+
 def cmd_report(a) -> int:
     from analysis.load import MetricNotFound
     from analysis.report import write_report, write_study_report
 
+    require_experiment(a.exp_dir)
     try:
         exps = _experiments(a.exp_dir)
         if exps is not None:
@@ -327,6 +340,7 @@ def _experiments(exp_dir: str) -> list[str] | None:
 
 def cmd_check(a) -> int:
     """Every experiment of a study, or the one experiment, against Ray's ExperimentAnalysis."""
+    require_experiment(a.exp_dir)
     exps = _experiments(a.exp_dir) or [a.exp_dir]
     return 0 if all([_check_with_ray(e) for e in exps]) else 1
 

@@ -18,6 +18,8 @@ from typing import Any
 
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_ALLOWED = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
+            ast.IfExp, ast.Call, ast.operator, ast.unaryop, ast.boolop, ast.cmpop)
 _CMP = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
         ast.Gt: operator.gt, ast.GtE: operator.ge}
 FUNCS = {"sqrt": math.sqrt, "log2": math.log2, "log": math.log, "min": min, "max": max, "int": int,
@@ -42,11 +44,28 @@ def is_opt(value: Any) -> bool:
     return isinstance(value, str) and bool(_OPT.search(value))
 
 
+MAX_EXPONENT = 64  # `x ** 9 ** 8` would keep the search process busy for minutes
+
+
 def names(expr: str) -> set[str]:
+    """The parameter names ``expr`` uses; raises ExprError, at load time, for anything
+    :func:`evaluate` would refuse (attribute access, subscripts, lambdas, other calls) and for an
+    exponent that is not a number within +-MAX_EXPONENT."""
     try:
         tree = ast.parse(expr, mode="eval")
     except SyntaxError as e:
         raise ExprError(f"cannot parse expression {expr!r}: {e.msg}") from None
+    for n in ast.walk(tree):
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow):
+            r = n.right.operand if isinstance(n.right, ast.UnaryOp) else n.right
+            if not (isinstance(r, ast.Constant) and isinstance(r.value, (int, float))
+                    and abs(r.value) <= MAX_EXPONENT):
+                raise ExprError(f"an exponent must be a number within +-{MAX_EXPONENT} in {expr!r}")
+        elif not isinstance(n, _ALLOWED) or (isinstance(n, ast.Call) and not (
+                isinstance(n.func, ast.Name) and n.func.id in FUNCS and not n.keywords)) or (
+                isinstance(n, ast.Constant) and not isinstance(n.value, (int, float, str, bool))):
+            raise ExprError(f"not allowed in an expression: {type(n).__name__} in {expr!r} (allowed: numbers, "
+                            f"parameter names, arithmetic, comparisons, and/or/not, if-else, {sorted(FUNCS)})")
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in FUNCS}
 
 
@@ -66,7 +85,10 @@ def evaluate(expr: str, env: dict[str, Any]) -> Any:
                 raise ExprError(f"unknown name '{n.id}' in {expr!r} (known: {sorted(env)})")
             return env[n.id]
         if isinstance(n, ast.BinOp) and type(n.op) in _BIN:
-            return _BIN[type(n.op)](ev(n.left), ev(n.right))
+            left, right = ev(n.left), ev(n.right)
+            if isinstance(n.op, ast.Pow) and isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
+                raise ExprError(f"exponent {right} is beyond +-{MAX_EXPONENT} in {expr!r}")
+            return _BIN[type(n.op)](left, right)
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd, ast.Not)):
             v = ev(n.operand)
             return -v if isinstance(n.op, ast.USub) else (+v if isinstance(n.op, ast.UAdd) else not v)

@@ -351,7 +351,13 @@ def _build(data: dict, loc: Locator, path: str) -> JobSpec:
         default_metric, default_mode = fam.default_metric, fam.default_mode
     except ValueError:  # reported with its line below
         fam, default_metric, default_mode = None, "val_cer", "min"
+    if fam is not None and data.get("preset") is not None and data["preset"] not in fam.presets:
+        raise InputError(loc("preset"), f"unknown preset for {fam.name}: {data['preset']} "
+                                        f"(known: {sorted(fam.presets)})")
     metric_name = str(data.get("metric", default_metric))
+    if fam is not None and metric_name not in fam.reported_metrics():
+        raise InputError(loc("metric"), f"family {fam.name} does not report '{metric_name}'; it reports: "
+                                        f"{', '.join(sorted(fam.reported_metrics()))}")
     mode = data.get("mode", default_mode if metric_name == default_metric else "min")
     if mode not in ("min", "max"):
         raise InputError(loc("mode"), f"mode must be 'min' or 'max', got {mode!r}")
@@ -425,6 +431,10 @@ def _build(data: dict, loc: Locator, path: str) -> JobSpec:
             num_trials = grid_size(split_grid(space_raw)[1], trials, searcher.points_to_evaluate) * repeats
     except (TypeError, ValueError) as e:
         raise InputError(str(path), f"num_trials/max_concurrent/max_failures must be integers ({e})") from None
+    for key, least in (("num_trials", 1), ("max_concurrent", 1), ("max_failures", 0)):
+        value = int(data.get(key, least))  # as written (a grid's num_trials counts repeats)
+        if value < least:
+            raise InputError(loc(key), f"'{key}' must be >= {least}, got {value}")
     init_from = str(data.get("init_from") or "")
     if init_from not in ("", "best"):
         raise InputError(loc("init_from"), f"init_from is 'best' (the previous phase's best checkpoint), got {init_from!r}")

@@ -56,6 +56,16 @@ class Family:
 
         return asr_metrics(counts)
 
+    def reported_metrics(self) -> set[str]:
+        """Every metric name a run of this family reports each epoch (the validation metrics come
+        from the family's own summary, so the list cannot drift from the code)."""
+        from collections import defaultdict
+
+        val = {"val_loss", *self.metrics(defaultdict(float))}
+        loop = {"train_loss", "epoch", "step", "epoch_time_s", "utts_per_s", "lr", "cpu_s", "model_params",
+                "best_epoch", "steps_to_target", "num_nodes"}
+        return val | loop | {f"best_{m}" for m in val} | {f"{m}_auc" for m in val}
+
     def make_config(self, params: dict, preset: str | None = None, where: str = "<config>"):
         from asr_core.config import from_dict
 
