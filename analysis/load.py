@@ -61,6 +61,35 @@ def _trial_dirs(exp_dir: Path) -> list[Path]:
     return sorted(p.parent for p in exp_dir.glob("*/params.json"))
 
 
+def unfinished_trials(exp_dir: str | os.PathLike) -> list[str]:
+    """Trials whose status in Tune's latest saved state is neither TERMINATED nor ERROR: after a
+    Ctrl-C, Tune saves its state (the running and waiting trials as PENDING) and returns
+    normally; this tells that search from a finished one."""
+    from asr_core import storage as store
+
+    return sorted(n for n, st in _tune_statuses(store.local_copy(exp_dir)).items() if st not in ("TERMINATED", "ERROR"))
+
+
+def _tune_last_epochs(exp_dir: Path) -> dict[str, int]:
+    """trial dir name -> the epoch of the last result Tune recorded in its state file."""
+    out: dict[str, int] = {}
+    files = sorted(glob.glob(str(exp_dir / "experiment_state-*.json")), key=os.path.getmtime)
+    try:
+        state = json.loads(Path(files[-1]).read_text()) if files else {}
+    except (OSError, json.JSONDecodeError):
+        return out
+    for entry in state.get("trial_data", []):
+        try:
+            t, meta = (json.loads(entry[0]), json.loads(entry[1]))
+            name = (t.get("storage") or {}).get("trial_dir_name") or t.get("relative_logdir")
+            epoch = (meta.get("last_result") or {}).get("epoch")
+            if name and isinstance(epoch, (int, float)):
+                out[os.path.basename(str(name))] = int(epoch)
+        except (TypeError, ValueError, IndexError, AttributeError, json.JSONDecodeError):
+            continue
+    return out
+
+
 def _tune_statuses(exp_dir: Path) -> dict[str, str]:
     """trial dir name -> Tune status (TERMINATED, ERROR, RUNNING, PENDING...) from Tune's state file."""
     out: dict[str, str] = {}
@@ -192,9 +221,12 @@ class MetricNotFound(KeyError):
         return str(self.args[0])
 
 
-def _status(rows: list[dict], error: str, planned, tune_status: str) -> tuple[str, str]:
+def _status(rows: list[dict], error: str, planned, tune_status: str, tune_epoch: int = 0) -> tuple[str, str]:
+    """A trial's status, from Tune's: how far it got is the larger of its result.json's last epoch
+    and the last result in Tune's state (a truncated result.json does not make a finished trial
+    look early-stopped)."""
     last = rows[-1] if rows else {}
-    last_epoch = max((r.get("epoch", 0) or 0 for r in rows), default=0)
+    last_epoch = max(max((r.get("epoch", 0) or 0 for r in rows), default=0), tune_epoch or 0)
     if last.get("diverged"):
         # the loop's last report of a diverged trial (asr_core.train.loop.run_epochs)
         return "diverged", (f"loss became {last.get('diverged_value')} at step {last.get('diverged_step')} "
@@ -234,6 +266,7 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
     res = record.get("resources") or {}
     tuned = list(dict.fromkeys([*(record.get("search_space") or {}), *(record.get("tuned") or [])]))
     statuses = _tune_statuses(exp_dir)
+    last_epochs = _tune_last_epochs(exp_dir)
     loaded = []
     for tdir in _trial_dirs(exp_dir):
         try:
@@ -267,7 +300,11 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         error = error[-1] if error else ""
         planned = cfg.get("epochs", record.get("epochs"))
         last_epoch = max((r.get("epoch", 0) or 0 for r in rows), default=0)
-        status, error = _status(rows, error, planned, statuses.get(tdir.name, ""))
+        tune_epoch = last_epochs.get(tdir.name, 0)
+        if tune_epoch > last_epoch:
+            log.warning("%s: result.json holds epochs up to %d but Tune's state records epoch %d: the file is "
+                        "truncated; the trial keeps the status Tune gave it", tdir, last_epoch, tune_epoch)
+        status, error = _status(rows, error, planned, statuses.get(tdir.name, ""), tune_epoch)
         row = {"trial": tdir.name, "trial_id": trial_id, "status": status, "error": error,
                "epochs_run": last_epoch, "epochs_planned": planned,
                "time_total_s": _num(rows[-1].get("time_total_s")) if rows else math.nan,

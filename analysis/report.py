@@ -193,6 +193,11 @@ def summary_lines(a: Analysis, extra: dict | None = None) -> list[str]:
         lines.append(f"- scheduler: `{sched.get('name')}`, searcher: `{rec.get('searcher', 'n/a')}`")
     for k, v in (extra or {}).items():
         lines.append(f"- {k}: {v}")
+    skipped = rec.get("skipped") or []
+    if skipped:
+        lines.append(f"- rows skipped (--skip-bad): {len(skipped)}")
+        lines += [f"  - {s}" for s in skipped[:20]] + ([f"  - ... and {len(skipped) - 20} more"] if len(skipped) > 20
+                                                       else [])
     phase = rec.get("phase") or {}
     if phase:
         lines.append(f"- study `{phase.get('study')}`, phase {phase.get('index', 0) + 1}: `{phase.get('name')}`")
@@ -385,9 +390,13 @@ def write_report(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
 
 
 def _write(a: Analysis, out_dir, extra: dict | None = None, compare=None) -> Path:
-    """``write_report`` for an experiment already analysed."""
+    """``write_report`` for an experiment already analysed. What ``speechtune tune`` recorded of
+    the search's outcome (``outcome`` in the job record: test figures, best checkpoint, wall time,
+    an interrupt) comes first, so that writing the report again loses none of it."""
     from analysis import plots as plotting
     from asr_core import storage as store
+
+    extra = {**(a.record.get("outcome") or {}), **(extra or {})}
 
     remote = a.exp if store.is_remote(a.exp) else None
     out = Path(out_dir or a.local)

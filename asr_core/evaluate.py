@@ -42,7 +42,7 @@ def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, ba
                        cache_dir or os.environ.get("SPEECHTUNE_CACHE") or run.data.cache_dir or str(default_cache_dir()),
                        mean, std,
                        run.data.with_lang_tag, progress=progress, feature_store=run.data.feature_store,
-                       skip_bad=skip_bad)
+                       skip_bad=skip_bad, skipped=manifest.skipped)
     counts: dict[str, float] = {}
     padding = getattr(run.model, "PADDING", True)
     for batch in data.iterate(data.batches(batch_bins, padding=padding)):
@@ -55,5 +55,6 @@ def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, ba
     metrics = family.metrics(counts)
     return {"cer": metrics.get("val_cer", float("nan")), "wer": metrics.get("val_wer", float("nan")),
             "metrics": {k.removeprefix("val_"): v for k, v in metrics.items()},
-            "utterances": len(data), "skipped": len(manifest.skipped), "checkpoint": str(ckpt_dir),
+            "utterances": len(data), "skipped": len(manifest.skipped), "skipped_rows": manifest.skipped,
+            "checkpoint": str(ckpt_dir),
             "epoch": meta["epoch"]}

@@ -1,6 +1,7 @@
 """Bad input fails before any trial starts, naming file and line or key; --skip-bad skips it."""
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 from pathlib import Path
@@ -242,3 +243,83 @@ def test_report_or_check_on_a_folder_that_is_no_experiment_writes_nothing(tmp_pa
     assert main([command, str(folder)]) == 2
     assert "not an experiment or study directory" in capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_skip_bad_covers_every_row_error_prints_each_reason_grouped_and_the_report_lists_them(corpus, cache_dir,
+                                                                                            tmp_path):
+    from tests.test_jobs import _speechtune, tiny_job
+
+    def edit(i, r):
+        if i in (1, 2):
+            return {**r, "audio": f"/nonexistent/{i}.flac"}
+        if i == 3:
+            return {**r, "text": " "}
+        if i in (4, 5):
+            return {**r, "text": r["text"] + " Ω"}  # no training text has it
+        return r
+
+    dev = copy_manifest(corpus["dev"], tmp_path / "dev.jsonl", edit)
+    job = tiny_job(tmp_path, {**corpus, "dev": str(dev)}, cache_dir, "skips", "num_trials: 1\n", epochs=1)
+    p = _speechtune("tune", str(job), "--num-cpus", "2")
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 2 and f"{dev}:2: audio file not found" in out, out[-2000:]
+    p = _speechtune("tune", str(job), "--num-cpus", "2", "--skip-bad")
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out[-3000:]
+    assert "--skip-bad: skipped 5 bad row(s):" in out
+    assert "  2 x audio file not found: …" in out and "  1 x utterance … has an empty transcript" in out
+    assert "  2 x utterance …: character …" in out
+    for i in (2, 3, 4):
+        assert f"    {dev}:{i}: " in out
+    assert out.count("cannot be mapped by the tokenizer") == 2
+    report = (tmp_path / "exp" / "skips" / "report.md").read_text()
+    assert "- rows skipped (--skip-bad): 5" in report and f"{dev}:4: utterance" in report
+
+
+def test_evaluate_skip_bad_skips_an_unknown_language_tag(corpus, cache_dir, tmp_path):
+    import numpy as np
+
+    from asr_core.data.features import FeatureConfig
+    from asr_core.data.tokenizer import CharTokenizer
+    from asr_core.train.data import dataset_for
+
+    texts = [json.loads(line)["text"] for line in Path(corpus["train"]).read_text().splitlines()]
+    tok = CharTokenizer.build(texts, ["en"] * len(texts))
+    m = copy_manifest(corpus["test"], tmp_path / "test.jsonl", lambda i, r: {**r, "language": "xx"} if i == 2 else r)
+    mean, std = np.zeros(40, np.float32), np.ones(40, np.float32)
+    with pytest.raises(InputError, match=rf"{m}: utterance 'test-00002'.*language 'xx' is unknown"):
+        dataset_for(read_manifest(m), tok, FeatureConfig(n_mels=40), str(cache_dir), mean, std, True, progress=False)
+    skipped: list[str] = []
+    data = dataset_for(read_manifest(m), tok, FeatureConfig(n_mels=40), str(cache_dir), mean, std, True,
+                       progress=False, skip_bad=True, skipped=skipped)
+    assert len(data) == 23 and len(skipped) == 1 and "language 'xx'" in skipped[0]
+
+
+def test_train_resolves_relative_manifests_like_tune(corpus, cache_dir, tmp_path):
+    """`speechtune train` with manifests relative to where it runs: made absolute before any
+    worker starts (a worker's working directory is not the user's)."""
+    from tests.test_jobs import _speechtune
+
+    (tmp_path / "data").mkdir()
+    copy_manifest(corpus["train"], tmp_path / "data" / "train.jsonl")
+    copy_manifest(corpus["dev"], tmp_path / "data" / "dev.jsonl")
+    p = _speechtune("train", "crnn_ctc", "--preset", "tiny", "--train-manifest", "data/train.jsonl",
+                    "--dev-manifest", "data/dev.jsonl", "--set", "epochs=1", "--set", "n_mels=40",
+                    "--storage", str(tmp_path / "exp"), "--num-cpus", "2", cwd=tmp_path)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out[-3000:]
+    assert "checkpoint: " in out and "manifest not found" not in out
+
+
+def test_a_partial_store_entry_is_removed_and_extracted_again(corpus, tmp_path):
+    from asr_core.data.features import FeatureConfig, ensure_store, store_key
+
+    m = read_manifest(corpus["dev"])
+    cfg = FeatureConfig(n_mels=40)
+    entry = tmp_path / "root" / store_key(m, cfg)
+    entry.mkdir(parents=True)
+    (entry / "part-00000.arrow").write_bytes(b"half a shard from an interrupted extraction")
+    (entry / "part-00007.arrow").write_bytes(b"another")
+    got, n = ensure_store(m, cfg, str(tmp_path / "root"), progress=False, parallel=False)
+    assert got == str(entry) and n == len(m)
+    assert not (entry / "part-00007.arrow").exists() and (entry / "index.json").is_file()

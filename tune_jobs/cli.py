@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -85,7 +86,8 @@ def cmd_tune(a) -> int:
     from asr_core import storage as store
     from asr_core.evaluate import evaluate
     from asr_core.models import get_family
-    from tune_jobs.runner import run_tune
+    from analysis.load import unfinished_trials
+    from tune_jobs.runner import run_tune, save_outcome
     from tune_jobs.study import run_study, study_uri
 
     t0 = time.time()
@@ -98,16 +100,33 @@ def cmd_tune(a) -> int:
         for s in summaries:
             _check_with_ray(s.get("exp"))
         return 0
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     results, exp_dir, manifests = run_tune(job, address=a.address, num_cpus=a.num_cpus, resume=bool(a.resume))
     elapsed = time.time() - t0
     errors = [r.error for r in results if r.error]
-    print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {len(errors)} failed; experiment: {exp_dir}")
     extra = {"search wall time": f"{elapsed:.0f} s"}
+    if a.resume:
+        extra["resumed"] = "yes: continued with `speechtune tune --resume` after an interrupt"
+    unfinished = unfinished_trials(exp_dir)
+    if unfinished:
+        # Tune saved its state and returned: no test figure, no best checkpoint, exit 130
+        extra["status"] = (f"**interrupted** after {elapsed:.0f} s with {len(unfinished)} of {len(results)} trials "
+                           f"unfinished; no test evaluation. Resume: `speechtune tune --resume {exp_dir}`")
+        save_outcome(exp_dir, extra)
+        try:
+            print(f"report: {write_report(exp_dir, a.report_dir)}")
+        except Exception as e:  # nothing reported yet: the record above still says what happened
+            print(f"report: not written ({e})")
+        print(f"search interrupted after {elapsed:.0f} s: {len(unfinished)} of {len(results)} trials unfinished; "
+              f"Tune's state is saved. Resume with: speechtune tune --resume {exp_dir}", file=sys.stderr)
+        return 130
+    print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {len(errors)} failed; experiment: {exp_dir}")
     if not any(_reported(r, job.metric) for r in results):
         from analysis.load import MetricNotFound
 
+        save_outcome(exp_dir, extra)
         try:
-            print(f"report: {write_report(exp_dir, a.report_dir, extra=extra)}")
+            print(f"report: {write_report(exp_dir, a.report_dir)}")
         except (MetricNotFound, FileNotFoundError) as e:
             print(f"report: not written ({e})")
         print(f"error: the search produced nothing: no trial of {len(results)} reported {job.metric} "
@@ -121,7 +140,8 @@ def cmd_tune(a) -> int:
         except FileNotFoundError as e:  # e.g. no trial met the job's `require` bounds
             print(f"test evaluation skipped: {e}")
             extra["test evaluation"] = f"skipped: {e}" + (f" (required: {job.require})" if job.require else "")
-            print(f"report: {write_report(exp_dir, a.report_dir, extra=extra)}")
+            save_outcome(exp_dir, extra)
+            print(f"report: {write_report(exp_dir, a.report_dir)}")
             return 0
         ev = evaluate(str(best), manifests["test"], progress=False)
         extra.update({"best checkpoint": f"`{best}` (epoch {ev['epoch']})",
@@ -129,10 +149,21 @@ def cmd_tune(a) -> int:
                                   f"(unseen voices and sentences: `{manifests['test']}`)",
                       "test WER": f"{100 * ev['wer']:.2f}%"})
         print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
-    report = write_report(exp_dir, a.report_dir, extra=extra)
+    save_outcome(exp_dir, extra)
+    report = write_report(exp_dir, a.report_dir)
     print(f"report: {report}")
     _check_with_ray(exp_dir)
     return 0
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: while Tune runs, its SIGINT handler saves the experiment state and ends
+    the search; before that, KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
 
 
 def _reported(result, metric: str) -> bool:
@@ -209,6 +240,7 @@ def cmd_evaluate(a) -> int:
     overrides = {k: v for k, v in (("decoder", a.decoder), ("beam_size", a.beam_size), ("lexicon", a.lexicon),
                                    ("kenlm", a.kenlm), ("decode_ctc_weight", a.ctc_weight)) if v is not None}
     ev = evaluate(str(ckpt), a.manifest, skip_bad=a.skip_bad, **overrides)
+    _print_skipped(ev["skipped_rows"])
     skipped = f", skipped {ev['skipped']} bad row(s)" if ev["skipped"] else ""
     print(f"checkpoint {ckpt} (epoch {ev['epoch']}) on {a.manifest}: {ev['utterances']} utterances{skipped}")
     if ev["cer"] == ev["cer"]:
@@ -258,10 +290,10 @@ def cmd_data(a) -> int:
 
 
 def _print_skipped(skipped: list[str]) -> None:
+    from asr_core.data.manifest import group_skipped
+
     if skipped:
-        print(f"--skip-bad: skipped {len(skipped)} bad row(s):")
-        for s in skipped:
-            print(f"  {s}")
+        print("\n".join(group_skipped(skipped)))
 
 
 def cmd_describe(a) -> int:
@@ -532,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted before the search started: nothing was run (run the command again)", file=sys.stderr)
+        return 130
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -105,10 +105,11 @@ def check_cluster(job: JobSpec, manifests: dict[str, str]) -> None:
                              "node")
 
 
-def check_and_cache(params: dict, progress: bool = True) -> dict:
+def check_and_cache(params: dict, progress: bool = True) -> tuple[dict, list[str]]:
     """Everything that can fail on bad input fails here, before any trial starts: manifests,
     tokenizer coverage of the dev set, utterance lengths, and the feature store (built by Ray tasks
-    when Ray is up). Returns ``params`` with the store entries the trials read."""
+    when Ray is up). Returns ``params`` with the store entries the trials read, and the rows
+    ``skip_bad`` skipped ("file:line: why")."""
     from asr_core.models import get_family
     from asr_core.train.data import check_data, duration_limit
 
@@ -120,8 +121,11 @@ def check_and_cache(params: dict, progress: bool = True) -> dict:
     except ValueError as e:
         raise InputError("job params", str(e)) from None
     if checked.skipped:
-        print(f"--skip-bad: skipped {len(checked.skipped)} bad row(s); first: {checked.skipped[0]}")
-    return {**params, "train_features": checked.entries["train"], "dev_features": checked.entries["dev"]}
+        from asr_core.data.manifest import group_skipped
+
+        print("\n".join(group_skipped(checked.skipped)))
+    return {**params, "train_features": checked.entries["train"], "dev_features": checked.entries["dev"]}, \
+        checked.skipped
 
 
 def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, storage_path: str, name: str,
@@ -191,7 +195,7 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     params = base_params(job, manifests, cache_dir)
     if phase.get("init_checkpoint"):
         params["finetune"] = True
-    params = check_and_cache(params, progress=progress)  # features extracted by Ray tasks on the cluster
+    params, skipped = check_and_cache(params, progress=progress)  # features extracted by Ray tasks on the cluster
     check_fits(job.resources, f"{job.path} (resources)")
     name = job.name
     exp_uri = store.join(storage, name)
@@ -237,11 +241,22 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
                                       sync_config=tune.SyncConfig(sync_period=5 if not store.is_remote(storage)
                                                                   else 30)),
         )
-        write_record(exp_uri, job, manifests, params, phase)
+        write_record(exp_uri, job, manifests, params, phase, skipped)
     return tuner.fit(), exp_uri, manifests
 
 
-def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phase: dict | None = None) -> None:
+def save_outcome(exp_uri: str, outcome: dict) -> None:
+    """What ``speechtune tune`` learned that Tune's files do not hold (test figures, the best
+    checkpoint, wall time, an interrupt), kept in the experiment's record: every report of the
+    experiment, written again or read from object storage, shows it."""
+    text = store.read_text(store.join(exp_uri, JOB_RECORD))
+    record = json.loads(text) if text else {}
+    record["outcome"] = outcome
+    store.write_text(store.join(exp_uri, JOB_RECORD), json.dumps(record, indent=1, ensure_ascii=False, default=str))
+
+
+def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phase: dict | None = None,
+                 skipped: list[str] | None = None) -> None:
     """What the analysis needs and cannot infer from Tune's files (read by analysis.load), and
     the job itself, so that ``speechtune tune --resume EXP`` needs nothing else."""
     res = job.resources
@@ -253,7 +268,7 @@ def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phas
               "resources": {"num_workers": res.num_workers, "cpus_per_trial": res.num_workers * res.cpus_per_worker,
                             "gpus_per_trial": res.num_workers * res.gpus_per_worker},
               "params": params,  # every trial's base config; a trial's params.json holds what it varied
-              "phase": phase or {}, "job": job.raw}
+              "phase": phase or {}, "job": job.raw, "skipped": skipped or []}
     store.write_text(store.join(exp_uri, JOB_RECORD), json.dumps(record, indent=1, ensure_ascii=False, default=str))
 
 
@@ -270,7 +285,7 @@ def run_train(params: dict, res: ResourcesSpec, storage_path: str, name: str, ad
     mode = run.train.select_mode or family.default_mode
     metric = metric or run.train.select_metric or family.default_metric
     init_ray(address, num_cpus=num_cpus)
-    params = check_and_cache(params, progress=progress)
+    params, _ = check_and_cache(params, progress=progress)
     check_fits(res, "--workers/--cpus-per-worker")
     trainer = make_trainer(params, res, metric=metric, mode=mode, storage_path=storage_path, name=name,
                            resume_from=resume_from)

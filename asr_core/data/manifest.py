@@ -243,3 +243,20 @@ def manifest_stats(m: Manifest) -> dict:
             "mean_duration": float(dur.mean()), "languages": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
             "speakers": len({u.speaker for u in m.utterances if u.speaker}), "characters": "".join(chars),
             "skipped": len(m.skipped)}
+
+
+def group_skipped(skipped: list[str]) -> list[str]:
+    """Skip reasons ("file:line: why") grouped by kind (quoted values, paths and numbers set
+    aside), each kind with its count and then every row: what --skip-bad prints."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for s in skipped:
+        why = s.split(": ", 1)[1] if ": " in s else s
+        kind = re.sub(r"'[^']*'|\S*/\S+|\d+(\.\d+)?", "…", why.split(" (")[0])
+        groups.setdefault(kind, []).append(s)
+    out = [f"--skip-bad: skipped {len(skipped)} bad row(s):"]
+    for kind, rows in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        out.append(f"  {len(rows)} x {kind}")
+        out += [f"    {r}" for r in rows]
+    return out

@@ -83,6 +83,23 @@ def within_limit(utts: list[Utterance], limit: float, where_of, skip_bad: bool, 
     return out
 
 
+def encodable(utts: list[Utterance], tok: CharTokenizer, with_lang_tag: bool, where_of, skip_bad: bool,
+              skipped: list[str]) -> list[Utterance]:
+    """``utts`` whose text (and language tag) the tokenizer maps: another row is an error naming
+    its file and line, or, under ``skip_bad``, dropped and listed in ``skipped``."""
+    out = []
+    for u in utts:
+        try:
+            tok.encode(u.text, u.language if with_lang_tag else None, where=f"{where_of(u)}: utterance '{u.id}'")
+        except InputError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
+            continue
+        out.append(u)
+    return out
+
+
 def _tokenizer(train: list[Utterance]) -> CharTokenizer:
     return CharTokenizer.build((u.text for u in train), (u.language for u in train))
 
@@ -112,8 +129,10 @@ def check_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, pa
         skipped_msgs += [r for k, r in skipped.items() if k not in m.skipped_ids]
     tok = _tokenizer(kept["train"][1])
     dev_m, dev = kept["dev"]
-    for u in dev:
-        tok.encode(u.text, u.language if data.with_lang_tag else None, where=f"{dev_m.path}: utterance '{u.id}'")
+    dev = encodable(dev, tok, data.with_lang_tag, lambda u: dev_m.path, data.skip_bad, skipped_msgs)
+    if not dev:
+        raise InputError(dev_m.path, "no dev utterance is left to validate on (every row was skipped)")
+    kept["dev"] = (dev_m, dev)
     return CheckedData(tok, skipped_msgs, entries,
                        {k: [(u, m.where.get(u.id, m.path)) for u in us] for k, (m, us) in kept.items()})
 
@@ -134,6 +153,7 @@ def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, 
         train_utts = within_limit(train_utts, max_duration, lambda u: train_m.where.get(u.id, ""), data.skip_bad, [])
         dev_utts = within_limit(dev_utts, max_duration, lambda u: dev_m.where.get(u.id, ""), data.skip_bad, [])
     tok = _tokenizer(train_utts)
+    dev_utts = encodable(dev_utts, tok, data.with_lang_tag, lambda u: dev_m.path, data.skip_bad, [])
     utts = train_utts[: data.max_train_utts] if data.max_train_utts else train_utts
     mean, std = train_store.mean, train_store.std  # global CMVN from the training set
     train = SpeechDataset(utts, train_store, tok, mean, std, data.with_lang_tag, train_m.path)
@@ -152,9 +172,13 @@ def features_of(m: Manifest, feats: FeatureConfig, data: DataConfig, progress: b
 
 def dataset_for(manifest: Manifest, tok: CharTokenizer, feats: FeatureConfig, cache_dir: str, mean, std,
                 with_lang_tag: bool, progress: bool = True, feature_store: str = "",
-                skip_bad: bool = False) -> SpeechDataset:
+                skip_bad: bool = False, skipped: list[str] | None = None) -> SpeechDataset:
+    """A manifest scored by a trained model (its tokenizer and CMVN); rows the store skipped, or
+    whose text or language the tokenizer cannot map, are errors or, under ``skip_bad``, dropped
+    and appended to ``skipped``."""
     data = DataConfig(train_manifest="-", dev_manifest="-", cache_dir=cache_dir, feature_store=feature_store,
                       skip_bad=skip_bad, with_lang_tag=with_lang_tag)
     store = features_of(manifest, feats, data, progress)
-    utts = usable(manifest, store.skipped, skip_bad)
+    utts = encodable(usable(manifest, store.skipped, skip_bad), tok, with_lang_tag, lambda u: manifest.path,
+                     skip_bad, skipped if skipped is not None else [])
     return SpeechDataset(utts, store, tok, mean, std, with_lang_tag, manifest.path)

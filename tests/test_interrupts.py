@@ -1,0 +1,77 @@
+"""Nothing lost, nothing faked: Ctrl-C during a search, its resumption, reports written again, and a
+truncated result.json, on the demo's smoke profile run by real `speechtune` processes."""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from analysis.load import load_experiment
+from analysis.raycheck import compare_with_ray
+from tests.test_jobs import _speechtune, history_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(600)
+def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp_path, caplog):
+    import ray
+
+    if ray.is_initialized():  # the searches run in their own driver processes
+        ray.shutdown()
+    demo = str(ROOT / "tune_jobs" / "jobs" / "demo.yaml")
+    exp = tmp_path / "exp" / "demo"
+    env = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "SPEECHTUNE_CACHE": str(cache_dir)}
+    p = _speechtune("tune", demo, "--profile", "smoke", "--storage", str(tmp_path / "exp"), "--num-cpus", "2",
+                    env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until a trial has reported its first epoch
+        if exp.is_dir() and any(rows for rows in history_of(exp).values()):
+            break
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.2)
+    else:
+        p.kill()
+        pytest.fail("the search did not get going")
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=180)
+    assert p.returncode == 130, out[-3000:]
+    assert f"Resume with: speechtune tune --resume {exp}" in out and "test CER" not in out, out[-3000:]
+    report = (exp / "report.md").read_text()
+    assert "**interrupted**" in report and "best checkpoint" not in report and "test CER" not in report
+    record = json.loads((exp / "speechtune_job.json").read_text())
+    assert "interrupted" in record["outcome"]["status"]
+
+    r = _speechtune("tune", "--resume", str(exp), "--num-cpus", "2", env=env)
+    out, _ = r.communicate(timeout=300)
+    assert r.returncode == 0, out[-3000:]
+    trials, history = load_experiment(exp)
+    assert len(trials) == 2 and set(trials.status) <= {"finished", "early-stopped"}  # each planned trial once
+    for tid, h in history.groupby("trial_id"):
+        assert sorted(h.epoch) == list(range(1, len(h) + 1)), (tid, list(h.epoch))
+    assert compare_with_ray(exp).ok  # statuses as Tune's scheduler left them
+    first = (exp / "report.md").read_text()
+    kept = [line for line in first.splitlines() if line.startswith(("- test CER", "- best checkpoint",
+                                                                   "- search wall time", "- resumed"))]
+    assert len(kept) == 4 and "interrupted" not in first, first[:2000]
+
+    # `speechtune report` twice: what tune learned (not in Tune's files) stays in the report
+    for _ in range(2):
+        rep = _speechtune("report", str(exp), env=env)
+        rep.communicate(timeout=120)
+        assert rep.returncode == 0
+        again = (exp / "report.md").read_text()
+        assert all(line in again.splitlines() for line in kept), again[:2000]
+
+    # a truncated result.json: a warning, and the trial keeps the status Tune gave it
+    finished = trials[trials.status == "finished"].iloc[0]
+    res = exp / finished.trial / "result.json"
+    res.write_text(res.read_text().splitlines()[0] + "\n")
+    with caplog.at_level(logging.WARNING, logger="analysis.load"):
+        trials2, _ = load_experiment(exp)
+    assert trials2.set_index("trial").loc[finished.trial, "status"] == "finished"
+    assert any("truncated" in r.message and finished.trial in r.message for r in caplog.records)
