@@ -50,7 +50,8 @@ MAX_EXPONENT = 64  # `x ** 9 ** 8` would keep the search process busy for minute
 def names(expr: str) -> set[str]:
     """The parameter names ``expr`` uses; raises ExprError, at load time, for anything
     :func:`evaluate` would refuse (attribute access, subscripts, lambdas, other calls) and for an
-    exponent that is not a number within +-MAX_EXPONENT."""
+    exponent that is neither a number within +-MAX_EXPONENT nor a parameter name (whose value is
+    checked against the same bound when it is evaluated)."""
     try:
         tree = ast.parse(expr, mode="eval")
     except SyntaxError as e:
@@ -58,9 +59,9 @@ def names(expr: str) -> set[str]:
     for n in ast.walk(tree):
         if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow):
             r = n.right.operand if isinstance(n.right, ast.UnaryOp) else n.right
-            if not (isinstance(r, ast.Constant) and isinstance(r.value, (int, float))
+            if not (isinstance(r, ast.Name) or isinstance(r, ast.Constant) and isinstance(r.value, (int, float))
                     and abs(r.value) <= MAX_EXPONENT):
-                raise ExprError(f"an exponent must be a number within +-{MAX_EXPONENT} in {expr!r}")
+                raise ExprError(f"an exponent must be a parameter or a number within +-{MAX_EXPONENT} in {expr!r}")
         elif not isinstance(n, _ALLOWED) or (isinstance(n, ast.Call) and not (
                 isinstance(n.func, ast.Name) and n.func.id in FUNCS and not n.keywords)) or (
                 isinstance(n, ast.Constant) and not isinstance(n.value, (int, float, str, bool))):
@@ -86,8 +87,10 @@ def evaluate(expr: str, env: dict[str, Any]) -> Any:
             return env[n.id]
         if isinstance(n, ast.BinOp) and type(n.op) in _BIN:
             left, right = ev(n.left), ev(n.right)
-            if isinstance(n.op, ast.Pow) and isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
-                raise ExprError(f"exponent {right} is beyond +-{MAX_EXPONENT} in {expr!r}")
+            if isinstance(n.op, ast.Pow) and isinstance(right, (int, float)) and isinstance(left, (int, float)) and (
+                    abs(right) > MAX_EXPONENT or abs(left) > 1 and right * math.log10(abs(left)) > 400):
+                raise ExprError(f"{left!r} ** {right!r} is too large to compute (exponents within +-{MAX_EXPONENT}, "
+                                f"results below 1e400) in {expr!r}")
             return _BIN[type(n.op)](left, right)
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd, ast.Not)):
             v = ev(n.operand)
