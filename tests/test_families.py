@@ -87,7 +87,7 @@ def m32(corpus, tmp_path_factory):
 OVERFIT = {
     "crnn_ctc": ("tiny", 100, {"lr": 5e-3}),
     "wavenet_ctc": ("tiny", 60, {"lr": 3e-3}),
-    "seq2seq": ("tiny", 50, {"lr": 5e-3}),
+    "seq2seq": ("tiny", 80, {"lr": 5e-3}),
     "conformer_aed": ("tiny", 45, {"lr": 3e-3, "ctc_weight": 0.3}),
     "tts_acoustic": ("tiny", 32, {"lr": 5e-3, "decoder_dim": 256, "prenet_dropout": 0.0,
                                   "attention_loss_weight": 2.0, "schedule": "constant"}),
