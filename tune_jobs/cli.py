@@ -217,6 +217,10 @@ def cmd_train(a) -> int:
         m = ensure_corpus(a.corpus)
         params.update(train_manifest=m["train"], dev_manifest=m["dev"])
     params.setdefault("cache_dir", str(default_cache_dir()))
+    from asr_core import storage as store
+
+    if store.is_remote(a.storage):  # nodes share nothing but the storage: the features go there too
+        params.setdefault("feature_store", store.join(a.storage, "features"))
     if a.skip_bad:
         params["skip_bad"] = True
     res = ResourcesSpec(num_workers=a.workers, cpus_per_worker=a.cpus_per_worker)
