@@ -9,7 +9,6 @@ the store, which names the rows the driver skipped and why.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -112,29 +111,42 @@ class CheckedData:
     utterances: dict[str, list[tuple[Utterance, str]]]  # "train"/"dev" -> (row, its file:line), usable ones
 
 
-def check_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, parallel: bool = True,
-               max_duration: float = 0.0) -> CheckedData:
-    """The driver's half: validate both manifests (and their lengths against ``max_duration``),
-    build their feature stores, check the dev texts against the training tokenizer."""
-    root = store_root_of(data)
-    kept, skipped_msgs, entries = {}, [], {}
-    for name, spec in (("train", data.train_manifest), ("dev", data.dev_manifest)):
-        m = read_manifest(spec, skip_bad=data.skip_bad)
-        skipped_msgs += m.skipped
-        fits = within_limit(m.utterances, max_duration, lambda u: m.where.get(u.id, m.path), data.skip_bad,
-                            skipped_msgs)
-        entries[name], _ = ensure_store(m, feats, root, skip_bad=data.skip_bad, progress=progress, parallel=parallel)
-        skipped = json.loads(storage.read_text(storage.join(entries[name], INDEX_FILE)))["skipped"]
-        kept[name] = (m, usable(dataclasses.replace(m, utterances=fits), skipped, data.skip_bad))
-        skipped_msgs += [r for k, r in skipped.items() if k not in m.skipped_ids]
-    tok = _tokenizer(kept["train"][1])
-    dev_m, dev = kept["dev"]
-    dev = encodable(dev, tok, data.with_lang_tag, lambda u: dev_m.path, data.skip_bad, skipped_msgs)
+def select_rows(train_m: Manifest, dev_m: Manifest, train_skipped: dict[str, str], dev_skipped: dict[str, str],
+                data: DataConfig, max_duration: float, skipped: list[str]) -> tuple[CharTokenizer, list, list]:
+    """The one rule for which rows a run uses, for the driver and the workers alike: rows with
+    features (the store's skip list), no longer than ``max_duration``, and dev rows the training
+    tokenizer maps. Each other row is an error naming it, or, under ``skip_bad``, appended to
+    ``skipped``. Returns (tokenizer, train rows, dev rows)."""
+    picked = []
+    for m, store_skipped in ((train_m, train_skipped), (dev_m, dev_skipped)):
+        rows = usable(m, store_skipped, data.skip_bad)
+        picked.append(within_limit(rows, max_duration, lambda u, m=m: m.where.get(u.id, m.path), data.skip_bad,
+                                   skipped))
+    train, dev = picked
+    tok = _tokenizer(train)
+    dev = encodable(dev, tok, data.with_lang_tag, lambda u: dev_m.path, data.skip_bad, skipped)
     if not dev:
         raise InputError(dev_m.path, "no dev utterance is left to validate on (every row was skipped)")
-    kept["dev"] = (dev_m, dev)
+    return tok, train, dev
+
+
+def check_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, parallel: bool = True,
+               max_duration: float = 0.0) -> CheckedData:
+    """The driver's half: validate both manifests, build their feature stores, then choose the
+    rows as the workers will (``select_rows``)."""
+    root = store_root_of(data)
+    manifests, store_skipped, skipped_msgs, entries = {}, {}, [], {}
+    for name, spec in (("train", data.train_manifest), ("dev", data.dev_manifest)):
+        m = manifests[name] = read_manifest(spec, skip_bad=data.skip_bad)
+        skipped_msgs += m.skipped
+        entries[name], _ = ensure_store(m, feats, root, skip_bad=data.skip_bad, progress=progress, parallel=parallel)
+        store_skipped[name] = json.loads(storage.read_text(storage.join(entries[name], INDEX_FILE)))["skipped"]
+        skipped_msgs += [r for k, r in store_skipped[name].items() if k not in m.skipped_ids]
+    tok, train, dev = select_rows(manifests["train"], manifests["dev"], store_skipped["train"], store_skipped["dev"],
+                                  data, max_duration, skipped_msgs)
+    rows = {"train": train, "dev": dev}
     return CheckedData(tok, skipped_msgs, entries,
-                       {k: [(u, m.where.get(u.id, m.path)) for u in us] for k, (m, us) in kept.items()})
+                       {k: [(u, manifests[k].where.get(u.id, manifests[k].path)) for u in us] for k, us in rows.items()})
 
 
 def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, check_audio: bool = True,
@@ -147,13 +159,8 @@ def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, 
     dev_m = read_manifest(data.dev_manifest, skip_bad=data.skip_bad, check_audio=check_audio)
     train_store = features_of(train_m, feats, data, progress, entry=data.train_features)
     dev_store = features_of(dev_m, feats, data, progress, entry=data.dev_features)
-    train_utts = usable(train_m, train_store.skipped, data.skip_bad)
-    dev_utts = usable(dev_m, dev_store.skipped, data.skip_bad)
-    if max_duration:
-        train_utts = within_limit(train_utts, max_duration, lambda u: train_m.where.get(u.id, ""), data.skip_bad, [])
-        dev_utts = within_limit(dev_utts, max_duration, lambda u: dev_m.where.get(u.id, ""), data.skip_bad, [])
-    tok = _tokenizer(train_utts)
-    dev_utts = encodable(dev_utts, tok, data.with_lang_tag, lambda u: dev_m.path, data.skip_bad, [])
+    tok, train_utts, dev_utts = select_rows(train_m, dev_m, train_store.skipped, dev_store.skipped, data,
+                                            max_duration, [])
     utts = train_utts[: data.max_train_utts] if data.max_train_utts else train_utts
     mean, std = train_store.mean, train_store.std  # global CMVN from the training set
     train = SpeechDataset(utts, train_store, tok, mean, std, data.with_lang_tag, train_m.path)
