@@ -61,15 +61,6 @@ def _trial_dirs(exp_dir: Path) -> list[Path]:
     return sorted(p.parent for p in exp_dir.glob("*/params.json"))
 
 
-def unfinished_trials(exp_dir: str | os.PathLike) -> list[str]:
-    """Trials whose status in Tune's latest saved state is neither TERMINATED nor ERROR: after a
-    Ctrl-C, Tune saves its state (the running and waiting trials as PENDING) and returns
-    normally; this tells that search from a finished one."""
-    from asr_core import storage as store
-
-    return sorted(n for n, st in _tune_statuses(store.local_copy(exp_dir)).items() if st not in ("TERMINATED", "ERROR"))
-
-
 def _tune_last_epochs(exp_dir: Path) -> dict[str, int]:
     """trial dir name -> the epoch of the last result Tune recorded in its state file."""
     out: dict[str, int] = {}

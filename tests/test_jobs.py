@@ -192,6 +192,14 @@ def test_staged_study_carries_the_winner_and_a_rerun_runs_nothing(corpus, cache_
     assert sorted(str(p) for p in (tmp_path / "exp").rglob("params.json")) == dirs
 
 
+def _state_saved_after_checkpoints(exp: Path) -> bool:
+    """Tune's experiment state was saved after every trial's newest checkpoint (so a driver
+    killed now resumes each trial from its checkpoint, not from scratch)."""
+    states = list(exp.glob("experiment_state-*.json"))
+    ckpts = list(exp.glob("*/checkpoint_*"))
+    return bool(states and ckpts) and max(p.stat().st_mtime for p in states) > max(p.stat().st_mtime for p in ckpts)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -221,7 +229,7 @@ def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_
     deadline = time.time() + 240
     while time.time() < deadline:
         done = [rows for rows in history_of(exp).values() if rows[-1]["epoch"] == 2] if exp.is_dir() else []
-        if len(done) >= 1 and len(history_of(exp)) >= 2:
+        if len(done) >= 1 and len(history_of(exp)) >= 2 and _state_saved_after_checkpoints(exp):
             break
         assert p.poll() is None, p.stdout.read()
         time.sleep(0.5)

@@ -86,7 +86,6 @@ def cmd_tune(a) -> int:
     from asr_core import storage as store
     from asr_core.evaluate import evaluate
     from asr_core.models import get_family
-    from analysis.load import unfinished_trials
     from tune_jobs.runner import run_tune, save_outcome
     from tune_jobs.study import run_study, study_uri
 
@@ -101,24 +100,27 @@ def cmd_tune(a) -> int:
             _check_with_ray(s.get("exp"))
         return 0
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    signal.signal(signal.SIGINT, _interrupt_before_tune)
     results, exp_dir, manifests = run_tune(job, address=a.address, num_cpus=a.num_cpus, resume=bool(a.resume))
     elapsed = time.time() - t0
     errors = [r.error for r in results if r.error]
     extra = {"search wall time": f"{elapsed:.0f} s"}
     if a.resume:
         extra["resumed"] = "yes: continued with `speechtune tune --resume` after an interrupt"
-    unfinished = unfinished_trials(exp_dir)
-    if unfinished:
-        # Tune saved its state and returned: no test figure, no best checkpoint, exit 130
-        extra["status"] = (f"**interrupted** after {elapsed:.0f} s with {len(unfinished)} of {len(results)} trials "
-                           f"unfinished; no test evaluation. Resume: `speechtune tune --resume {exp_dir}`")
+    # Tune's SIGINT handler, installed for the search, puts ours back when a signal arrives and
+    # not otherwise; Tune then saves its state and returns as if the search had ended
+    if signal.getsignal(signal.SIGINT) is _interrupt_before_tune \
+            and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0":
+        # no test figure, no best checkpoint, exit 130
+        extra["status"] = (f"**interrupted** after {elapsed:.0f} s; no test evaluation. "
+                           f"Resume: `speechtune tune --resume {exp_dir}`")
         save_outcome(exp_dir, extra)
         try:
             print(f"report: {write_report(exp_dir, a.report_dir)}")
         except Exception as e:  # nothing reported yet: the record above still says what happened
             print(f"report: not written ({e})")
-        print(f"search interrupted after {elapsed:.0f} s: {len(unfinished)} of {len(results)} trials unfinished; "
-              f"Tune's state is saved. Resume with: speechtune tune --resume {exp_dir}", file=sys.stderr)
+        print(f"search interrupted after {elapsed:.0f} s; Tune's state is saved. "
+              f"Resume with: speechtune tune --resume {exp_dir}", file=sys.stderr)
         return 130
     print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {len(errors)} failed; experiment: {exp_dir}")
     if not any(_reported(r, job.metric) for r in results):
@@ -156,11 +158,16 @@ def cmd_tune(a) -> int:
     return 0
 
 
+def _interrupt_before_tune(signum, frame) -> None:
+    """Ctrl-C while the search is not running (data checks, or after Tune handled one)."""
+    raise KeyboardInterrupt
+
+
 def _terminate_as_interrupt(signum, frame) -> None:
     """SIGTERM as Ctrl-C: while Tune runs, its SIGINT handler saves the experiment state and ends
     the search; before that, KeyboardInterrupt."""
     handler = signal.getsignal(signal.SIGINT)
-    if callable(handler) and handler is not signal.default_int_handler:
+    if callable(handler) and handler not in (signal.default_int_handler, _interrupt_before_tune):
         handler(signal.SIGINT, frame)
     else:
         raise KeyboardInterrupt
