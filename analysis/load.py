@@ -61,12 +61,20 @@ def _trial_dirs(exp_dir: Path) -> list[Path]:
     return sorted(p.parent for p in exp_dir.glob("*/params.json"))
 
 
+def _tune_state_file(exp_dir: Path) -> Path | None:
+    """Tune's newest state file, chosen as Tune chooses it on restore (``_find_newest_experiment_checkpoint``):
+    by the start time in its name. Not by mtime: a resumed search syncs the earlier runs' state files up
+    again at its end, so an older file can be the newest on disk."""
+    files = glob.glob(str(exp_dir / "experiment_state-*.json"))
+    return Path(max(files, key=os.path.basename)) if files else None
+
+
 def _tune_last_epochs(exp_dir: Path) -> dict[str, int]:
     """trial dir name -> the epoch of the last result Tune recorded in its state file."""
     out: dict[str, int] = {}
-    files = sorted(glob.glob(str(exp_dir / "experiment_state-*.json")), key=os.path.getmtime)
+    newest = _tune_state_file(exp_dir)
     try:
-        state = json.loads(Path(files[-1]).read_text()) if files else {}
+        state = json.loads(newest.read_text()) if newest else {}
     except (OSError, json.JSONDecodeError):
         return out
     for entry in state.get("trial_data", []):
@@ -84,13 +92,13 @@ def _tune_last_epochs(exp_dir: Path) -> dict[str, int]:
 def _tune_statuses(exp_dir: Path) -> dict[str, str]:
     """trial dir name -> Tune status (TERMINATED, ERROR, RUNNING, PENDING...) from Tune's state file."""
     out: dict[str, str] = {}
-    files = sorted(glob.glob(str(exp_dir / "experiment_state-*.json")), key=os.path.getmtime)
-    if not files:
+    newest = _tune_state_file(exp_dir)
+    if newest is None:
         return out
     try:
-        state = json.loads(Path(files[-1]).read_text())
+        state = json.loads(newest.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        log.warning("%s: unreadable Tune state (%s); statuses inferred from trial files", files[-1], e)
+        log.warning("%s: unreadable Tune state (%s); statuses inferred from trial files", newest, e)
         return out
     for entry in state.get("trial_data", []):
         try:

@@ -18,8 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=False, reason="after --resume, Tune's synced files can lag the end of the search and one "
-                                        "trial reads 'incomplete' (seen in 1 of 3 fresh-clone runs); issue 13 stays open")
 def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp_path, caplog):
     import ray
 
