@@ -27,17 +27,12 @@ NOT_METRICS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration",
                "diverged", "diverged_step", "diverged_value", "restored_from_trial", "restored_from_epoch",
                "early_stop", "best_epoch", "cpu_s", "epoch_time_s", "utts_per_s", "lr", "model_params",
                "experiment_id", "num_nodes"}
-LOWER_IS_BETTER = {"val_cer", "val_wer", "val_loss", "train_loss", "val_levenshtein", "val_mel_loss",
-                   "steps_to_target", "val_mel_loss_auc"}
-
-
 def lower_is_better(metric: str, job_metric: str | None = None, job_mode: str = "min") -> bool:
-    if metric == job_metric:
-        return job_mode == "min"
-    if metric in LOWER_IS_BETTER:
-        return True
-    name = metric.rsplit("/", 1)[-1]
-    return not any(w in name for w in ("acc", "f1", "bleu", "precision", "recall", "score", "diag"))
+    """The direction of ``metric``: the job's pair for its metric, else the metric registry
+    (``asr_core.metrics.mode_of``, which also rules on names no family declares)."""
+    from asr_core.metrics import mode_of
+
+    return mode_of(metric, job_metric, job_mode, guess=True) == "min"
 
 
 def discover_metrics(rows: list[dict]) -> list[str]:
@@ -360,11 +355,13 @@ def save_tables(trials: pd.DataFrame, history: pd.DataFrame, out_dir: str | os.P
 
 
 def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode: str | None = None) -> Path:
-    """The kept checkpoint with the best ``metric`` over all trials (from each checkpoint's meta.json)."""
+    """The kept checkpoint with the best ``metric`` over all trials (from each checkpoint's meta.json).
+    Default: the runs' selection pair (the job's metric, or ``M`` for a job ranked by ``M_auc``)."""
     exp_dir = Path(exp_dir)
     record = read_job_record(exp_dir)
-    metric = metric or record.get("metric", "val_cer")
-    mode = mode or record.get("mode", "min")
+    base = record.get("params") or {}
+    metric = metric or base.get("select_metric") or record.get("metric", "val_cer")
+    mode = mode or base.get("select_mode") or record.get("mode", "min")
     best, best_val = None, None
     for meta_path in exp_dir.glob("*/checkpoint_*/meta.json"):
         try:

@@ -44,7 +44,7 @@ def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, ba
                        run.data.with_lang_tag, progress=progress, feature_store=run.data.feature_store,
                        skip_bad=skip_bad, skipped=manifest.skipped)
     counts: dict[str, float] = {}
-    padding = getattr(run.model, "PADDING", True)
+    padding = family.pads(run.model)
     for batch in data.iterate(data.batches(batch_bins, padding=padding)):
         if decode_overrides:
             c = asr_counts(family.decode(model, batch, tok, **decode_overrides), batch, tok, run.data.with_lang_tag)

@@ -1,9 +1,95 @@
-"""Error rates through jiwer, kept as counts so that workers can sum them before dividing."""
+"""What a run reports, and which way is better: one registry of metrics (name, mode, format), and
+the ASR error rates through jiwer, kept as counts so that workers can sum them before dividing.
+
+Every decision that needs a metric's direction (the loop's best epoch and early stopping,
+checkpoint retention, Tune's ranking, the analysis's best values) asks ``mode_of`` / a family's
+``Family.metric``: nothing guesses it from the name.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import jiwer
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    mode: Literal["min", "max"]  # which way is better
+    fmt: str = ".4f"  # format spec for tables and reports
+    doc: str = ""
+
+
+def _table(*ms: Metric) -> dict[str, Metric]:
+    return {m.name: m for m in ms}
+
+
+# Validation metrics of the ASR families (asr_metrics below) and of tts_acoustic (its summarize).
+ASR_METRICS = _table(
+    Metric("val_loss", "min", doc="the family's training loss on the dev set"),
+    Metric("val_cer", "min", ".2%", "character error rate"),
+    Metric("val_wer", "min", ".2%", "word error rate"),
+    Metric("val_char_acc", "max", ".2%", "aligned character hits / reference characters"),
+    Metric("val_seq_acc", "max", ".2%", "exact transcripts / utterances"),
+    Metric("val_levenshtein", "min", ".3f", "mean character edit distance per utterance"),
+    Metric("val_lid_acc", "max", ".2%", "language tag accuracy (NaN unless the run predicts tags)"),
+)
+TTS_METRICS = _table(
+    Metric("val_loss", "min", doc="weighted sum of the loss terms on the dev set"),
+    Metric("val_mel_loss", "min", doc="mel-spectrogram L1 per utterance"),
+    Metric("val_kl", "min", doc="KL of the reference encoder"),
+    Metric("val_stop_acc", "max", ".2%", "stop-token accuracy over frames"),
+    Metric("val_att_diag", "max", ".3f", "attention mass near the diagonal"),
+)
+# What the shared training loop reports for every family (asr_core.train.loop.run_epochs).
+LOOP_METRICS = _table(
+    Metric("train_loss", "min"), Metric("epoch", "max", "d"), Metric("step", "max", "d"),
+    Metric("epoch_time_s", "min", ".1f"), Metric("utts_per_s", "max", ".1f"), Metric("lr", "max", ".2e"),
+    Metric("cpu_s", "min", ".1f"), Metric("model_params", "min", ",d"), Metric("best_epoch", "max", "d"),
+    Metric("steps_to_target", "min", ".0f", "optimizer steps until target_metric passed target_value"),
+    Metric("num_nodes", "max", "d"),
+)
+KNOWN = {**LOOP_METRICS, **ASR_METRICS, **TTS_METRICS}
+
+
+def derived(name: str, table: dict[str, Metric]) -> Metric | None:
+    """``best_M`` (best value so far) and ``M_auc`` (area under the curve) go the way ``M`` goes."""
+    if name in table:
+        return table[name]
+    for base in (name[5:] if name.startswith("best_") else None, name[:-4] if name.endswith("_auc") else None):
+        if base and base in table:
+            return Metric(name, table[base].mode, table[base].fmt)
+    return None
+
+
+# Words that mark a higher-is-better metric in a name no family declares (a user's own report,
+# read back by the analysis): the one place a direction is guessed from a name.
+HIGHER_IS_BETTER_WORDS = ("acc", "f1", "bleu", "precision", "recall", "score", "diag")
+
+
+def mode_of(name: str, job_metric: str | None = None, job_mode: str | None = None, guess: bool = False) -> str | None:
+    """The direction of a metric: the job's own (metric, mode) pair for its metric, else what a
+    family declares. A name no family declares: None, or with ``guess`` "max" when its last path
+    part names an accuracy-like quantity (HIGHER_IS_BETTER_WORDS), else "min"."""
+    if job_metric is not None and name == job_metric and job_mode:
+        return job_mode
+    m = derived(name, KNOWN)
+    if m is not None:
+        return m.mode
+    if not guess:
+        return None
+    last = name.rsplit("/", 1)[-1]
+    return "max" if any(w in last for w in HIGHER_IS_BETTER_WORDS) else "min"
+
+
+def selection_metric(name: str, validation: dict[str, Metric]) -> str | None:
+    """The per-epoch validation metric behind a job's ranking metric: ``val_cer`` for ``val_cer``,
+    ``best_val_cer`` and ``val_cer_auc``; None when it has none (``steps_to_target``)."""
+    for base in (name, name[5:] if name.startswith("best_") else "", name[:-4] if name.endswith("_auc") else ""):
+        if base in validation:
+            return base
+    return None
 
 
 @dataclass

@@ -27,54 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cluster.auth import (ClusterError, HeadState, auth_headers, client, read_state,  # noqa: F401
+                          read_token, state_dir)
 from cluster.local import RAY_ENV
-
-
-class ClusterError(RuntimeError):
-    """A cluster command that cannot be carried out (already running, port taken, start failed)."""
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("SPEECHTUNE_HOME") or Path.home() / ".speechtune") / "cluster"
-
-
-@dataclass
-class HeadState:
-    pid: int                 # `ray start --block`: leader of the session that holds our processes
-    sid: int
-    gcs_address: str
-    dashboard_url: str
-    temp_dir: str
-    token_file: str | None
-    num_cpus: float | None
-    num_gpus: float | None
-    started: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HeadState":
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
-
-
-def read_state() -> HeadState | None:
-    f = state_dir() / "cluster.json"
-    if not f.is_file():
-        return None
-    try:
-        return HeadState.from_dict(json.loads(f.read_text()))
-    except (ValueError, TypeError) as e:
-        raise ClusterError(f"{f}: unreadable cluster state ({e}); remove it if no cluster runs") from None
-
-
-def read_token(st: HeadState | None) -> str | None:
-    if st is None or not st.token_file or not Path(st.token_file).is_file():
-        return None
-    return Path(st.token_file).read_text().strip()
 
 
 def _session_pids(sid: int) -> set[int]:
@@ -148,10 +105,6 @@ def api_ready(url: str, token: str | None, timeout: float = 2.0) -> bool:
         return r.status_code == 200
     except requests.RequestException:
         return False
-
-
-def auth_headers(token: str | None) -> dict:
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def up(num_cpus: float | None = None, num_gpus: float | None = None, dashboard_port: int = 8265,
@@ -264,8 +217,6 @@ def down() -> HeadState | None:
 def status(st: HeadState) -> dict:
     """Nodes with their resources, jobs, and the dashboard address (through the Jobs API)."""
     import requests
-
-    from cluster.jobs import client
 
     token = read_token(st)
     r = requests.get(f"{st.dashboard_url}/api/v0/nodes", headers=auth_headers(token), timeout=10)  # State API

@@ -18,14 +18,13 @@ The token of an authenticated cluster goes in the request's ``Authorization`` he
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 from importlib import metadata
 from pathlib import Path
 
-from asr_core.errors import InputError
+from cluster.auth import api_errors, client, resolve_address
 from cluster.local import RAY_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -66,89 +65,28 @@ def requirement_mismatches(pins: list[str]) -> list[str]:
     return bad
 
 
-def resolve_address(address: str | None) -> tuple[str, str | None]:
-    """The Jobs API address and the token to send: ``--address``, else ``RAY_API_SERVER_ADDRESS``
-    / ``RAY_ADDRESS`` (http), else the cluster ``speechtune cluster up`` started here. The token:
-    ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, else that cluster's own token file."""
-    from cluster.head import read_state, read_token
-
-    st = read_state()
-    if address is None:
-        env = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS", "")
-        if env.startswith("http"):
-            address = env
-        elif st is not None:
-            address = st.dashboard_url
-        else:
-            raise InputError("--address", "no cluster given and none started here: run `speechtune cluster up`, "
-                                          "or pass --address http://HEAD:8265")
-    address = address.rstrip("/")
-    if not address.startswith(("http://", "https://")):
-        address = f"http://{address}"
-    token = os.environ.get("RAY_AUTH_TOKEN")
-    if not token and os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        p = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
-        token = p.read_text().strip() if p.is_file() else None
-    if not token and st is not None and st.dashboard_url.rstrip("/") == address:
-        token = read_token(st)
-    return address, token
-
-
-def client(address: str, token: str | None):
-    """A JobSubmissionClient (the connection is checked on creation)."""
-    from ray.job_submission import JobSubmissionClient
-
-    from cluster.head import auth_headers
-
-    with api_errors(address, token):
-        return JobSubmissionClient(address, headers=auth_headers(token))
-
-
-@contextlib.contextmanager
-def api_errors(address: str, token: str | None):
-    """An unreachable address or a refused token becomes an InputError saying which and what to do."""
-    from ray.exceptions import AuthenticationError
-
-    try:
-        yield
-    except ConnectionError as e:
-        raise InputError(address, f"cannot reach a Ray Jobs API there ({_first_line(e)}); is the cluster up "
-                                  "(`speechtune cluster status`) and is this the dashboard's address (port 8265)?"
-                         ) from None
-    except AuthenticationError:
-        raise InputError(address, "the cluster requires token authentication and "
-                                  + ("refused the token given" if token else "no token was given")
-                                  + ": set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to the cluster's token file"
-                         ) from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
-def job_payload(job_file: str, profile: str | None) -> tuple[dict, "object"]:
-    """The job with its profile applied and local relative paths made absolute; raises
-    InputError (file, line, key) before anything is sent."""
+def job_payload(job) -> dict:
+    """What travels with a submitted job: the validated job (``tune_jobs.spec.JobSpec``, checked
+    by the CLI before anything is sent) with local relative paths made absolute."""
     from asr_core import storage as store
     from asr_core.data.manifest import normalize_spec
-    from tune_jobs.spec import load_job
 
-    job = load_job(job_file, profile=profile)
     raw = json.loads(json.dumps(job.raw, default=str))
     raw["storage_path"] = store.normalize(job.storage_path)
     data = raw.get("data") or {}
     for k in ("train_manifest", "dev_manifest", "test_manifest"):
         if data.get(k):
             data[k] = normalize_spec(data[k])
-    return {"path": str(Path(job_file).resolve()), "profile": profile or "", "job": raw}, job
+    return {"path": str(Path(job.path).resolve()), "profile": job.profile or "", "job": raw}
 
 
-def submit(job_file: str, address: str | None = None, profile: str | None = None, pip: bool = False,
-           report_dir: str | None = None, submission_id: str | None = None) -> tuple[str, str, str]:
-    """Check the job, then submit it. Returns (submission id, Jobs API address, experiment URI)."""
+def submit(job, address: str | None = None, pip: bool = False, report_dir: str | None = None,
+           submission_id: str | None = None) -> tuple[str, str, str]:
+    """Submit a validated job (``tune_jobs.spec.JobSpec``). Returns (submission id, Jobs API
+    address, experiment URI)."""
     from asr_core import storage as store
 
-    payload, job = job_payload(job_file, profile)
+    payload = job_payload(job)
     address, token = resolve_address(address)
     c = client(address, token)
     pins = pinned_requirements()

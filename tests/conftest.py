@@ -1,7 +1,7 @@
-"""Shared fixtures: one tiny synthesized corpus per session, a real local 2-CPU Ray, factories."""
+"""Shared fixtures: one tiny synthesized corpus per session, a real local 2-CPU Ray, a real S3 server
+(factories live in tests/factories.py)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -49,28 +49,6 @@ def ray_start_2_cpus(_ray_session):
     yield ray
 
 
-def make_params(corpus: dict, cache_dir, **overrides) -> dict:
-    """A tiny, fast crnn_ctc run config (factory used across tests)."""
-    p = {"family": "crnn_ctc", "preset": "tiny", "train_manifest": corpus["train"], "dev_manifest": corpus["dev"],
-         "cache_dir": str(cache_dir), "epochs": 2, "n_mels": 40, "batch_bins": 200_000, "lr": 3e-3}
-    p.update(overrides)
-    return p
-
-
-def copy_manifest(src: str, dst: Path, edit=None) -> Path:
-    """Copy a manifest with absolute audio paths, optionally editing rows: edit(i, row) -> row."""
-    base = Path(src).parent
-    rows = [json.loads(l) for l in Path(src).read_text().splitlines() if l.strip()]
-    out = []
-    for i, r in enumerate(rows):
-        r["audio"] = str((base / r["audio"]).resolve())
-        if edit is not None:
-            r = edit(i, r)
-        out.append(json.dumps(r, ensure_ascii=False))
-    dst.write_text("\n".join(out) + "\n")
-    return dst
-
-
 @pytest.fixture(scope="module")
 def s3_server():
     """A real S3-compatible server (moto) on 127.0.0.1 with a bucket ``speech``; yields the
@@ -103,3 +81,14 @@ def s3_server():
     finally:
         server.terminate()
         server.wait()
+
+
+RAY_FIXTURES = {"ray_start_2_cpus", "asha_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """``ray``: the test starts Ray (the fixture, a CLI process or a cluster of its own); ``slow``:
+    it trains in-process for tens of seconds. ``make test-fast`` runs the rest (-m "not ray and not slow")."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)

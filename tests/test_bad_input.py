@@ -12,7 +12,7 @@ from asr_core.data.manifest import read_manifest
 from asr_core.errors import InputError
 from asr_core.train.config import split_params
 from asr_core.train.data import prepare_data
-from tests.conftest import copy_manifest, make_params
+from tests.factories import copy_manifest, make_params
 from tune_jobs.spec import load_job
 
 
@@ -132,14 +132,14 @@ def _with_audio(corpus, tmp_path, i: int, wav) -> Path:
 def test_audio_shorter_than_one_window_names_file_and_line_before_any_trial(corpus, cache_dir, tmp_path):
     import numpy as np
 
-    from tests.test_jobs import _speechtune
+    from tests.factories import speechtune
     from asr_core.train.data import check_data
 
     dev = _with_audio(corpus, tmp_path, 5, np.zeros(160, np.float32) + 0.01)  # 0.01 s
     job = _job(tmp_path, BASE.replace("data: {corpus: demo-mono}",
                                       f"data: {{train_manifest: {corpus['train']}, dev_manifest: {dev}}}")
                + f"storage_path: {tmp_path / 'exp'}\n")
-    p = _speechtune("tune", str(job), "--num-cpus", "2")
+    p = speechtune("tune", str(job), "--num-cpus", "2")
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 2, out[-3000:]
     assert f"error: {dev}:6: audio of utterance 'dev-00005' is 10 ms long, shorter than one analysis window" in out
@@ -247,7 +247,7 @@ def test_report_or_check_on_a_folder_that_is_no_experiment_writes_nothing(tmp_pa
 
 def test_skip_bad_covers_every_row_error_prints_each_reason_grouped_and_the_report_lists_them(corpus, cache_dir,
                                                                                             tmp_path):
-    from tests.test_jobs import _speechtune, tiny_job
+    from tests.factories import speechtune, tiny_job
 
     def edit(i, r):
         if i in (1, 2):
@@ -260,10 +260,10 @@ def test_skip_bad_covers_every_row_error_prints_each_reason_grouped_and_the_repo
 
     dev = copy_manifest(corpus["dev"], tmp_path / "dev.jsonl", edit)
     job = tiny_job(tmp_path, {**corpus, "dev": str(dev)}, cache_dir, "skips", "num_trials: 1\n", epochs=1)
-    p = _speechtune("tune", str(job), "--num-cpus", "2")
+    p = speechtune("tune", str(job), "--num-cpus", "2")
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 2 and f"{dev}:2: audio file not found" in out, out[-2000:]
-    p = _speechtune("tune", str(job), "--num-cpus", "2", "--skip-bad")
+    p = speechtune("tune", str(job), "--num-cpus", "2", "--skip-bad")
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out[-3000:]
     assert "--skip-bad: skipped 5 bad row(s):" in out
@@ -298,12 +298,12 @@ def test_evaluate_skip_bad_skips_an_unknown_language_tag(corpus, cache_dir, tmp_
 def test_train_resolves_relative_manifests_like_tune(corpus, cache_dir, tmp_path):
     """`speechtune train` with manifests relative to where it runs: made absolute before any
     worker starts (a worker's working directory is not the user's)."""
-    from tests.test_jobs import _speechtune
+    from tests.factories import speechtune
 
     (tmp_path / "data").mkdir()
     copy_manifest(corpus["train"], tmp_path / "data" / "train.jsonl")
     copy_manifest(corpus["dev"], tmp_path / "data" / "dev.jsonl")
-    p = _speechtune("train", "crnn_ctc", "--preset", "tiny", "--train-manifest", "data/train.jsonl",
+    p = speechtune("train", "crnn_ctc", "--preset", "tiny", "--train-manifest", "data/train.jsonl",
                     "--dev-manifest", "data/dev.jsonl", "--set", "epochs=1", "--set", "n_mels=40",
                     "--storage", str(tmp_path / "exp"), "--num-cpus", "2", cwd=tmp_path)
     out, _ = p.communicate(timeout=300)

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.test_jobs import _free_port, tiny_job
+from tests.factories import free_port, tiny_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def _gcs_servers() -> set[int]:
 @pytest.mark.timeout(600)
 def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir, ray_start_2_cpus):
     ray = ray_start_2_cpus  # another Ray on this machine (this test process's): `down` must leave it alone
-    home, port = tmp_path / "home", _free_port()
+    home, port = tmp_path / "home", free_port()
     env = {**os.environ, "SPEECHTUNE_HOME": str(home), "SPEECHTUNE_CACHE": str(cache_dir)}
     for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS"):
         env.pop(k, None)
@@ -46,7 +46,7 @@ def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir,
     try:
         # a second `up` says so and starts nothing
         before = _gcs_servers()
-        again = _st("cluster", "up", "--num-cpus", "2", "--dashboard-port", str(_free_port()), env=env)
+        again = _st("cluster", "up", "--num-cpus", "2", "--dashboard-port", str(free_port()), env=env)
         assert again.returncode == 1 and "already running" in again.stderr, again.stderr
         assert _gcs_servers() == before
         s = _st("cluster", "status", env=env)
@@ -73,7 +73,7 @@ def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir,
         b = _st("submit", str(bad), "--address", url, env={**bare, "RAY_AUTH_TOKEN_PATH": str(token_file)})
         assert b.returncode == 2 and "bad.yaml" in b.stderr and "num_trails" in b.stderr, b.stderr
         # an address where nothing listens
-        gone = _st("jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}", env=bare)
+        gone = _st("jobs", "list", "--address", f"http://127.0.0.1:{free_port()}", env=bare)
         assert gone.returncode == 2 and "cannot reach a Ray Jobs API" in gone.stderr, gone.stderr
 
         # with the token (the way a user of a remote cluster gives it): the demo job runs

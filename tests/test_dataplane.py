@@ -14,8 +14,8 @@ import pytest
 from asr_core.data.features import FeatureConfig, compute_fbank, ensure_store, load_audio, open_store
 from asr_core.data.manifest import read_manifest
 from asr_core.errors import InputError
-from tests.conftest import make_params
-from tests.test_jobs import _speechtune, tiny_job
+from tests.factories import make_params
+from tests.factories import speechtune, tiny_job
 
 
 def test_input_error_keeps_type_and_message_across_ray(ray_start_2_cpus, tmp_path):
@@ -86,7 +86,7 @@ def test_search_in_which_every_trial_fails_exits_nonzero_with_the_first_error(co
         search_space: {lstm_dropout: {uniform: [0.0, 1000.0]}}
         searcher: {name: random, seed: 3}
         """, epochs=1)
-    p = _speechtune("tune", str(job), "--num-cpus", "2")
+    p = speechtune("tune", str(job), "--num-cpus", "2")
     out, _ = p.communicate(timeout=400)
     assert p.returncode == 1, out[-3000:]
     last = out.strip().splitlines()[-2:]

@@ -15,7 +15,7 @@ from asr_core.models import get_family
 from asr_core.train.config import split_params
 from asr_core.train.data import dataset_for, prepare_data
 from asr_core.train.loop import run_epochs
-from tests.conftest import make_params
+from tests.factories import make_params
 
 
 @pytest.fixture(scope="module")

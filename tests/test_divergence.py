@@ -8,7 +8,7 @@ import pytest
 
 from analysis.load import load_experiment
 from analysis.report import write_report
-from tests.conftest import copy_manifest
+from tests.factories import copy_manifest
 from tune_jobs.cli import main
 from tune_jobs.runner import run_tune
 from tune_jobs.spec import load_job

@@ -13,7 +13,7 @@ from asr_core.models import FAMILIES, count_parameters, get_family
 from asr_core.train.config import split_params
 from asr_core.train.data import prepare_data
 from asr_core.train.loop import run_epochs
-from tests.conftest import copy_manifest
+from tests.factories import copy_manifest
 from tune_jobs.cli import main
 
 # seed 000's two tables ("Quick Reference: Optimal Configurations"), copied value for value

@@ -12,7 +12,7 @@ import pytest
 
 from analysis.load import load_experiment
 from analysis.raycheck import compare_with_ray
-from tests.test_jobs import _speechtune, history_of
+from tests.factories import history_of, speechtune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
     demo = str(ROOT / "tune_jobs" / "jobs" / "demo.yaml")
     exp = tmp_path / "exp" / "demo"
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "SPEECHTUNE_CACHE": str(cache_dir)}
-    p = _speechtune("tune", demo, "--profile", "smoke", "--storage", str(tmp_path / "exp"), "--num-cpus", "2",
+    p = speechtune("tune", demo, "--profile", "smoke", "--storage", str(tmp_path / "exp"), "--num-cpus", "2",
                     env=env)
     deadline = time.time() + 300
     while time.time() < deadline:  # until a trial has reported its first epoch
@@ -46,7 +46,7 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
     record = json.loads((exp / "speechtune_job.json").read_text())
     assert "interrupted" in record["outcome"]["status"]
 
-    r = _speechtune("tune", "--resume", str(exp), "--num-cpus", "2", env=env)
+    r = speechtune("tune", "--resume", str(exp), "--num-cpus", "2", env=env)
     out, _ = r.communicate(timeout=300)
     assert r.returncode == 0, out[-3000:]
     trials, history = load_experiment(exp)
@@ -61,7 +61,7 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
 
     # `speechtune report` twice: what tune learned (not in Tune's files) stays in the report
     for _ in range(2):
-        rep = _speechtune("report", str(exp), env=env)
+        rep = speechtune("report", str(exp), env=env)
         rep.communicate(timeout=120)
         assert rep.returncode == 0
         again = (exp / "report.md").read_text()

@@ -6,48 +6,19 @@ import glob
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from analysis.load import load_experiment
 from analysis.raycheck import compare_with_ray
+from tests.factories import free_port, history_of, speechtune, tiny_job
 from tune_jobs.spec import load_job
 
 JOBS = sorted(glob.glob(str(Path(__file__).parents[1] / "tune_jobs" / "jobs" / "*.yaml")))
-
-
-def tiny_job(tmp_path: Path, corpus, cache_dir, name: str, body: str, epochs: int = 3) -> Path:
-    """A crnn_ctc tiny job file; ``body`` adds search, scheduler, phases..."""
-    f = tmp_path / f"{name}.yaml"
-    f.write_text(textwrap.dedent(f"""\
-        name: {name}
-        family: crnn_ctc
-        preset: tiny
-        data: {{train_manifest: {corpus['train']}, dev_manifest: {corpus['dev']}}}
-        params: {{epochs: {epochs}, n_mels: 40, batch_bins: 200000, cache_dir: {cache_dir}, lr: 3.0e-3}}
-        metric: val_loss
-        mode: min
-        test_eval: false
-        resources: {{num_workers: 1, cpus_per_worker: 1}}
-        storage_path: {tmp_path / 'exp'}
-        """) + textwrap.dedent(body))
-    return f
-
-
-def history_of(exp_dir) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for res in Path(exp_dir).glob("*/result.json"):
-        rows = [json.loads(l) for l in res.read_text().splitlines() if l.strip()]
-        if rows:
-            out[rows[0]["trial_id"]] = rows
-    return out
 
 
 @pytest.mark.parametrize("path", JOBS, ids=[Path(p).stem for p in JOBS])
@@ -120,10 +91,11 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint(corpus, cache_dir, tmp
           perturbation_interval: 1
           quantile_fraction: 0.5
           synch: true
-          hyperparam_mutations: {lr: {loguniform: [1.0e-4, 1.0e-2]}}
+          hyperparam_mutations: {lr: {loguniform: [1.0e-4, 1.0e-2]}, weight_decay: {uniform: [0.2, 0.5]}}
         num_trials: 2
         max_concurrent: 2
         """, epochs=2)
+    job.write_text(job.read_text().replace("lr: 3.0e-3}", "lr: 3.0e-3, weight_decay: 0.1}"))
     results, exp_dir, _ = run_tune(load_job(job), cache_dir=str(cache_dir), progress=False)
     assert not [r.error for r in results if r.error]
     hist = history_of(exp_dir)
@@ -137,6 +109,14 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint(corpus, cache_dir, tmp
         # the recipient's first epoch after the exploit is the one after the donor's checkpoint
         assert r["epoch"] == r["restored_from_epoch"] + 1
         assert max(d["epoch"] for d in hist[donor]) >= r["restored_from_epoch"]
+        # the mutated weight decay is the one the recipient's optimizer used (not the donor's 0.1)
+        mutated = r["config"]["train_loop_config"]["weight_decay"]
+        assert mutated != 0.1
+        metas = {c: json.loads((c / "meta.json").read_text()) for c in Path(exp_dir).glob("*/checkpoint_*")}
+        saved = [c for c, m in metas.items() if m["trial_id"] == tid and m["epoch"] == r["epoch"]]
+        assert saved, tid
+        groups = torch.load(saved[0] / "state.pt", weights_only=False)["optimizer"]["param_groups"]
+        assert {g["weight_decay"] for g in groups} == {mutated}
     trials, _ = load_experiment(exp_dir)
     assert trials.exploits.sum() == len(exploits)
     assert (trials.cost_cpu_s > 0).all() and (trials.cost_wall_s > 0).all()
@@ -200,17 +180,6 @@ def _state_saved_after_checkpoints(exp: Path) -> bool:
     return bool(states and ckpts) and max(p.stat().st_mtime for p in states) > max(p.stat().st_mtime for p in ckpts)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _speechtune(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "tune_jobs.cli", *args], env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
 @pytest.mark.timeout(420)
 def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_dir, tmp_path):
     import ray
@@ -225,7 +194,7 @@ def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_
         """, epochs=2)
     exp = tmp_path / "exp" / "killme"
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its experiment state every second
-    p = _speechtune("tune", str(job), "--num-cpus", "2", env=env, start_new_session=True)
+    p = speechtune("tune", str(job), "--num-cpus", "2", env=env, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline:
         done = [rows for rows in history_of(exp).values() if rows[-1]["epoch"] == 2] if exp.is_dir() else []
@@ -240,7 +209,7 @@ def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_
     p.wait()
     before = history_of(exp)
     assert len(before) < 3
-    r = _speechtune("tune", "--resume", str(exp), "--num-cpus", "2", env=env)
+    r = speechtune("tune", "--resume", str(exp), "--num-cpus", "2", env=env)
     out, _ = r.communicate(timeout=300)
     assert r.returncode == 0, out[-3000:]
     after = history_of(exp)
@@ -323,7 +292,7 @@ def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path, s
         max_concurrent: 2
         """, epochs=2)
     job.write_text(job.read_text().replace(f"storage_path: {tmp_path / 'exp'}", "storage_path: s3://speech/exps"))
-    p = _speechtune("tune", str(job), "--num-cpus", "2", env=env)
+    p = speechtune("tune", str(job), "--num-cpus", "2", env=env)
     out, _ = p.communicate(timeout=240)
     assert p.returncode == 0, out[-3000:]
     assert not (tmp_path / "exp").exists()
@@ -331,7 +300,7 @@ def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path, s
     assert any(k.endswith("result.json") for k in keys) and any("/checkpoint_" in k for k in keys)
     report = s3.get_object(Bucket="speech", Key="exps/ons3/report.md")["Body"].read().decode()
     assert "s3://speech/exps/ons3" in report and report.count("| finished |") == 2
-    r = _speechtune("report", "s3://speech/exps/ons3", "--out", str(tmp_path / "rep"), env=env)
+    r = speechtune("report", "s3://speech/exps/ons3", "--out", str(tmp_path / "rep"), env=env)
     out, _ = r.communicate(timeout=120)
     assert r.returncode == 0, out
     again = (tmp_path / "rep" / "report.md").read_text()

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import soundfile
 
-from tests.test_jobs import _free_port
+from tests.factories import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -55,7 +55,7 @@ def two_nodes(tmp_path_factory, s3_server):
     if ray.is_initialized():
         ray.shutdown()
     env_s3, s3 = s3_server
-    port = _free_port()
+    port = free_port()
     # loopback test cluster: Ray's token authentication off for its own processes (DEVELOPERS.md)
     env = {**os.environ, **env_s3, "RAY_AUTH_MODE": "disabled"}
     logs = tmp_path_factory.mktemp("nodes")

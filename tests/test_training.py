@@ -9,7 +9,7 @@ import torch
 from asr_core.models import FAMILIES, get_family
 from asr_core.train.config import split_params
 from asr_core.train.data import prepare_data
-from tests.conftest import make_params
+from tests.factories import make_params
 from tune_jobs.runner import run_train
 from tune_jobs.spec import ResourcesSpec
 

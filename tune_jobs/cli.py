@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -81,131 +80,12 @@ def _check_sent_requirements() -> None:
 
 def cmd_tune(a) -> int:
     job = load_for_tune(a)  # first: a submitted job's requirements are checked before the imports below
-    from analysis.load import best_checkpoint
-    from analysis.report import write_report, write_study_report
-    from asr_core import storage as store
-    from asr_core.evaluate import evaluate
-    from asr_core.models import get_family
-    from tune_jobs.runner import run_tune, save_outcome
-    from tune_jobs.study import run_study, study_uri
+    from tune_jobs import workflow
 
-    t0 = time.time()
     if job.phases:
-        summaries = run_study(job, address=a.address, num_cpus=a.num_cpus)
-        ran = [s for s in summaries if s["ran"]]
-        print(f"study finished in {time.time() - t0:.0f} s: {len(ran)} phase(s) run, "
-              f"{len(summaries) - len(ran)} skipped (done before)")
-        print(f"study report: {write_study_report(study_uri(job), a.report_dir)}")
-        for s in summaries:
-            _check_with_ray(s.get("exp"))
-        return 0
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    signal.signal(signal.SIGINT, _interrupt_before_tune)
-    results, exp_dir, manifests = run_tune(job, address=a.address, num_cpus=a.num_cpus, resume=bool(a.resume))
-    elapsed = time.time() - t0
-    errors = [r.error for r in results if r.error]
-    extra = {"search wall time": f"{elapsed:.0f} s"}
-    if a.resume:
-        extra["resumed"] = "yes: continued with `speechtune tune --resume` after an interrupt"
-    # Tune's SIGINT handler, installed for the search, puts ours back when a signal arrives and
-    # not otherwise; Tune then saves its state and returns as if the search had ended
-    if signal.getsignal(signal.SIGINT) is _interrupt_before_tune \
-            and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0":
-        # no test figure, no best checkpoint, exit 130
-        extra["status"] = (f"**interrupted** after {elapsed:.0f} s; no test evaluation. "
-                           f"Resume: `speechtune tune --resume {exp_dir}`")
-        save_outcome(exp_dir, extra)
-        try:
-            print(f"report: {write_report(exp_dir, a.report_dir)}")
-        except Exception as e:  # nothing reported yet: the record above still says what happened
-            print(f"report: not written ({e})")
-        print(f"search interrupted after {elapsed:.0f} s; Tune's state is saved. "
-              f"Resume with: speechtune tune --resume {exp_dir}", file=sys.stderr)
-        return 130
-    print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {len(errors)} failed; experiment: {exp_dir}")
-    if not any(_reported(r, job.metric) for r in results):
-        from analysis.load import MetricNotFound
-
-        save_outcome(exp_dir, extra)
-        try:
-            print(f"report: {write_report(exp_dir, a.report_dir)}")
-        except (MetricNotFound, FileNotFoundError) as e:
-            print(f"report: not written ({e})")
-        print(f"error: the search produced nothing: no trial of {len(results)} reported {job.metric} "
-              f"({len(errors)} failed)", file=sys.stderr)
-        if errors:
-            print(f"first error: {first_error(errors[0])}", file=sys.stderr)
-        return 1
-    if job.test_eval and "test" in manifests and get_family(job.family).decode is not None:
-        try:
-            best = best_checkpoint(store.local_copy(exp_dir, skip_checkpoints=False), job.metric, job.mode)
-        except FileNotFoundError as e:  # e.g. no trial met the job's `require` bounds
-            print(f"test evaluation skipped: {e}")
-            extra["test evaluation"] = f"skipped: {e}" + (f" (required: {job.require})" if job.require else "")
-            save_outcome(exp_dir, extra)
-            print(f"report: {write_report(exp_dir, a.report_dir)}")
-            return 0
-        ev = evaluate(str(best), manifests["test"], progress=False)
-        extra.update({"best checkpoint": f"`{best}` (epoch {ev['epoch']})",
-                      "test CER": f"{100 * ev['cer']:.2f}% on {ev['utterances']} test utterances "
-                                  f"(unseen voices and sentences: `{manifests['test']}`)",
-                      "test WER": f"{100 * ev['wer']:.2f}%"})
-        print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
-    save_outcome(exp_dir, extra)
-    report = write_report(exp_dir, a.report_dir)
-    print(f"report: {report}")
-    _check_with_ray(exp_dir)
-    return 0
-
-
-def _interrupt_before_tune(signum, frame) -> None:
-    """Ctrl-C while the search is not running (data checks, or after Tune handled one)."""
-    raise KeyboardInterrupt
-
-
-def _terminate_as_interrupt(signum, frame) -> None:
-    """SIGTERM as Ctrl-C: while Tune runs, its SIGINT handler saves the experiment state and ends
-    the search; before that, KeyboardInterrupt."""
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler) and handler not in (signal.default_int_handler, _interrupt_before_tune):
-        handler(signal.SIGINT, frame)
-    else:
-        raise KeyboardInterrupt
-
-
-def _reported(result, metric: str) -> bool:
-    """Did this trial report ``metric`` with a value at least once (NaN is no value)?"""
-    df = result.metrics_dataframe
-    return df is not None and metric in df and bool(df[metric].notna().any())
-
-
-def first_error(e: BaseException) -> str:
-    """The innermost cause of a trial's error (Ray wraps it in RayTaskError / TrainingFailedError),
-    as ``Type: message`` on one line."""
-    seen = set()
-    while id(e) not in seen:
-        seen.add(id(e))
-        inner = getattr(e, "cause", None) or e.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        e = inner
-    name = type(e).__name__.removeprefix("RayTaskError(").rstrip(")")
-    text = str(e).strip().splitlines()
-    return f"{name}: {text[-1] if text else ''}"[:500]
-
-
-def _check_with_ray(exp_dir) -> bool:
-    """Print whether the report's trial count, statuses and best metrics agree with Ray's own
-    ExperimentAnalysis of the same directory (local experiments; S3 ones are read by Ray too but
-    the check would download everything twice)."""
-    from asr_core import storage as store
-    from analysis.raycheck import compare_with_ray
-
-    if not exp_dir or store.is_remote(exp_dir):
-        return True
-    c = compare_with_ray(exp_dir)
-    print(f"checked {exp_dir} against {c.summary()}")
-    return c.ok
+        return workflow.tune_study(job, address=a.address, num_cpus=a.num_cpus, report_dir=a.report_dir)
+    return workflow.tune_job(job, address=a.address, num_cpus=a.num_cpus, resume=bool(a.resume),
+                             report_dir=a.report_dir)
 
 
 def cmd_train(a) -> int:
@@ -321,8 +201,7 @@ def cmd_describe(a) -> int:
     except ValueError as e:  # unknown family
         raise InputError("describe", str(e)) from None
     family = get_family(run.family)
-    feat_dim = getattr(run.model, "input_dim", 0) or a.feat_dim or run.features.n_mels
-    vocab = getattr(run.model, "num_classes", 0) or a.vocab_size
+    vocab, feat_dim = family.dims(run.model, a.vocab_size, a.feat_dim or run.features.n_mels)
     model = family.build(run.model, vocab, feat_dim)
     print(f"family: {family.name}" + (f"  preset: {a.preset}" if a.preset else ""))
     print(f"ranks by: {family.default_metric} ({family.default_mode})")
@@ -367,7 +246,9 @@ def cmd_report(a) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if a.check_ray:
-        return 0 if all([_check_with_ray(e) for e in exps]) else 1
+        from tune_jobs.workflow import check_with_ray
+
+        return 0 if all([check_with_ray(e) for e in exps]) else 1
     return 0
 
 
@@ -384,8 +265,10 @@ def _experiments(exp_dir: str) -> list[str] | None:
 def cmd_check(a) -> int:
     """Every experiment of a study, or the one experiment, against Ray's ExperimentAnalysis."""
     require_experiment(a.exp_dir)
+    from tune_jobs.workflow import check_with_ray
+
     exps = _experiments(a.exp_dir) or [a.exp_dir]
-    return 0 if all([_check_with_ray(e) for e in exps]) else 1
+    return 0 if all([check_with_ray(e) for e in exps]) else 1
 
 
 def cmd_cluster(a) -> int:
@@ -420,9 +303,11 @@ def cmd_cluster(a) -> int:
 
 def cmd_submit(a) -> int:
     from cluster.jobs import submit
+    from tune_jobs.spec import load_job
 
-    sid, address, exp = submit(a.job, address=a.address, profile=a.profile, pip=a.pip,
-                               report_dir=a.report_dir, submission_id=a.submission_id)
+    job = load_job(a.job, profile=a.profile)  # every error names its file and line before anything is sent
+    sid, address, exp = submit(job, address=a.address, pip=a.pip, report_dir=a.report_dir,
+                               submission_id=a.submission_id)
     print(f"submitted {sid} to {address}; experiment: {exp}")
     print(f"follow it: speechtune jobs logs {sid} --follow")
     if a.wait:

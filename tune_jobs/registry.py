@@ -28,38 +28,48 @@ def make_searcher(name: str, *, metric: str, mode: str, seed: int | None, space:
     return ConcurrencyLimiter(JobSearcher(inner, constraints, fixed), max_concurrent=max_concurrent)
 
 
+# name -> Tune scheduler class, imported when first used
+SCHEDULER_CLASSES = {
+    "asha": "ray.tune.schedulers.ASHAScheduler",
+    "pbt": "ray.tune.schedulers.PopulationBasedTraining",
+    "median": "ray.tune.schedulers.MedianStoppingRule",
+    "fifo": "ray.tune.schedulers.FIFOScheduler",
+}
+SCHEDULERS = tuple(SCHEDULER_CLASSES)
+SEARCHERS = ("hyperopt", "random", "grid")
+# which searchers a scheduler runs with (PBT samples its population itself: random only)
+SEARCHERS_FOR = {"asha": SEARCHERS, "median": SEARCHERS, "fifo": SEARCHERS, "pbt": ("random",)}
+# options we set from the job (metric, mode) or that a YAML file cannot hold (a function)
+_SET_HERE = {"self", "metric", "mode", "time_attr", "custom_explore_fn", "stop_last_trials"}
+
+
+def scheduler_class(name: str) -> type:
+    import importlib
+
+    module, cls = SCHEDULER_CLASSES[name].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)
+
+
+def scheduler_options(name: str) -> set[str]:
+    """The options a job may give scheduler ``name``: its Tune class's constructor arguments, read
+    from the signature (as Tune's own ``create_scheduler`` trims them), less those set here."""
+    import inspect
+
+    params = inspect.signature(scheduler_class(name).__init__).parameters.values()
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - _SET_HERE
+
+
 def make_scheduler(name: str, *, metric: str, mode: str, **kwargs: Any):
-    if name == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        return ASHAScheduler(metric=metric, mode=mode, time_attr="training_iteration", **kwargs)
-    if name == "median":
-        from ray.tune.schedulers import MedianStoppingRule
-
-        return MedianStoppingRule(metric=metric, mode=mode, time_attr="training_iteration", **kwargs)
-    if name == "pbt":
-        from ray.tune.schedulers import PopulationBasedTraining
-
-        # an exploited trial restarts from the donor's checkpoint (asr_core.train.loop continues
-        # its epochs and rebases a mutated lr); mutations live in the Trainer's loop config
-        mutations = {"train_loop_config": kwargs.pop("hyperparam_mutations")}
-        return PopulationBasedTraining(metric=metric, mode=mode, time_attr="training_iteration",
-                                       hyperparam_mutations=mutations, **kwargs)
+    """Scheduler ``name`` for the job's metric and mode; epochs are Tune's training iterations."""
+    if name not in SCHEDULER_CLASSES:
+        raise ValueError(f"unknown scheduler: {name} (known: {', '.join(SCHEDULERS)})")
+    cls = scheduler_class(name)
     if name == "fifo":
-        from ray.tune.schedulers import FIFOScheduler
-
         if kwargs:
             raise ValueError(f"the fifo scheduler takes no options, got {sorted(kwargs)}")
-        return FIFOScheduler()
-    raise ValueError(f"unknown scheduler: {name} (known: {', '.join(SCHEDULERS)})")
-
-
-SEARCHERS = ("hyperopt", "random", "grid")
-SCHEDULERS = ("asha", "pbt", "median", "fifo")
-SCHEDULER_OPTIONS = {
-    "asha": {"grace_period", "max_t", "reduction_factor", "brackets"},
-    "pbt": {"perturbation_interval", "hyperparam_mutations", "quantile_fraction", "resample_probability",
-            "perturbation_factors", "synch", "burn_in_period"},
-    "median": {"grace_period", "min_samples_required", "hard_stop"},
-    "fifo": set(),
-}
+        return cls()
+    if name == "pbt":
+        # an exploited trial restarts from the donor's checkpoint (asr_core.train.loop's exploit
+        # case applies the mutated values); mutations live in the Trainer's loop config
+        kwargs["hyperparam_mutations"] = {"train_loop_config": kwargs.pop("hyperparam_mutations")}
+    return cls(metric=metric, mode=mode, time_attr="training_iteration", **kwargs)

@@ -62,7 +62,11 @@ def feature_root(job: JobSpec) -> str:
 
 
 def base_params(job: JobSpec, manifests: dict[str, str], cache_dir: str) -> dict:
-    p = {"family": job.family, **job.params, "train_manifest": manifests["train"],
+    """Every trial's run config before the search varies it; the job's metric and mode become the
+    runs' selection pair (best epoch, early stopping, checkpoint retention)."""
+    select_metric, select_mode = job.selection()
+    p = {"family": job.family, **job.params, "select_metric": select_metric, "select_mode": select_mode,
+         "train_manifest": manifests["train"],
          "dev_manifest": manifests["dev"], "cache_dir": cache_dir, "skip_bad": job.data.skip_bad}
     root = feature_root(job)
     if root:
@@ -205,7 +209,8 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
         name = f"{job.name}_{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"experiment {exp_uri} exists (resume it with --resume); this run is {name}")
         exp_uri = store.join(storage, name)
-    trainer = make_trainer(params, job.resources, metric=job.metric, mode=job.mode, storage_path=storage,
+    trainer = make_trainer(params, job.resources, metric=params["select_metric"], mode=params["select_mode"],
+                           storage_path=storage,
                            name=name, max_failures=job.max_failures, resume_from=phase.get("init_checkpoint"))
     if resume:
         tuner = Tuner.restore(exp_uri, trainable=trainer, resume_unfinished=True, resume_errored=True)
@@ -273,17 +278,19 @@ def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phas
 
 
 def run_train(params: dict, res: ResourcesSpec, storage_path: str, name: str, address: str | None = None,
-              num_cpus: int | None = None, metric: str | None = None, resume_from: str | None = None,
+              num_cpus: int | None = None, resume_from: str | None = None,
               progress: bool = True):
     """One training run (no search). ``resume_from`` continues a checkpoint at its next epoch.
-    Checkpoints are ranked by ``metric`` (default: the run's select_metric or its family's)."""
+    Checkpoints are kept by the run's selection pair (``select_metric``, default the family's; its
+    mode from the metric registry), the same pair the loop uses for the best epoch."""
     from asr_core.models import get_family
 
     check_manifests(params)
     run = split_params(params, where="train params")
     family = get_family(run.family)
-    mode = run.train.select_mode or family.default_mode
-    metric = metric or run.train.select_metric or family.default_metric
+    metric = run.train.select_metric or family.default_metric
+    mode = run.train.select_mode or family.metric(metric).mode
+    params = {**params, "select_metric": metric, "select_mode": mode}
     init_ray(address, num_cpus=num_cpus)
     params, _ = check_and_cache(params, progress=progress)
     check_fits(res, "--workers/--cpus-per-worker")

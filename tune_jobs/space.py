@@ -68,3 +68,14 @@ def split_grid(space: dict) -> tuple[dict, dict[str, list]]:
     """(written dimensions that are sampled, {name: values} of grid dimensions)."""
     grid = {k: list(v["grid"]) for k, v in space.items() if isinstance(v, dict) and "grid" in v}
     return {k: v for k, v in space.items() if k not in grid}, grid
+
+
+def extremes(spec: dict) -> list:
+    """The values a written distribution can take at its ends: every listed value, or low and high
+    (randint's high is exclusive). Enough to tell whether a parameter's range changes a model's shape."""
+    (kind, args), = spec.items()
+    if kind in ("choice", "grid"):
+        return list(args)
+    if kind == "randint":
+        return [int(args[0]), int(args[1]) - 1]
+    return [float(args[0]), float(args[1])]

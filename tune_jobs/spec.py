@@ -18,10 +18,10 @@ import copy
 import dataclasses
 
 from asr_core.config import from_dict
-from asr_core.errors import InputError
+from asr_core.errors import InputError, KeyProblem
 from tune_jobs import expr
-from tune_jobs.registry import SCHEDULER_OPTIONS, SCHEDULERS, SEARCHERS
-from tune_jobs.space import has_grid, parse_space, split_grid
+from tune_jobs.registry import SCHEDULERS, SEARCHERS, SEARCHERS_FOR, scheduler_options
+from tune_jobs.space import extremes, has_grid, parse_space, split_grid
 from tune_jobs.yamlio import Locator, load_with_lines
 
 
@@ -65,7 +65,7 @@ class ResourcesSpec:
 
     def validate(self) -> None:
         if self.num_workers < 1:
-            raise ValueError("key 'num_workers' must be >= 1")
+            raise KeyProblem("num_workers", "key 'num_workers' must be >= 1")
         if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
             raise ValueError(f"unknown placement_strategy {self.placement_strategy!r}")
 
@@ -113,6 +113,15 @@ class JobSpec:
         for p in self.trials.values():
             keys.update(dict.fromkeys(k for k in p if k != "preset"))
         return list(keys)
+
+    def selection(self) -> tuple[str, str]:
+        """(metric, mode) that picks each run's best epoch, early-stops it and keeps its
+        checkpoints: the job's own pair, or for ``best_M`` / ``M_auc`` the pair of ``M``
+        (asr_core.models.Family.selection)."""
+        from asr_core.models import get_family
+
+        sel, sel_mode = get_family(self.family).selection(self.metric)
+        return sel, (self.mode if self.metric in (sel, f"best_{sel}", f"{sel}_auc") else sel_mode)
 
     def points(self) -> list[dict]:
         """``points_to_evaluate`` with preset names expanded to the preset's searched values."""
@@ -171,7 +180,7 @@ def job_from_dict(data: dict, loc: Locator, path: str, profile: str | None = Non
                 i = names.index(pname)
                 data["phases"][i] = deep_merge(data["phases"][i], pover)
     phases = data.pop("phases", None) or []
-    job = _build(data, loc, path)
+    job = build_job(data, loc, path)
     job.profile, job.raw = profile or "", {**copy.deepcopy(data), **({"phases": phases} if phases else {})}
     if phases:
         if not isinstance(phases, list):
@@ -197,7 +206,7 @@ def job_from_dict(data: dict, loc: Locator, path: str, profile: str | None = Non
                 if missing:
                     raise InputError(ploc(k), f"'{v}' needs <OPT> of {missing}, which no earlier phase chooses "
                                               f"and the job does not set")
-            sub = _build(phase_dict(data, ph, {k: None for k in seen}), ploc, path)
+            sub = build_job(phase_dict(data, ph, {k: None for k in seen}), ploc, path)
             seen |= set(sub.tuned_keys()) | set(sub.params)
         job.phases = phases
     return job
@@ -279,7 +288,8 @@ def expand_trials(spec: dict, carried: dict | None, family: str | None = None) -
     return out
 
 
-def _build(data: dict, loc: Locator, path: str) -> JobSpec:
+def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
+    """One job (or one phase laid over its job) from its YAML mapping, checked; ``loc`` names lines."""
     from asr_core.train.config import split_params
 
     unknown = sorted(set(data) - TOP_KEYS)
@@ -295,11 +305,9 @@ def _build(data: dict, loc: Locator, path: str) -> JobSpec:
             raise InputError(loc(key), f"'{key}' must be a mapping")
         try:
             return from_dict(cls, raw, where=loc(key))
-        except InputError as e:
-            # point at the offending sub-key's line when the message names one
-            for k in raw:
-                if f"'{k}'" in e.message:
-                    raise InputError(loc(f"{key}.{k}"), e.message) from None
+        except InputError as e:  # point at the offending sub-key's line
+            if e.key in raw:
+                raise InputError(loc(f"{key}.{e.key}"), e.message, key=e.key) from None
             raise
 
     dspec = sub(DataSpec, "data")
@@ -331,17 +339,21 @@ def _build(data: dict, loc: Locator, path: str) -> JobSpec:
     sname = sched.pop("name", "fifo")
     if sname not in SCHEDULERS:
         raise InputError(loc("scheduler.name"), f"unknown scheduler: {sname} (known: {list(SCHEDULERS)})")
-    bad = sorted(set(sched) - SCHEDULER_OPTIONS[sname])
+    options = scheduler_options(sname)
+    bad = sorted(set(sched) - options)
     if bad:
         raise InputError(loc(f"scheduler.{bad[0]}"), f"unknown option '{bad[0]}' for scheduler {sname}; "
-                                                      f"known: {sorted(SCHEDULER_OPTIONS[sname])}")
+                                                      f"known: {sorted(options)}")
+    if searcher.name not in SEARCHERS_FOR[sname]:
+        raise InputError(loc("searcher.name"), f"scheduler {sname} runs with searcher "
+                                               f"{' or '.join(SEARCHERS_FOR[sname])}, not {searcher.name}")
     if sname == "pbt":
         muts = sched.get("hyperparam_mutations")
         if not isinstance(muts, dict) or not muts:
             raise InputError(loc("scheduler.hyperparam_mutations"), "pbt needs hyperparam_mutations "
                                                                      "(parameter -> distribution)")
         parse_space(muts, lambda k: loc(f"scheduler.hyperparam_mutations.{k.split('.', 1)[-1]}"))
-        if searcher.name != "random" or trials or has_grid(space_raw) or data.get("constraints"):
+        if trials or has_grid(space_raw) or data.get("constraints"):
             raise InputError(loc("scheduler.name"), "pbt samples its population itself: use searcher 'random', "
                                                     "no grid, named trials or constraints")
     try:
@@ -355,12 +367,21 @@ def _build(data: dict, loc: Locator, path: str) -> JobSpec:
         raise InputError(loc("preset"), f"unknown preset for {fam.name}: {data['preset']} "
                                         f"(known: {sorted(fam.presets)})")
     metric_name = str(data.get("metric", default_metric))
-    if fam is not None and metric_name not in fam.reported_metrics():
-        raise InputError(loc("metric"), f"family {fam.name} does not report '{metric_name}'; it reports: "
-                                        f"{', '.join(sorted(fam.reported_metrics()))}")
-    mode = data.get("mode", default_mode if metric_name == default_metric else "min")
+    if fam is not None:
+        try:
+            default_mode = fam.metric(metric_name).mode
+        except ValueError as e:
+            raise InputError(loc("metric"), str(e)) from None
+    mode = data.get("mode", default_mode)
     if mode not in ("min", "max"):
         raise InputError(loc("mode"), f"mode must be 'min' or 'max', got {mode!r}")
+    if fam is not None and isinstance(params, dict):
+        # the job's metric decides the runs' selection; a second opinion in params would split it
+        sel, _ = fam.selection(metric_name)
+        for key, want in (("select_metric", sel), ("select_mode", None)):
+            if key in params and (want is None or params[key] != want):
+                raise InputError(loc(f"params.{key}"), f"'{key}' is set from the job's metric ({metric_name}, "
+                                                       f"{mode}): set 'metric'/'mode' instead")
     require = data.get("require") or {}
     if not isinstance(require, dict) or not all(isinstance(v, dict) and set(v) <= {"min", "max"} and v
                                                  for v in require.values()):
@@ -378,7 +399,13 @@ def _build(data: dict, loc: Locator, path: str) -> JobSpec:
     try:
         merged = split_params({**probe, **sample}, where=str(path)).params
     except (InputError, ValueError) as whole:
-        # find the key to blame, so the error names its line
+        # the key to blame, so the error names its line: the one the error carries, else the
+        # first that fails alone (a check across keys, e.g. heads that must divide a width)
+        k = getattr(whole, "key", None)
+        if k in sample or k in fixed:
+            section = "params" if k in fixed and k not in sample else (
+                "search_space" if k in space_raw else "scheduler.hyperparam_mutations")
+            raise InputError(loc(f"{section}.{k}"), whole.message, key=k) from None
         for k in list(fixed) + list(sample):
             try:
                 split_params({"family": data["family"], "preset": data.get("preset"), "train_manifest": "x",
@@ -392,6 +419,14 @@ def _build(data: dict, loc: Locator, path: str) -> JobSpec:
         if isinstance(whole, InputError):
             raise InputError(str(path), whole.message) from None
         raise InputError(loc("family" if "family" in str(whole) else "preset"), str(whole)) from None
+    if sname == "pbt":  # a mutation must take effect in the running trial it is applied to
+        from asr_core.train.config import fixed_in_run
+
+        for k, dist in sched["hyperparam_mutations"].items():
+            why = fixed_in_run({**probe, **sample}, k, extremes(dist), where=str(path))
+            if why:
+                raise InputError(loc(f"scheduler.hyperparam_mutations.{k}"),
+                                 f"PBT cannot mutate '{k}': {why}; search it with another scheduler")
     for tname, tparams in trials.items():
         try:
             split_params({**probe, **{k: v for k, v in tparams.items() if v is not None}}, where=str(path))

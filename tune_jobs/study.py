@@ -16,7 +16,7 @@ import math
 from asr_core import storage as store
 from analysis.load import best_checkpoint, load_experiment
 from asr_core.errors import InputError
-from tune_jobs.spec import JobSpec, _build, phase_dict
+from tune_jobs.spec import JobSpec, build_job, phase_dict
 from tune_jobs.yamlio import Locator
 
 STUDY_STATE = "study.json"
@@ -39,7 +39,7 @@ def phase_job(job: JobSpec, i: int, carried: dict[str, dict]) -> JobSpec:
         d = phase_dict(job.raw, ph, values)
     except ValueError as e:
         raise InputError(f"{job.path} (phases.{i}: {ph['name']})", str(e)) from None
-    pj = _build(d, Locator(job.path, {}).within(f"phases.{i}."), job.path)
+    pj = build_job(d, Locator(job.path, {}).within(f"phases.{i}."), job.path)
     pj.profile, pj.raw = job.profile, d
     return pj
 
@@ -70,8 +70,12 @@ def winners(exp_uri: str, pj: JobSpec, phase_name: str) -> tuple[dict[str, dict]
 
 
 def run_study(job: JobSpec, address: str | None = None, num_cpus: int | None = None, cache_dir: str | None = None,
-              progress: bool = True) -> list[dict]:
-    """Run the study's phases in order; returns one summary per phase (``ran`` false = skipped)."""
+              progress: bool = True, after_phase=None) -> list[dict]:
+    """Run the study's phases in order; returns one summary per phase (``ran`` false = skipped).
+    ``after_phase(phase_job, results, exp_uri, manifests, seconds)`` runs after each phase's search
+    (``tune_jobs.workflow``: test evaluation, report, Ray check)."""
+    import time
+
     from tune_jobs.runner import can_resume, run_tune
 
     state = read_state(job)
@@ -94,15 +98,18 @@ def run_study(job: JobSpec, address: str | None = None, num_cpus: int | None = N
         phase_info = {"study": job.name, "index": i, "name": ph["name"], "carried": carried,
                       "description": ph.get("description", "")}
         if pj.init_from == "best":
-            ckpt = best_checkpoint(store.local_copy(prev_exp, skip_checkpoints=False), prev_job.metric, prev_job.mode)
+            ckpt = best_checkpoint(store.local_copy(prev_exp, skip_checkpoints=False), *prev_job.selection())
             phase_info["init_checkpoint"] = str(ckpt)
         print(f"phase {i + 1}/{len(job.phases)} {ph['name']}: {pj.num_trials} trial(s)"
               + ("; carried in: " + ", ".join(f"{k}={c['value']}" for k, c in carried.items()) if carried else ""))
         resume = can_resume(exp_uri) and done.get("fingerprint") == fp
         state["phases"][ph["name"]] = {"status": "running", "fingerprint": fp, "exp": exp_uri}
         store.write_text(store.join(study_uri(job), STUDY_STATE), json.dumps(state, indent=1, default=str))
-        results, exp_uri, _ = run_tune(pj, address=address, num_cpus=num_cpus, resume=resume, cache_dir=cache_dir,
-                                       progress=progress, phase=phase_info)
+        t0 = time.time()
+        results, exp_uri, manifests = run_tune(pj, address=address, num_cpus=num_cpus, resume=resume,
+                                               cache_dir=cache_dir, progress=progress, phase=phase_info)
+        if after_phase is not None:
+            after_phase(pj, results, exp_uri, manifests, time.time() - t0)
         won, best = winners(exp_uri, pj, ph["name"])
         carried.update(won)
         state["phases"][ph["name"]] = {"status": "done", "fingerprint": fp, "exp": exp_uri, "winners": won,

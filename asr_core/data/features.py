@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from asr_core import storage
 from asr_core.data.manifest import Manifest, Utterance
-from asr_core.errors import InputError
+from asr_core.errors import InputError, KeyProblem
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ class FeatureConfig:
 
     def validate(self) -> None:
         if self.n_mels <= 0:
-            raise ValueError("key 'n_mels' must be positive")
+            raise KeyProblem("n_mels", "key 'n_mels' must be positive")
         if self.frame_shift_ms <= 0 or self.frame_length_ms < self.frame_shift_ms:
-            raise ValueError("keys 'frame_length_ms'/'frame_shift_ms': need 0 < shift <= length")
+            raise KeyProblem("frame_length_ms", "keys 'frame_length_ms'/'frame_shift_ms': need 0 < shift <= length")
 
 
 def compute_fbank(wav: torch.Tensor, sr: int, cfg: FeatureConfig) -> torch.Tensor:

@@ -34,13 +34,24 @@ class Family:
     decode: Callable[..., list[list[int]]] | None
     presets: dict[str, dict] = field(default_factory=dict)
     default_metric: str = "val_cer"
-    default_mode: str = "min"
+    # the validation metrics it reports, with their directions (asr_core.metrics); a test checks
+    # them against what ``metrics()`` computes, so the declaration cannot drift from the code
+    validation_metrics: Mapping[str, Any] = field(default_factory=lambda: _asr_metrics())
     # training keys the family's runs default to (under presets and the user's values)
     train_defaults: dict = field(default_factory=dict)
     # validation_counts(model, batch, tokenizer, with_lang_tag) -> additive counts (summed over
     # batches and workers); summarize(counts) -> metrics. Default: ASR error counts of decode().
     validation_counts: Callable[..., dict[str, float]] | None = None
     summarize: Callable[[dict[str, float]], dict[str, float]] | None = None
+    # hooks for what one family does differently; the shared loop and evaluate ask these, never
+    # the config's attributes. pads(config): batches mix lengths with padding (wavenet_ctc's
+    # PADDING off batches equal lengths only).
+    pads: Callable[[Any], bool] = lambda config: True
+
+    def dims(self, config, vocab_size: int, n_mels: int) -> tuple[int, int]:
+        """(output tokens, input feature dimension) the model is built for: the data's, unless the
+        config pins them (crnn_ctc's ``num_classes`` / ``input_dim``, seed 004)."""
+        return (getattr(config, "num_classes", 0) or vocab_size, getattr(config, "input_dim", 0) or n_mels)
 
     def counts(self, model, batch, tokenizer, with_lang_tag: bool) -> dict[str, float]:
         if self.validation_counts is not None:
@@ -57,14 +68,35 @@ class Family:
         return asr_metrics(counts)
 
     def reported_metrics(self) -> set[str]:
-        """Every metric name a run of this family reports each epoch (the validation metrics come
-        from the family's own summary, so the list cannot drift from the code)."""
-        from collections import defaultdict
+        """Every metric name a run of this family reports each epoch."""
+        from asr_core.metrics import LOOP_METRICS
 
-        val = {"val_loss", *self.metrics(defaultdict(float))}
-        loop = {"train_loss", "epoch", "step", "epoch_time_s", "utts_per_s", "lr", "cpu_s", "model_params",
-                "best_epoch", "steps_to_target", "num_nodes"}
-        return val | loop | {f"best_{m}" for m in val} | {f"{m}_auc" for m in val}
+        val = set(self.validation_metrics)
+        return val | set(LOOP_METRICS) | {f"best_{m}" for m in val} | {f"{m}_auc" for m in val}
+
+    def metric(self, name: str):
+        """The ``Metric`` (name, mode, format) of a name this family reports; ``best_M`` and
+        ``M_auc`` go the way ``M`` goes. An unknown name is an error listing the family's metrics."""
+        from asr_core.metrics import LOOP_METRICS, derived
+
+        m = derived(name, {**LOOP_METRICS, **self.validation_metrics})
+        if m is None:
+            raise ValueError(f"family {self.name} does not report '{name}'; it reports: "
+                             f"{', '.join(sorted(self.reported_metrics()))}")
+        return m
+
+    @property
+    def default_mode(self) -> str:
+        return self.metric(self.default_metric).mode
+
+    def selection(self, metric: str) -> tuple[str, str]:
+        """(per-epoch validation metric, mode) that picks a run's best epoch, early-stops it and
+        keeps its checkpoints when it is ranked by ``metric``: the metric itself, the ``M`` of
+        ``best_M`` / ``M_auc``, else the family's default (``steps_to_target``)."""
+        from asr_core.metrics import selection_metric
+
+        sel = selection_metric(metric, self.validation_metrics) or self.default_metric
+        return sel, self.metric(sel).mode
 
     def make_config(self, params: dict, preset: str | None = None, where: str = "<config>"):
         from asr_core.config import from_dict
@@ -80,6 +112,12 @@ class Family:
         import dataclasses
 
         return {f.name for f in dataclasses.fields(self.config_cls)}
+
+
+def _asr_metrics():
+    from asr_core.metrics import ASR_METRICS
+
+    return ASR_METRICS
 
 
 class _Registry(Mapping):

@@ -21,6 +21,7 @@ import torchaudio
 from asr_core.decoding import CTCPrefixScorer, ctc_loss
 from asr_core.models import Family
 from asr_core.models.seq_common import add_sos_eos, batched_greedy, beam_each, sinusoid, smoothed_ce, strip_eos
+from asr_core.errors import KeyProblem
 
 
 @dataclass
@@ -50,16 +51,16 @@ class ConformerAEDConfig:
 
     def validate(self) -> None:
         if self.hidden_dim % self.attention_heads:
-            raise ValueError(f"key 'attention_heads' ({self.attention_heads}) must divide "
+            raise KeyProblem("attention_heads", f"key 'attention_heads' ({self.attention_heads}) must divide "
                              f"'hidden_dim' ({self.hidden_dim})")
         if self.econformer_kernel_size and self.econformer_kernel_size % 2 == 0:
-            raise ValueError("key 'econformer_kernel_size' must be odd or 0")
+            raise KeyProblem("econformer_kernel_size", "key 'econformer_kernel_size' must be odd or 0")
         if not 0.0 <= self.ctc_weight <= 1.0 or not 0.0 <= self.decode_ctc_weight <= 1.0:
-            raise ValueError("keys 'ctc_weight' and 'decode_ctc_weight' must be in [0, 1]")
+            raise KeyProblem("ctc_weight", "keys 'ctc_weight' and 'decode_ctc_weight' must be in [0, 1]")
         if self.decode_ctc_weight > 0 and self.ctc_weight == 0:
-            raise ValueError("key 'decode_ctc_weight' needs a CTC head (ctc_weight > 0)")
+            raise KeyProblem("decode_ctc_weight", "key 'decode_ctc_weight' needs a CTC head (ctc_weight > 0)")
         if self.ctc_weight == 1.0:
-            raise ValueError("key 'ctc_weight' = 1 leaves the decoder untrained; use a CTC family")
+            raise KeyProblem("ctc_weight", "key 'ctc_weight' = 1 leaves the decoder untrained; use a CTC family")
 
 
 class Subsampling(nn.Module):

@@ -11,6 +11,7 @@ import torch.nn as nn
 from asr_core.models import Family
 from asr_core.models.ctc import CTCDecoding, compute_loss, decode
 from asr_core.models.rnn import BiLSTM
+from asr_core.errors import KeyProblem
 
 
 @dataclass
@@ -34,7 +35,7 @@ class CRNNConfig(CTCDecoding):
             raise ValueError("lstm_layers and lstm_hidden must be >= 1")
         for k in ("lstm_dropout", "dropout"):
             if not 0.0 <= getattr(self, k) < 1.0:
-                raise ValueError(f"key '{k}' must be in [0, 1)")
+                raise KeyProblem(k, f"key '{k}' must be in [0, 1)")
 
 
 class LockedDropout(nn.Module):
@@ -88,7 +89,7 @@ def build(cfg: CRNNConfig, vocab_size: int, feat_dim: int) -> CRNN:
     for key, have in (("input_dim", feat_dim), ("num_classes", vocab_size)):
         want = getattr(cfg, key)
         if want and have and want != have:
-            raise ValueError(f"key '{key}': the config pins {want} but the data gives {have} "
+            raise KeyProblem(key, f"key '{key}': the config pins {want} but the data gives {have} "
                              f"(set {key}: 0 to follow the data, or n_mels to match)")
     return CRNN(cfg, vocab_size, feat_dim)
 

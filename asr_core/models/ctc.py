@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from asr_core.decoding import CTC_DECODERS, ctc_decode, ctc_loss
+from asr_core.errors import KeyProblem
 
 
 @dataclass
@@ -24,9 +25,9 @@ class CTCDecoding:
 
     def validate_decoding(self) -> None:
         if self.decoder not in CTC_DECODERS:
-            raise ValueError(f"key 'decoder': {self.decoder!r} is not one of {list(CTC_DECODERS)}")
+            raise KeyProblem("decoder", f"key 'decoder': {self.decoder!r} is not one of {list(CTC_DECODERS)}")
         if self.beam_size < 1:
-            raise ValueError("key 'beam_size' must be >= 1")
+            raise KeyProblem("beam_size", "key 'beam_size' must be >= 1")
 
 
 DECODE_KEYS = ("decoder", "beam_size", "lexicon", "kenlm", "lm_weight", "word_score")

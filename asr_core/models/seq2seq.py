@@ -19,6 +19,7 @@ from asr_core.decoding import ctc_loss, greedy_ctc
 from asr_core.models import Family
 from asr_core.models.rnn import BiLSTM
 from asr_core.models.seq_common import add_sos_eos, beam_each, smoothed_ce, strip_eos
+from asr_core.errors import KeyProblem
 
 
 @dataclass
@@ -39,9 +40,9 @@ class Seq2SeqConfig:
 
     def validate(self) -> None:
         if self.encoder_layers < 1:
-            raise ValueError("key 'encoder_layers' must be >= 1")
+            raise KeyProblem("encoder_layers", "key 'encoder_layers' must be >= 1")
         if self.focal_gamma < 0 or not 0 <= self.label_smoothing < 1:
-            raise ValueError("keys 'focal_gamma' >= 0 and 'label_smoothing' in [0, 1) required")
+            raise KeyProblem("focal_gamma", "keys 'focal_gamma' >= 0 and 'label_smoothing' in [0, 1) required")
 
 
 class Encoder(nn.Module):
@@ -165,4 +166,4 @@ PRESETS = {
 }
 
 FAMILY = Family(name="seq2seq", config_cls=Seq2SeqConfig, build=build, compute_loss=compute_loss, decode=decode,
-                presets=PRESETS, default_metric="val_char_acc", default_mode="max")
+                presets=PRESETS, default_metric="val_char_acc")

@@ -17,8 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asr_core.metrics import TTS_METRICS
 from asr_core.models import Family
 from asr_core.models.rnn import BiLSTM
+from asr_core.errors import KeyProblem
 
 
 @dataclass
@@ -50,12 +52,12 @@ class TTSConfig:
 
     def validate(self) -> None:
         if self.reduction < 1:
-            raise ValueError("key 'reduction' must be >= 1")
+            raise KeyProblem("reduction", "key 'reduction' must be >= 1")
         for k in ("mel_loss_weight", "kl_loss_weight", "stop_loss_weight", "attention_loss_weight", "huber_delta"):
             if getattr(self, k) < 0:
-                raise ValueError(f"key '{k}' must be >= 0")
+                raise KeyProblem(k, f"key '{k}' must be >= 0")
         if not 0 <= self.stop_label_smoothing < 0.5:
-            raise ValueError("key 'stop_label_smoothing' must be in [0, 0.5)")
+            raise KeyProblem("stop_label_smoothing", "key 'stop_label_smoothing' must be in [0, 0.5)")
 
 
 class TTSAcoustic(nn.Module):
@@ -220,5 +222,5 @@ PRESETS = {
 }
 
 FAMILY = Family(name="tts_acoustic", config_cls=TTSConfig, build=build, compute_loss=compute_loss, decode=None,
-                presets=PRESETS, default_metric="val_mel_loss", validation_counts=validation_counts,
-                summarize=summarize)
+                presets=PRESETS, default_metric="val_mel_loss", validation_metrics=TTS_METRICS,
+                validation_counts=validation_counts, summarize=summarize)

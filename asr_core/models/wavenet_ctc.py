@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from asr_core.models import Family
 from asr_core.models.ctc import CTCDecoding, compute_loss, decode
+from asr_core.errors import KeyProblem
 
 
 @dataclass
@@ -32,11 +33,11 @@ class WaveNetConfig(CTCDecoding):
     def validate(self) -> None:
         self.validate_decoding()
         if self.MAX_DIL < 1 or self.MAX_DIL & (self.MAX_DIL - 1):
-            raise ValueError(f"key 'MAX_DIL' must be a power of 2, got {self.MAX_DIL}")
+            raise KeyProblem("MAX_DIL", f"key 'MAX_DIL' must be a power of 2, got {self.MAX_DIL}")
         if self.NUM_STACKS < 1 or self.channels < 1 or self.subsample < 1:
-            raise ValueError("keys 'NUM_STACKS', 'channels' and 'subsample' must be >= 1")
+            raise KeyProblem("NUM_STACKS", "keys 'NUM_STACKS', 'channels' and 'subsample' must be >= 1")
         if self.kernel_size % 2 == 0:
-            raise ValueError("key 'kernel_size' must be odd (centred, non-causal convolutions)")
+            raise KeyProblem("kernel_size", "key 'kernel_size' must be odd (centred, non-causal convolutions)")
 
 
 class ResidualBlock(nn.Module):
@@ -99,4 +100,4 @@ PRESETS = {
 }
 
 FAMILY = Family(name="wavenet_ctc", config_cls=WaveNetConfig, build=build, compute_loss=compute_loss,
-                decode=decode, presets=PRESETS, default_metric="val_cer")
+                decode=decode, presets=PRESETS, default_metric="val_cer", pads=lambda cfg: cfg.PADDING)

@@ -14,7 +14,8 @@ META = "meta.json"
 
 
 def save(dirpath: str | os.PathLike, *, model, optimizer, scheduler, epoch: int, run, tokenizer,
-         mean, std, metrics: dict, loop: dict | None = None, trial_id: str | None = None) -> None:
+         mean, std, metrics: dict, loop: dict | None = None, trial_id: str | None = None,
+         experiment: str | None = None) -> None:
     d = Path(dirpath)
     d.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -25,6 +26,7 @@ def save(dirpath: str | os.PathLike, *, model, optimizer, scheduler, epoch: int,
         "cmvn": {"mean": [float(x) for x in mean], "std": [float(x) for x in std]},
         "metrics": metrics,
         "trial_id": trial_id or "",  # who wrote it: a PBT recipient or a fine-tuning run can tell
+        "experiment": experiment or "",  # (asr_core.train.loop.restore_case)
     }
     (d / META).write_text(json.dumps(meta, ensure_ascii=False, indent=1))
 

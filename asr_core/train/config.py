@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from asr_core.config import from_dict
 from asr_core.data.features import FeatureConfig
-from asr_core.errors import InputError
+from asr_core.errors import InputError, KeyProblem
 from asr_core.models import get_family
 
 
@@ -54,21 +54,21 @@ class TrainConfig:
         if self.nepochs > 0:
             self.epochs = self.nepochs
         if self.epochs < 1:
-            raise ValueError("key 'epochs' must be >= 1")
+            raise KeyProblem("epochs", "key 'epochs' must be >= 1")
         if self.lr <= 0:
-            raise ValueError("key 'lr' must be > 0")
+            raise KeyProblem("lr", "key 'lr' must be > 0")
         if self.batch_bins <= 0 or self.batch_size < 0:
-            raise ValueError("key 'batch_bins' must be > 0 and 'batch_size' >= 0")
+            raise KeyProblem("batch_bins", "key 'batch_bins' must be > 0 and 'batch_size' >= 0")
         if self.prefetch < 0:
-            raise ValueError("key 'prefetch' must be >= 0")
+            raise KeyProblem("prefetch", "key 'prefetch' must be >= 0")
         if self.accum_grad < 1:
-            raise ValueError("key 'accum_grad' must be >= 1")
+            raise KeyProblem("accum_grad", "key 'accum_grad' must be >= 1")
         if self.cosine_stages < 1 or self.restart_steps < 1 or self.restart_mult < 1:
-            raise ValueError("keys 'cosine_stages', 'restart_steps' and 'restart_mult' must be >= 1")
+            raise KeyProblem("cosine_stages", "keys 'cosine_stages', 'restart_steps' and 'restart_mult' must be >= 1")
         if self.schedule == "plateau" and (self.warmup_steps or self.warmup_epochs):
-            raise ValueError("key 'schedule': plateau takes no warm-up (set warmup_steps: 0)")
+            raise KeyProblem("schedule", "key 'schedule': plateau takes no warm-up (set warmup_steps: 0)")
         if self.target_metric and self.target_value != self.target_value:
-            raise ValueError("key 'target_value' is required with 'target_metric'")
+            raise KeyProblem("target_value", "key 'target_value' is required with 'target_metric'")
 
 
 @dataclass
@@ -88,9 +88,9 @@ class DataConfig:
 
     def validate(self) -> None:
         if not self.train_manifest or not self.dev_manifest:
-            raise ValueError("keys 'train_manifest' and 'dev_manifest' are required")
+            raise KeyProblem("train_manifest", "keys 'train_manifest' and 'dev_manifest' are required")
         if self.max_duration < 0:
-            raise ValueError("key 'max_duration' must be >= 0")
+            raise KeyProblem("max_duration", "key 'max_duration' must be >= 0")
 
 
 @dataclass
@@ -135,19 +135,56 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
             model[k] = v
         else:
             allowed = sorted(set().union(*known.values(), model_keys))
-            raise InputError(where, f"unknown key '{k}' for family {family.name}; known keys: {allowed}")
+            raise InputError(where, f"unknown key '{k}' for family {family.name}; known keys: {allowed}", key=k)
     try:
         model_cfg = family.make_config(model, None, where=where)
     except InputError:
         raise
     except ValueError as e:
         raise InputError(where, str(e)) from None
+    train = from_dict(TrainConfig, groups["train"], where)
+    for key in ("select_metric", "target_metric"):  # names the family reports (asr_core.metrics)
+        name = getattr(train, key)
+        if name and name not in family.validation_metrics:
+            raise InputError(where, f"key '{key}': '{name}' is not a validation metric of {family.name}; "
+                                    f"it reports: {', '.join(sorted(family.validation_metrics))}", key=key)
     return RunConfig(
         family=family.name,
         preset=preset,
-        train=from_dict(TrainConfig, groups["train"], where),
+        train=train,
         data=from_dict(DataConfig, groups["data"], where),
         features=from_dict(FeatureConfig, groups["features"], where),
         model=model_cfg,
         params=dict(params),
     )
+
+
+# What a running trial cannot take changed (a PBT mutation of it is refused when the job loads):
+# the length of the run, the optimizer's and the schedule's kind (their saved states would not
+# load), and the selection pair the job sets. Data and feature keys are fixed by the driver, which
+# built the features and the tokenizer before the search.
+FIXED_IN_RUN = {"epochs", "nepochs", "optimizer", "schedule", "finetune", "select_metric", "select_mode",
+                "target_metric", "target_value"}
+
+
+def fixed_in_run(params: dict, key: str, values: list, where: str = "<config>") -> str:
+    """Why a running trial of ``params`` cannot take ``key`` changed to one of ``values`` ('' when
+    it can). A model key is fixed when its values build models whose parameter shapes differ
+    (a width, a layer count): the donor's weights would not load."""
+    family = get_family(params["family"])
+    if key in FIXED_IN_RUN:
+        return "it cannot change in a running trial"
+    for group, cls in _GROUPS:
+        if group != "train" and key in {f.name for f in dataclasses.fields(cls)}:
+            return f"it is a {group} setting, fixed by the driver before the search"
+    if key not in family.config_keys():
+        return ""
+    shapes = set()
+    for v in values:
+        run = split_params({**params, key: v}, where=where)
+        model = family.build(run.model, *family.dims(run.model, 32, run.features.n_mels))
+        shapes.add(tuple((k, tuple(t.shape)) for k, t in model.state_dict().items()))
+        if len(shapes) > 1:
+            return (f"it changes the model's shape ({values[0]!r} and {v!r} build different layers), "
+                    "so a donor's weights would not load")
+    return ""

@@ -142,44 +142,72 @@ def _passed(value: float, target: float, mode: str) -> bool:
     return value == value and (value <= target if mode == "min" else value >= target)
 
 
+def restore_case(cfg: TrainConfig, meta: dict, trial_id: str | None, experiment: str | None) -> str:
+    """Which of the three ways a checkpoint is taken up:
+
+    - ``continue``: the run's own checkpoint (a retried worker, a resumed experiment);
+    - ``exploit``: another trial of this search wrote it (PBT's exploit, or ``speechtune train
+      --resume-from``): its epochs go on, with this run's hyperparameters;
+    - ``finetune``: another experiment wrote it and ``finetune`` is set (a study's ``init_from``):
+      weights and optimizer moments only; epochs, schedule and early stopping start afresh.
+    """
+    origin = meta.get("trial_id") or ""
+    if origin and origin == (trial_id or ""):
+        return "continue"
+    other_experiment = not (meta.get("experiment") and meta.get("experiment") == experiment)
+    return "finetune" if cfg.finetune and other_experiment else "exploit"
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """This run's optimizer settings on every param group, over what a loaded optimizer state
+    brought back (PBT mutations of ``weight_decay`` or ``momentum`` take effect). ``lr`` is the
+    schedule's (``Schedule.rebase``); loss weights and dropout live in the model config the
+    model was built from, so they are this run's already."""
+    for g in optimizer.param_groups:
+        g["weight_decay"] = cfg.weight_decay
+        if "momentum" in g:
+            g["momentum"] = cfg.momentum
+
+
 def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint_state: dict | None,
                rank: int = 0, world: int = 1, wrap_model=lambda m: m, checkpoint_meta: dict | None = None,
-               trial_id: str | None = None) -> None:
+               trial_id: str | None = None, experiment: str | None = None) -> None:
     """The epochs of one run: train, validate, report ``(metrics, checkpoint_writer)`` each epoch.
 
     ``report(metrics, save)`` is Ray Train's report (``save(dir)`` writes a checkpoint into dir)
     or any callable in tests and benchmarks; everything Ray-specific stays in the caller.
 
-    A checkpoint to start from is continued at its next epoch (a retry after a failure, a resumed
-    experiment, or a PBT exploit, where it comes from the donor trial and ``lr`` may be mutated),
-    unless ``finetune`` is set and another run wrote it: then it gives the weights and optimizer
-    moments only, and epochs, schedule and early stopping start afresh (seed 004's second stage).
-    The first report after a restore names the trial and epoch the checkpoint came from.
+    A checkpoint to start from is taken up in one of the three ways of ``restore_case``. The first
+    report after a restore names the trial and epoch the checkpoint came from.
     """
     cfg = run.train
     tok = data.tokenizer
     model = family.build(run.model, tok.vocab_size, run.features.n_mels)
     n_params = sum(p.numel() for p in model.parameters())  # reported: the analysis sets size against metric
-    padding = getattr(run.model, "PADDING", True)  # wavenet_ctc (seed 002) can batch without padding
+    padding = family.pads(run.model)  # wavenet_ctc (seed 002) can batch without padding
     train_batches = data.train.batches(cfg.batch_bins, cfg.batch_size, padding=padding)
     dev_batches = shard(data.dev.batches(cfg.batch_bins, cfg.batch_size, padding=padding), rank, world, 0, 0,
                         shuffle=False)
     per_worker = len(train_batches) // world if len(train_batches) >= world else len(train_batches)
     steps_per_epoch = max(1, math.ceil(per_worker / cfg.accum_grad))
     optimizer = make_optimizer(model, cfg)
+    # the pair that picks the best epoch, early-stops and keeps checkpoints: the job's (runner
+    # sets it from the job's metric and mode), else the family's default
     metric = cfg.select_metric or family.default_metric
-    mode = cfg.select_mode or (family.default_mode if not cfg.select_metric else "min")
+    mode = cfg.select_mode or family.metric(metric).mode
     schedule = Schedule(optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)
     state = StepState()
     start_epoch = 1
     restored: dict = {}
     if checkpoint_state is not None:
         meta = checkpoint_meta or {}
-        origin = meta.get("trial_id") or ""
+        case = restore_case(cfg, meta, trial_id, experiment)
         model.load_state_dict(checkpoint_state["model"])
         optimizer.load_state_dict(checkpoint_state["optimizer"])
-        restored = {"restored_from_trial": origin, "restored_from_epoch": int(checkpoint_state["epoch"])}
-        if cfg.finetune and origin != (trial_id or ""):
+        restored = {"restored_from_trial": meta.get("trial_id") or "",
+                    "restored_from_epoch": int(checkpoint_state["epoch"])}
+        apply_hyperparameters(optimizer, cfg)  # load_state_dict brought back the writer's values
+        if case == "finetune":
             for g in optimizer.param_groups:  # the new stage's rate; Adam's moments are kept
                 g["lr"] = g["initial_lr"] = cfg.lr
             schedule = Schedule(optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)
@@ -187,12 +215,12 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
             schedule.load_state_dict(checkpoint_state["scheduler"])
             start_epoch = int(checkpoint_state["epoch"]) + 1
             state = StepState(**checkpoint_state.get("loop", {}))
-            if float(meta.get("params", {}).get("lr", cfg.lr)) != cfg.lr:  # PBT mutated the rate
-                schedule.rebase(cfg.lr)
+            if case == "exploit" and float(meta.get("params", {}).get("lr", cfg.lr)) != cfg.lr:
+                schedule.rebase(cfg.lr)  # PBT mutated the rate: the schedule keeps its position
     model = wrap_model(model)
     device = next(model.parameters()).device
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
-    target_mode = "max" if cfg.target_metric.endswith("_acc") else "min"
+    target_mode = family.metric(cfg.target_metric).mode if cfg.target_metric else "min"
 
     cpu0 = time.process_time()  # this worker's CPU seconds (all threads) since the last report
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -250,7 +278,7 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
         def save(d: str, _m=metrics, _e=epoch, _s=dataclasses.asdict(state)) -> None:
             ckpt.save(d, model=inner, optimizer=optimizer, scheduler=schedule, epoch=_e, run=run,
                       tokenizer=tok, mean=data.train.mean, std=data.train.std, metrics=_m, loop=_s,
-                      trial_id=trial_id)
+                      trial_id=trial_id, experiment=experiment)
 
         report(metrics, save if rank == 0 else None)
         if stop:
@@ -295,4 +323,4 @@ def train_loop_per_worker(config: dict) -> None:
 
     run_epochs(run, family, data, report, state, ctx.get_world_rank(), ctx.get_world_size(),
                wrap_model=ray.train.torch.prepare_model,  # DDP when world > 1; moves to the device
-               checkpoint_meta=meta, trial_id=ctx.get_trial_id())
+               checkpoint_meta=meta, trial_id=ctx.get_trial_id(), experiment=ctx.get_experiment_name())

@@ -1,0 +1,162 @@
+"""What `speechtune tune` does after loading a job: the search, then the best checkpoint, its test
+evaluation, the report and the check against Ray's own analysis. The same steps run for a job and
+for each phase of a staged study; ``cli.py`` only parses arguments and calls in here.
+
+Interrupts: Ctrl-C (or SIGTERM, forwarded as Ctrl-C) during the search is handled by Tune, which
+saves its state and returns; the report then says "interrupted", and the exit code is 130.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from tune_jobs.spec import JobSpec
+
+
+def tune_job(job: JobSpec, address: str | None = None, num_cpus: int | None = None, resume: bool = False,
+             report_dir: str | None = None) -> int:
+    """One job's search and what follows it; returns the exit code (0, 1: nothing reported, 130)."""
+    from tune_jobs.runner import run_tune
+
+    t0 = time.time()
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    signal.signal(signal.SIGINT, _interrupt_before_tune)
+    results, exp_dir, manifests = run_tune(job, address=address, num_cpus=num_cpus, resume=resume)
+    # Tune's SIGINT handler, installed for the search, puts ours back when a signal arrives and
+    # not otherwise; Tune then saves its state and returns as if the search had ended
+    interrupted = signal.getsignal(signal.SIGINT) is _interrupt_before_tune \
+        and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0"
+    return finish(job, results, exp_dir, manifests, time.time() - t0, resumed=resume, interrupted=interrupted,
+                  report_dir=report_dir)
+
+
+def tune_study(job: JobSpec, address: str | None = None, num_cpus: int | None = None,
+               report_dir: str | None = None) -> int:
+    """A staged study: each phase is searched and finished like a job (test evaluation, report,
+    Ray check); then the study's report."""
+    from analysis.report import write_study_report
+    from tune_jobs.study import run_study, study_uri
+
+    t0 = time.time()
+    codes: list[int] = []
+
+    def after_phase(pj: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float) -> None:
+        codes.append(finish(pj, results, exp_dir, manifests, elapsed, report_dir=None))
+
+    summaries = run_study(job, address=address, num_cpus=num_cpus, after_phase=after_phase)
+    ran = [s for s in summaries if s["ran"]]
+    print(f"study finished in {time.time() - t0:.0f} s: {len(ran)} phase(s) run, "
+          f"{len(summaries) - len(ran)} skipped (done before)")
+    print(f"study report: {write_study_report(study_uri(job), report_dir)}")
+    return max(codes, default=0)
+
+
+def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float, *, resumed: bool = False,
+           interrupted: bool = False, report_dir: str | None = None) -> int:
+    """After a search: the outcome (kept in the experiment's record), the best checkpoint's test
+    figures, the report and the Ray check. Returns the exit code."""
+    from analysis.load import MetricNotFound, best_checkpoint
+    from analysis.report import write_report
+    from asr_core import storage as store
+    from asr_core.evaluate import evaluate
+    from asr_core.models import get_family
+    from tune_jobs.runner import save_outcome
+
+    errors = [r.error for r in results if r.error]
+    extra = {"search wall time": f"{elapsed:.0f} s"}
+    if resumed:
+        extra["resumed"] = "yes: continued with `speechtune tune --resume` after an interrupt"
+    if interrupted:  # no test figure, no best checkpoint, exit 130
+        extra["status"] = (f"**interrupted** after {elapsed:.0f} s; no test evaluation. "
+                           f"Resume: `speechtune tune --resume {exp_dir}`")
+        save_outcome(exp_dir, extra)
+        try:
+            print(f"report: {write_report(exp_dir, report_dir)}")
+        except Exception as e:  # nothing reported yet: the record above still says what happened
+            print(f"report: not written ({e})")
+        print(f"search interrupted after {elapsed:.0f} s; Tune's state is saved. "
+              f"Resume with: speechtune tune --resume {exp_dir}", file=sys.stderr)
+        return 130
+    print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {len(errors)} failed; experiment: {exp_dir}")
+    if not any(_reported(r, job.metric) for r in results):
+        save_outcome(exp_dir, extra)
+        try:
+            print(f"report: {write_report(exp_dir, report_dir)}")
+        except (MetricNotFound, FileNotFoundError) as e:
+            print(f"report: not written ({e})")
+        print(f"error: the search produced nothing: no trial of {len(results)} reported {job.metric} "
+              f"({len(errors)} failed)", file=sys.stderr)
+        if errors:
+            print(f"first error: {first_error(errors[0])}", file=sys.stderr)
+        return 1
+    if job.test_eval and "test" in manifests and get_family(job.family).decode is not None:
+        try:
+            best = best_checkpoint(store.local_copy(exp_dir, skip_checkpoints=False), *job.selection())
+        except FileNotFoundError as e:  # e.g. no trial met the job's `require` bounds
+            print(f"test evaluation skipped: {e}")
+            extra["test evaluation"] = f"skipped: {e}" + (f" (required: {job.require})" if job.require else "")
+            save_outcome(exp_dir, extra)
+            print(f"report: {write_report(exp_dir, report_dir)}")
+            return 0
+        ev = evaluate(str(best), manifests["test"], progress=False)
+        extra.update({"best checkpoint": f"`{best}` (epoch {ev['epoch']})",
+                      "test CER": f"{100 * ev['cer']:.2f}% on {ev['utterances']} test utterances "
+                                  f"(unseen voices and sentences: `{manifests['test']}`)",
+                      "test WER": f"{100 * ev['wer']:.2f}%"})
+        print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
+    save_outcome(exp_dir, extra)
+    print(f"report: {write_report(exp_dir, report_dir)}")
+    check_with_ray(exp_dir)
+    return 0
+
+
+def _interrupt_before_tune(signum, frame) -> None:
+    """Ctrl-C while the search is not running (data checks, or after Tune handled one)."""
+    raise KeyboardInterrupt
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: while Tune runs, its SIGINT handler saves the experiment state and ends
+    the search; before that, KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler not in (signal.default_int_handler, _interrupt_before_tune):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+def _reported(result, metric: str) -> bool:
+    """Did this trial report ``metric`` with a value at least once (NaN is no value)?"""
+    df = result.metrics_dataframe
+    return df is not None and metric in df and bool(df[metric].notna().any())
+
+
+def first_error(e: BaseException) -> str:
+    """The innermost cause of a trial's error (Ray wraps it in RayTaskError / TrainingFailedError),
+    as ``Type: message`` on one line."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    name = type(e).__name__.removeprefix("RayTaskError(").rstrip(")")
+    text = str(e).strip().splitlines()
+    return f"{name}: {text[-1] if text else ''}"[:500]
+
+
+def check_with_ray(exp_dir) -> bool:
+    """Print whether the report's trial count, statuses and best metrics agree with Ray's own
+    ExperimentAnalysis of the same directory (local experiments; S3 ones are read by Ray too but
+    the check would download everything twice)."""
+    from analysis.raycheck import compare_with_ray
+    from asr_core import storage as store
+
+    if not exp_dir or store.is_remote(exp_dir):
+        return True
+    c = compare_with_ray(exp_dir)
+    print(f"checked {exp_dir} against {c.summary()}")
+    return c.ok
