@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export SPEECHTUNE_CACHE ?= $(CURDIR)/.cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-bilingual demo-seeds test install benchmark clean docker-images
+.PHONY: demo demo-bilingual demo-seeds test test-fast install benchmark clean docker-images
 SEEDS := seed000_mono seed000_bilingual seed001_presets seed002_staged seed003_convergence seed004_crnn
 
 $(STAMP): pyproject.toml
@@ -40,6 +40,10 @@ $(CHROMIUM):
 
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q --durations=10
+
+# the tests that start no Ray and train nothing for long (markers in tests/conftest.py): about 2 minutes
+test-fast: $(STAMP) $(CHROMIUM)
+	$(PY) -m pytest -q -m "not ray and not slow" --durations=5
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

@@ -5,18 +5,16 @@ staged study a methodology in seed 002's form (``study.md`` and ``index.html``).
 """
 from __future__ import annotations
 
-import base64
-import html
 import json
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from analysis import blocks
 from analysis import insights as ins
 from analysis.load import load_experiment, read_job_record, save_tables
 
@@ -37,13 +35,12 @@ def _pct(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
 
 
-def _is_rate(metric: str) -> bool:
-    """Error rates and accuracies are shown as percentages."""
-    return bool(re.search(r"(^|_)(cer|wer|acc)$", metric))
-
-
 def show(metric: str, v) -> str:
-    return _pct(v) if _is_rate(metric) else _fmt(v)
+    """A metric's value as the registry formats it: error rates and accuracies as percentages."""
+    from asr_core.metrics import KNOWN, derived
+
+    m = derived(metric, KNOWN)
+    return _pct(v) if m is not None and m.fmt.endswith("%") else _fmt(v)
 
 
 def _title(metric: str) -> str:
@@ -150,9 +147,9 @@ def analyse(exp_dir: str | os.PathLike) -> Analysis:
 
 # ---------------------------------------------------------------- tables
 
-def ranking_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
+def ranking_table(a: Analysis) -> blocks.Table:
     """Seed 001's table: rank, trial, the job's metrics, epoch of best, epochs, status, key parameters;
-    failed and diverged trials last with their reason."""
+    failed and diverged trials last with their reason (flagged)."""
     t = a.trials
     ms = a.shown_metrics()
     pcols = [c for c in a.params if c != "config/experiment"]
@@ -161,7 +158,7 @@ def ranking_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
             f"epoch of best {a.metric}", "epochs", "status", *[c.removeprefix("config/") for c in pcols]]
     rows = []
     if t.empty:
-        return head, rows
+        return blocks.table(head, rows)
     broken = t.status.isin(["failed", "diverged"])
     for rank, (_, r) in enumerate(t[~broken].iterrows(), start=1):
         rows.append([str(rank), f"`{r.trial_id}`", *([_fmt(r.get("config/experiment"))] if named else []),
@@ -171,117 +168,106 @@ def ranking_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
         rows.append(["-", f"`{r.trial_id}`", *([_fmt(r.get("config/experiment"))] if named else []),
                      r.status.upper(), *["-"] * (len(ms) - 1), "-", _fmt(r.epochs_run),
                      f"{r.status}: {str(r.error)[:160]}", *[_fmt(r[c]) for c in pcols]])
-    return head, rows
+    ok = int((~broken).sum())
+    return blocks.table(head, rows, flagged=range(ok, len(rows)))
 
 
-def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    return ["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head),
-            *["| " + " | ".join(map(esc, r)) + " |" for r in rows]]
+# ---------------------------------------------------------------- sections
 
-
-# ---------------------------------------------------------------- sections (Markdown)
-
-def summary_lines(a: Analysis, extra: dict | None = None) -> list[str]:
+def summary_items(a: Analysis, extra: dict | None = None) -> list:
+    """The summary's items: strings, or (text, [sub-items])."""
     t, rec = a.trials, a.record
-    lines = [f"- experiment: `{a.exp}`",
-             f"- family: `{rec.get('family', 'n/a')}`, ranked by `{a.metric}` ({a.mode})",
-             f"- trials: {len(t)} ({', '.join(f'{n} {s}' for s, n in t.status.value_counts().items())})"
-             if not t.empty else "- trials: 0"]
+    items: list = [f"experiment: `{a.exp}`",
+                   f"family: `{rec.get('family', 'n/a')}`, ranked by `{a.metric}` ({a.mode})",
+                   f"trials: {len(t)} ({', '.join(f'{n} {s}' for s, n in t.status.value_counts().items())})"
+                   if not t.empty else "trials: 0"]
     sched = rec.get("scheduler") or {}
     if sched:
-        lines.append(f"- scheduler: `{sched.get('name')}`, searcher: `{rec.get('searcher', 'n/a')}`")
+        items.append(f"scheduler: `{sched.get('name')}`, searcher: `{rec.get('searcher', 'n/a')}`")
     for k, v in (extra or {}).items():
-        lines.append(f"- {k}: {v}")
+        items.append(f"{k}: {v}")
     skipped = rec.get("skipped") or []
     if skipped:
-        lines.append(f"- rows skipped (--skip-bad): {len(skipped)}")
-        lines += [f"  - {s}" for s in skipped[:20]] + ([f"  - ... and {len(skipped) - 20} more"] if len(skipped) > 20
-                                                       else [])
+        items.append((f"rows skipped (--skip-bad): {len(skipped)}",
+                      [*skipped[:20], *([f"... and {len(skipped) - 20} more"] if len(skipped) > 20 else [])]))
     phase = rec.get("phase") or {}
     if phase:
-        lines.append(f"- study `{phase.get('study')}`, phase {phase.get('index', 0) + 1}: `{phase.get('name')}`")
-        for k, c in (phase.get("carried") or {}).items():
-            lines.append(f"  - `{k}` = {c['value']} (<OPT>: best of phase `{c['phase']}`, trial `{c['trial']}`, "
-                         f"{c['metric']} {_fmt(c['metric_value'])})")
+        sub = [f"`{k}` = {c['value']} (<OPT>: best of phase `{c['phase']}`, trial `{c['trial']}`, "
+               f"{c['metric']} {_fmt(c['metric_value'])})" for k, c in (phase.get("carried") or {}).items()]
         if phase.get("init_checkpoint"):
-            lines.append(f"  - every trial starts from `{phase['init_checkpoint']}`")
+            sub.append(f"every trial starts from `{phase['init_checkpoint']}`")
+        items.append((f"study `{phase.get('study')}`, phase {phase.get('index', 0) + 1}: `{phase.get('name')}`", sub))
     if rec.get("require"):
-        lines.append(f"- required: {', '.join(f'{m} {b}' for m, b in rec['require'].items())}; "
+        items.append(f"required: {', '.join(f'{m} {b}' for m, b in rec['require'].items())}; "
                      f"{int((~t.feasible.astype(bool)).sum()) if 'feasible' in t else 0} trial(s) never met it "
                      "and cannot win")
     if not t.empty and "cost_wall_s" in t:
-        lines.append(f"- cost: {t.cost_wall_s.sum():.0f} trial-seconds of wall time, "
+        items.append(f"cost: {t.cost_wall_s.sum():.0f} trial-seconds of wall time, "
                      f"{t.cost_cpu_s.sum():.0f} CPU-seconds used of {t.cost_cpu_reserved_s.sum():.0f} "
                      f"reserved, {t.cost_gpu_s.sum():.0f} GPU-seconds")
         if t.time_to_target_s.notna().any():
-            lines.append(f"- fastest to target: {t.time_to_target_s.min():.0f} s of trial wall time")
+            items.append(f"fastest to target: {t.time_to_target_s.min():.0f} s of trial wall time")
         if int(t.exploits.sum()):
-            lines.append(f"- PBT exploits: {int(t.exploits.sum())} (a trial continued from another's checkpoint)")
+            items.append(f"PBT exploits: {int(t.exploits.sum())} (a trial continued from another's checkpoint)")
     b = a.best()
     if b is not None and pd.notna(b[f"best_{a.metric}"]):
-        lines.append(f"- **best: `{a.label(b)}`** (trial `{b.trial_id}`), {a.metric} "
+        items.append(f"**best: `{a.label(b)}`** (trial `{b.trial_id}`), {a.metric} "
                      f"**{show(a.metric, b[f'best_{a.metric}'])}** at epoch {_fmt(b[f'best_{a.metric}_epoch'])} "
                      f"of {_fmt(b.epochs_run)}")
-    return lines
+    return items
 
 
-def best_config_lines(a: Analysis) -> list[str]:
+def best_config_blocks(a: Analysis) -> list:
     b = a.best()
     if b is None:
         return []
     cfg = {k: v for k, v in a.config_of(b).items() if not (isinstance(v, float) and math.isnan(v))}
-    size = f"  # {b.model_params / 1e6:.2f}M parameters" if pd.notna(b.get("model_params")) else ""
-    body = "\n".join(f"{k}: {_fmt(v)}" for k, v in cfg.items())
-    return [f"`{a.label(b)}`{' (' + size.strip(' #') + ')' if size else ''}:", "", "```yaml", body, "```"]
+    size = f" ({b.model_params / 1e6:.2f}M parameters)" if pd.notna(b.get("model_params")) else ""
+    return [blocks.Heading("Best configuration"), blocks.Paragraph(f"`{a.label(b)}`{size}:"),
+            blocks.Code("\n".join(f"{k}: {_fmt(v)}" for k, v in cfg.items()), "yaml")]
 
 
-def findings_md(a: Analysis) -> list[str]:
-    lines = []
-    key = [f for f in a.findings if f.kind in ("effect", "importance", "size", "edge", "longer", "spread")]
-    for i, f in enumerate(key, start=1):
-        lines.append(f"{i}. {f.text}")
-    return lines or ["No parameter varied across scored trials; nothing to compare."]
+def findings_block(a: Analysis):
+    key = [f.text for f in a.findings if f.kind in ("effect", "importance", "size", "edge", "longer", "spread")]
+    return blocks.bullets(key, ordered=True) if key else \
+        blocks.Paragraph("No parameter varied across scored trials; nothing to compare.")
 
 
-def issues_md(a: Analysis) -> list[str]:
-    lines = [f"- {f.text}" for f in a.findings if f.kind in ("failures", "divergence")]
-    lines += [f"- loading: {w}" for w in a.warnings]
+def issues_block(a: Analysis) -> blocks.Bullets:
+    items = [f.text for f in a.findings if f.kind in ("failures", "divergence")]
+    items += [f"loading: {w}" for w in a.warnings]
     if a.record and not a.record.get("metric"):
-        lines.append("- no `speechtune_job.json`: ranked by `val_cer` (the default)")
-    return lines or ["- none: every trial ran and reported its metrics"]
+        items.append("no `speechtune_job.json`: ranked by `val_cer` (the default)")
+    return blocks.bullets(items or ["none: every trial ran and reported its metrics"])
 
 
-def critical_md(a: Analysis) -> list[str]:
-    return [f"- {f.text}" for f in a.findings if f.critical] or ["- none"]
+def critical_block(a: Analysis) -> blocks.Bullets:
+    return blocks.bullets([f.text for f in a.findings if f.critical] or ["none"])
 
 
-def write_markdown(a: Analysis, plots: list[tuple[str, Path]], out: Path, extra: dict | None,
-                   compare: "Analysis | None" = None) -> str:
-    head, rows = ranking_rows(a)
-    lines = [f"# Tuning report: {a.record.get('name', a.local.name)}", "", "## Summary", "",
-             *summary_lines(a, extra), "", f"## Ranking (by {a.metric}, {a.mode})", "", *md_table(head, rows), "",
-             STATUS_TEXT, "", "## Key findings", "", *findings_md(a), "", "## Technical issues", "",
-             *issues_md(a), "", "## Critical findings", "", *critical_md(a), "", "## Next steps", "",
-             *[f"{i}. {s}" for i, s in enumerate(a.next_steps, start=1)], ""]
-    cfg = best_config_lines(a)
-    if cfg:
-        lines += ["## Best configuration", "", *cfg, ""]
+def report_document(a: Analysis, plots: list[tuple[str, Path]], extra: dict | None,
+                    compare: "Analysis | None" = None) -> blocks.Document:
+    """One experiment's report as blocks (rendered to report.md and report.html)."""
+    H, P = blocks.Heading, blocks.Paragraph
+    doc = blocks.Document(f"Tuning report: {a.record.get('name', a.local.name)}")
+    doc.add(H("Summary"), blocks.bullets(summary_items(a, extra)),
+            H(f"Ranking (by {a.metric}, {a.mode})"), ranking_table(a), P(STATUS_TEXT),
+            H("Key findings"), findings_block(a), H("Technical issues"), issues_block(a),
+            H("Critical findings"), critical_block(a),
+            H("Next steps"), blocks.bullets(a.next_steps, ordered=True) if a.next_steps else None,
+            *best_config_blocks(a))
     if compare is not None:
-        lines += ["## Compared with another experiment", "", *md_table(*compare_rows(a, compare)), "",
-                  *compare_config_lines(a, compare), ""]
+        doc.add(H("Compared with another experiment"), compare_table(a, compare), *compare_config_blocks(a, compare))
     if plots:
-        lines += ["## Plots", ""]
-        lines += [f"![{title}]({p.relative_to(out).as_posix()})" for title, p in plots]
-        lines.append("")
-    lines += ["Files: `trials.parquet` (one row per trial), `history.parquet` (one row per reported epoch), "
-              "`report.html` (this report with its plots, one file).", ""]
-    return "\n".join(lines)
+        doc.add(H("Plots"), blocks.Figures(tuple(plots)))
+    doc.add(P("Files: `trials.parquet` (one row per trial), `history.parquet` (one row per reported epoch), "
+              "`report.html` (this report with its plots, one file)."))
+    return doc
 
 
 # ---------------------------------------------------------------- comparison
 
-def compare_rows(a: Analysis, b: Analysis) -> tuple[list[str], list[list[str]]]:
+def compare_table(a: Analysis, b: Analysis) -> blocks.Table:
     ra, rb = a.best(), b.best()
     head = ["", f"this: `{a.record.get('name', a.local.name)}`", f"other: `{b.record.get('name', b.local.name)}`"]
     rows = [["trials", str(len(a.trials)), str(len(b.trials))],
@@ -296,87 +282,18 @@ def compare_rows(a: Analysis, b: Analysis) -> tuple[list[str], list[list[str]]]:
     for k in ("cost_wall_s", "cost_cpu_s"):
         rows.append([k, _fmt(a.trials[k].sum() if k in a.trials else math.nan),
                      _fmt(b.trials[k].sum() if k in b.trials else math.nan)])
-    return head, rows
+    return blocks.table(head, rows)
 
 
-def compare_config_lines(a: Analysis, b: Analysis) -> list[str]:
+def compare_config_blocks(a: Analysis, b: Analysis) -> list:
     ra, rb = a.best(), b.best()
     ca = a.config_of(ra) if ra is not None else {}
     cb = b.config_of(rb) if rb is not None else {}
     diff = [(k, ca.get(k), cb.get(k)) for k in dict.fromkeys([*ca, *cb]) if _fmt(ca.get(k)) != _fmt(cb.get(k))]
     if not diff:
-        return ["The two best configurations are the same."]
-    return ["Where the two best configurations differ:", "",
-            *md_table(["parameter", "this", "other"], [[f"`{k}`", _fmt(x), _fmt(y)] for k, x, y in diff])]
-
-
-# ---------------------------------------------------------------- HTML
-
-CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
-th{background:#f0f0f0}tr.bad td{background:#fdecea}code{background:#f4f4f4;padding:0 3px}
-img{max-width:100%;border:1px solid #ddd;margin:.5em 0}h1{border-bottom:2px solid #333}pre{background:#f6f6f6;padding:.7em}"""
-
-
-def _inline(text: str) -> str:
-    """Markdown's inline code and bold, on escaped text."""
-    s = html.escape(text)
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
-
-
-def md_to_html(md: str, images: dict[str, Path]) -> str:
-    """The report's own Markdown (headings, lists, tables, code blocks, images) as HTML. Written
-    here because it is a small known subset and the project carries no Markdown library; images
-    are embedded as data URIs so the file stands alone."""
-    out, table, code, listing = [], None, None, None
-    for line in md.splitlines() + [""]:
-        if code is not None:
-            if line.startswith("```"):
-                out.append(f"<pre>{html.escape(chr(10).join(code))}</pre>")
-                code = None
-            else:
-                code.append(line)
-            continue
-        if table is not None and not line.startswith("|"):
-            head, *body = table
-            cells = lambda l: [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", l.strip())[1:-1]]  # noqa: E731
-            rows = "".join(f"<tr{' class=bad' if any(c.startswith('-') and i == 0 for i, c in enumerate(cells(r))) else ''}>"
-                           + "".join(f"<td>{_inline(c)}</td>" for c in cells(r)) + "</tr>" for r in body[1:])
-            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells(head)) + f"</tr>{rows}</table>")
-            table = None
-        if listing and not re.match(r"^(\s*[-*]|\d+\.) ", line):
-            out.append(f"</{listing}>")
-            listing = None
-        if line.startswith("```"):
-            code = []
-        elif line.startswith("|"):
-            table = (table or []) + [line]
-        elif m := re.match(r"^(#{1,4}) (.*)", line):
-            n = len(m.group(1))
-            out.append(f"<h{n}>{_inline(m.group(2))}</h{n}>")
-        elif m := re.match(r"^!\[([^]]*)\]\(([^)]+)\)", line):
-            src = images.get(m.group(2))
-            if src is not None:
-                data = base64.b64encode(Path(src).read_bytes()).decode()
-                out.append(f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">'
-                           f"<figcaption>{html.escape(m.group(1))}</figcaption></figure>")
-        elif m := re.match(r"^(\s*)([-*]|\d+\.) (.*)", line):
-            kind = "ol" if m.group(2)[0].isdigit() else "ul"
-            if listing is None:
-                out.append(f"<{kind}>")
-                listing = kind
-            out.append(f"<li{' style=margin-left:1.5em' if m.group(1) else ''}>{_inline(m.group(3))}</li>")
-        elif m := re.match(r"^\[([^]]+)\]\(([^)]+)\)(.*)", line):
-            out.append(f'<p><a href="{html.escape(m.group(2))}">{_inline(m.group(1))}</a>{_inline(m.group(3))}</p>')
-        elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
-    return "\n".join(out)
-
-
-def html_page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+        return [blocks.Paragraph("The two best configurations are the same.")]
+    return [blocks.Paragraph("Where the two best configurations differ:"),
+            blocks.table(["parameter", "this", "other"], [[f"`{k}`", _fmt(x), _fmt(y)] for k, x, y in diff])]
 
 
 # ---------------------------------------------------------------- writers
@@ -405,12 +322,10 @@ def _write(a: Analysis, out_dir, extra: dict | None = None, compare=None) -> Pat
     other = analyse(compare) if compare is not None else None
     figs = plotting.render(a.trials, a.history, a.record, [c.removeprefix("config/") for c in a.params], out) \
         if not a.trials.empty else []
-    md = write_markdown(a, figs, out, extra, other)
+    doc = report_document(a, figs, extra, other)
     path = out / "report.md"
-    path.write_text(md, encoding="utf-8")
-    images = {p.relative_to(out).as_posix(): p for _, p in figs}
-    title = f"Tuning report: {a.record.get('name', a.local.name)}"
-    (out / "report.html").write_text(html_page(title, md_to_html(md, images)), encoding="utf-8")
+    path.write_text(blocks.to_markdown(doc, out), encoding="utf-8")
+    (out / "report.html").write_text(blocks.to_html(doc), encoding="utf-8")
     findings = [{"kind": f.kind, "text": f.text, "data": f.data, "critical": f.critical} for f in a.findings]
     (out / "report.json").write_text(json.dumps({"experiment": str(remote or a.local), "extra": extra or {},
                                                  "findings": findings, "next_steps": a.next_steps,
@@ -445,34 +360,37 @@ def _conclusion(a: Analysis, winners: dict) -> str:
             f"`{a.label(second, values=True)}` ({rel:.1%} {'lower' if vb < vs else 'higher'}); carried forward.")
 
 
-def phase_lines(name: str, ph: dict, a: Analysis | None, index: int) -> list[str]:
+def phase_blocks(name: str, ph: dict, a: Analysis | None, index: int) -> list:
     """Seed 002's form: the phase's question, its settings with ``<OPT>`` resolved, each trial with
     its result, and a one-line conclusion."""
-    lines = [f"### Phase {index}: {name}", ""]
+    P = blocks.Paragraph
+    out: list = [blocks.Heading(f"Phase {index}: {name}", 3)]
     if a is None:
-        return lines + [f"_Status: {ph.get('status')}; not run to the end._", ""]
+        return out + [P(f"_Status: {ph.get('status')}; not run to the end._")]
     rec = a.record
     desc = (rec.get("phase") or {}).get("description")
     if desc:
-        lines += [desc, ""]
+        out.append(P(desc))
     carried = (rec.get("phase") or {}).get("carried") or {}
     fixed = {k: v for k, v in ((rec.get("job") or {}).get("params") or {}).items()
              if not isinstance(v, (dict, list)) and k not in (rec.get("tuned") or [])}
     sett = [f"`{k}={_fmt(v)}`" + (" (<OPT> from `" + carried[k]["phase"] + "`)" if k in carried else "")
             for k, v in fixed.items()]
     if sett:
-        lines += ["Fixed: " + ", ".join(sett), ""]
+        out.append(P("Fixed: " + ", ".join(sett)))
     if rec.get("search_space"):
-        lines += ["Searched: " + ", ".join(f"`{k}`: {v}" for k, v in rec["search_space"].items()), ""]
+        out.append(P("Searched: " + ", ".join(f"`{k}`: {v}" for k, v in rec["search_space"].items())))
+    tried = []
     for _, r in a.trials.iterrows():
         keys = [c for c in a.params if c != "config/experiment"]
         what = ", ".join(f"`{c.removeprefix('config/')}={_fmt(r[c])}`" for c in keys)
         res = (f"{a.metric}: {_fmt(r[f'best_{a.metric}'])}" if r.status not in ("failed", "diverged")
                else f"{r.status.upper()}: {str(r.error)[:100]}")
-        lines.append(f"- [X] {what or a.label(r)} (_{res}_)")
-    lines += ["", f"_Conclusion: {_conclusion(a, ph.get('winners') or {})}_", "",
-              f"[Full report of phase `{name}`]({name}/report.html)", ""]
-    return lines
+        tried.append(f"[X] {what or a.label(r)} (_{res}_)")
+    if tried:
+        out.append(blocks.bullets(tried))
+    return out + [P(f"_Conclusion: {_conclusion(a, ph.get('winners') or {})}_"),
+                  P(f"[Full report of phase `{name}`]({name}/report.html)")]
 
 
 def write_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
@@ -487,35 +405,36 @@ def write_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike 
     local = store.local_copy(study_dir) if store.is_remote(study_dir) else Path(study_dir)
     out = Path(out_dir or local)
     out.mkdir(parents=True, exist_ok=True)
-    method, summary, final = [], [], {}
+    method, summary, final, bests = [], [], {}, []
     for i, (name, ph) in enumerate(state.get("phases", {}).items(), start=1):
         if ph.get("status") != "done":
-            method += phase_lines(name, ph, None, i)
+            method += phase_blocks(name, ph, None, i)
             summary.append([f"{i}. `{name}`", "-", str(ph.get("status")), "-"])
             continue
         a = analyse(ph["exp"])  # once: for the phase's own report and for the methodology
         _write(a, out / name)
-        method += phase_lines(name, ph, a, i)
+        method += phase_blocks(name, ph, a, i)
         best = ph["best"]
+        bests.append(best)
         chosen = ", ".join(f"`{k}`={_fmt(c['value'])}" for k, c in (ph.get("winners") or {}).items())
         final.update({k: c for k, c in (ph.get("winners") or {}).items()})
         summary.append([f"{i}. [`{name}`]({name}/report.md)", str(ph.get("trials")),
                         f"{best['metric']} {_fmt(best['value'])} (trial `{best['trial']}`)", chosen or "-"])
-    lines = [f"# Study: {state.get('study')}", "", "## Methodology", "",
-             "Each phase tunes a few settings with the winners of the phases before it fixed (`<OPT>` below "
-             "is resolved to the value carried in, with the phase it came from).", "", *method,
-             "## Study summary", "", *md_table(["phase", "trials", "best", "chosen (carried forward)"], summary), ""]
-    vals = [r[2] for r in summary if r[2] != "-"]
-    if len(vals) >= 2:
-        lines += [f"Best {vals[0].split(' (')[0]} in the first phase, {vals[-1].split(' (')[0].split()[-1]} "
-                  "in the last.", ""]
+    doc = blocks.Document(f"Study: {state.get('study')}")
+    doc.add(blocks.Heading("Methodology"),
+            blocks.Paragraph("Each phase tunes a few settings with the winners of the phases before it fixed "
+                             "(`<OPT>` below is resolved to the value carried in, with the phase it came from)."),
+            *method, blocks.Heading("Study summary"),
+            blocks.table(["phase", "trials", "best", "chosen (carried forward)"], summary))
+    if len(bests) >= 2:
+        doc.add(blocks.Paragraph(f"Best {bests[0]['metric']} {_fmt(bests[0]['value'])} in the first phase, "
+                                 f"{_fmt(bests[-1]['value'])} in the last."))
     if final:
-        lines += ["Final configuration (each value with the phase that chose it):", "", "```yaml",
-                  *[f"{k}: {_fmt(c['value'])}  # phase {c['phase']}, trial {c['trial']}" for k, c in final.items()],
-                  "```", ""]
-    md = "\n".join(lines)
+        doc.add(blocks.Paragraph("Final configuration (each value with the phase that chose it):"),
+                blocks.Code("\n".join(f"{k}: {_fmt(c['value'])}  # phase {c['phase']}, trial {c['trial']}"
+                                      for k, c in final.items()), "yaml"))
     path = out / "study.md"
-    path.write_text(md, encoding="utf-8")
-    body = md_to_html(md.replace("/report.md)", "/report.html)"), {})
-    (out / "index.html").write_text(html_page(f"Study: {state.get('study')}", body), encoding="utf-8")
+    path.write_text(blocks.to_markdown(doc, out), encoding="utf-8")
+    links = {f"{name}/report.md": f"{name}/report.html" for name in state.get("phases", {})}
+    (out / "index.html").write_text(blocks.to_html(doc, links), encoding="utf-8")
     return path

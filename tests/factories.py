@@ -33,15 +33,16 @@ def copy_manifest(src: str, dst: Path, edit=None) -> Path:
     return dst
 
 
-def tiny_job(tmp_path: Path, corpus, cache_dir, name: str, body: str, epochs: int = 3) -> Path:
-    """A crnn_ctc tiny job file; ``body`` adds search, scheduler, phases..."""
+def tiny_job(tmp_path: Path, corpus, cache_dir, name: str, body: str, epochs: int = 3, **params) -> Path:
+    """A crnn_ctc tiny job file; ``body`` adds search, scheduler, phases...; ``params`` adds run keys."""
     f = tmp_path / f"{name}.yaml"
+    more = "".join(f", {k}: {v}" for k, v in params.items())
     f.write_text(textwrap.dedent(f"""\
         name: {name}
         family: crnn_ctc
         preset: tiny
         data: {{train_manifest: {corpus['train']}, dev_manifest: {corpus['dev']}}}
-        params: {{epochs: {epochs}, n_mels: 40, batch_bins: 200000, cache_dir: {cache_dir}, lr: 3.0e-3}}
+        params: {{epochs: {epochs}, n_mels: 40, batch_bins: 200000, cache_dir: {cache_dir}, lr: 3.0e-3{more}}}
         metric: val_loss
         mode: min
         test_eval: false

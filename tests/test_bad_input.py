@@ -129,6 +129,7 @@ def _with_audio(corpus, tmp_path, i: int, wav) -> Path:
                          lambda j, r: {**r, "audio": str(path), "duration": len(wav) / 16000} if j == i else r)
 
 
+@pytest.mark.ray
 def test_audio_shorter_than_one_window_names_file_and_line_before_any_trial(corpus, cache_dir, tmp_path):
     import numpy as np
 
@@ -245,6 +246,7 @@ def test_report_or_check_on_a_folder_that_is_no_experiment_writes_nothing(tmp_pa
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.ray
 def test_skip_bad_covers_every_row_error_prints_each_reason_grouped_and_the_report_lists_them(corpus, cache_dir,
                                                                                             tmp_path):
     from tests.factories import speechtune, tiny_job
@@ -295,6 +297,7 @@ def test_evaluate_skip_bad_skips_an_unknown_language_tag(corpus, cache_dir, tmp_
     assert len(data) == 23 and len(skipped) == 1 and "language 'xx'" in skipped[0]
 
 
+@pytest.mark.ray
 def test_train_resolves_relative_manifests_like_tune(corpus, cache_dir, tmp_path):
     """`speechtune train` with manifests relative to where it runs: made absolute before any
     worker starts (a worker's working directory is not the user's)."""

@@ -32,6 +32,7 @@ def _gcs_servers() -> set[int]:
     return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"}
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir, ray_start_2_cpus):
     ray = ray_start_2_cpus  # another Ray on this machine (this test process's): `down` must leave it alone
@@ -111,6 +112,7 @@ def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir,
     assert _st("cluster", "status", env=env).returncode == 1
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_two_nodes_spread_ddp_workers_and_a_removed_node_is_survived(corpus, cache_dir, tmp_path):
     """Two Ray nodes on this machine (Ray's own ray.cluster_utils.Cluster: separate raylets).

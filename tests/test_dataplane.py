@@ -28,6 +28,7 @@ def test_input_error_keeps_type_and_message_across_ray(ray_start_2_cpus, tmp_pat
     assert info.value.where == missing and info.value.message == "manifest not found"
 
 
+@pytest.mark.ray
 def test_feature_store_is_built_by_ray_tasks_once_and_read_back_from_s3(corpus, tmp_path, s3_server, monkeypatch):
     import ray
 
@@ -77,6 +78,7 @@ def _store_round_trip(corpus, tmp_path, s3):
     assert len(stats["mean"]) == 40 and stats["frames"] == int(store.num_frames.sum())
 
 
+@pytest.mark.ray
 def test_search_in_which_every_trial_fails_exits_nonzero_with_the_first_error(corpus, cache_dir, tmp_path):
     """Every sampled lstm_dropout is >= 1, which the family refuses in the trial's worker: the
     InputError reaches the driver with its type and message, and the CLI exits 1 saying so."""

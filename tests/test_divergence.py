@@ -14,6 +14,7 @@ from tune_jobs.runner import run_tune
 from tune_jobs.spec import load_job
 
 
+@pytest.mark.ray
 def test_nan_loss_ends_trial_as_diverged_and_search_goes_on(corpus, cache_dir, tmp_path, ray_start_2_cpus):
     job_file = tmp_path / "nan.yaml"
     # plain SGD at lr 1e4 without clipping really overflows within a few steps

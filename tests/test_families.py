@@ -107,6 +107,7 @@ def _overfit(name: str, m32: str, cache_dir) -> tuple[list[dict], float]:
     return history, time.perf_counter() - t0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["crnn_ctc", "wavenet_ctc", "conformer_aed"])
 def test_asr_family_overfits_32_utterances_to_cer_under_5_percent(name, m32, cache_dir):
     h, secs = _overfit(name, m32, cache_dir)
@@ -115,6 +116,7 @@ def test_asr_family_overfits_32_utterances_to_cer_under_5_percent(name, m32, cac
     print(f"{name}: {len(h)} epochs in {secs:.0f} s, final val_cer {h[-1]['val_cer']:.4f}")
 
 
+@pytest.mark.slow
 def test_seq2seq_overfits_32_utterances_to_sequence_accuracy_1(m32, cache_dir):
     h, secs = _overfit("seq2seq", m32, cache_dir)
     print("val_seq_acc by epoch:", [round(x["val_seq_acc"], 3) for x in h])
@@ -124,6 +126,7 @@ def test_seq2seq_overfits_32_utterances_to_sequence_accuracy_1(m32, cache_dir):
     print(f"seq2seq: {len(h)} epochs in {secs:.0f} s, val_seq_acc {h[-1]['val_seq_acc']}")
 
 
+@pytest.mark.slow
 def test_tts_acoustic_val_mel_loss_halves(m32, cache_dir):
     h, secs = _overfit("tts_acoustic", m32, cache_dir)
     first, last = h[0]["val_mel_loss"], min(x["val_mel_loss"] for x in h)

@@ -16,6 +16,8 @@ from tests.factories import history_of, speechtune
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.ray  # every test here starts Ray (a process, a cluster)
+
 
 @pytest.mark.timeout(600)
 def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp_path, caplog):

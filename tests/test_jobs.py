@@ -94,8 +94,7 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint(corpus, cache_dir, tmp
           hyperparam_mutations: {lr: {loguniform: [1.0e-4, 1.0e-2]}, weight_decay: {uniform: [0.2, 0.5]}}
         num_trials: 2
         max_concurrent: 2
-        """, epochs=2)
-    job.write_text(job.read_text().replace("lr: 3.0e-3}", "lr: 3.0e-3, weight_decay: 0.1}"))
+        """, epochs=2, weight_decay=0.1)
     results, exp_dir, _ = run_tune(load_job(job), cache_dir=str(cache_dir), progress=False)
     assert not [r.error for r in results if r.error]
     hist = history_of(exp_dir)
@@ -180,6 +179,7 @@ def _state_saved_after_checkpoints(exp: Path) -> bool:
     return bool(states and ckpts) and max(p.stat().st_mtime for p in states) > max(p.stat().st_mtime for p in ckpts)
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_dir, tmp_path):
     import ray
@@ -279,6 +279,7 @@ def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir,
     assert compare_with_ray(exp_dir).ok
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path, s3_server):
     import ray

@@ -23,6 +23,8 @@ from tests.factories import free_port
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 
+pytestmark = pytest.mark.ray  # every test here starts Ray (a process, a cluster)
+
 
 def _unshare_works() -> str:
     if shutil.which("unshare") is None:

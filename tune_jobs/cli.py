@@ -196,10 +196,7 @@ def cmd_describe(a) -> int:
     params = {"family": a.family, "train_manifest": "-", "dev_manifest": "-", **_parse_sets(a.set or [])}
     if a.preset:
         params["preset"] = a.preset
-    try:
-        run = split_params(params, where="describe")
-    except ValueError as e:  # unknown family
-        raise InputError("describe", str(e)) from None
+    run = split_params(params, where="describe")  # an unknown family or preset is an InputError
     family = get_family(run.family)
     vocab, feat_dim = family.dims(run.model, a.vocab_size, a.feat_dim or run.features.n_mels)
     model = family.build(run.model, vocab, feat_dim)

@@ -11,7 +11,7 @@ from asr_core import storage as store
 from asr_core.data.manifest import normalize_spec, read_manifest, spec_is_remote
 from asr_core.data.synth import default_cache_dir, ensure_corpus
 from asr_core.errors import InputError
-from asr_core.train.config import split_params
+from asr_core.train.config import RunConfig, split_params
 from asr_core.train.loop import train_loop_per_worker
 from cluster.local import init_ray
 from tune_jobs.registry import make_scheduler, make_searcher
@@ -76,12 +76,11 @@ def base_params(job: JobSpec, manifests: dict[str, str], cache_dir: str) -> dict
     return p
 
 
-def check_manifests(params: dict) -> None:
+def check_manifests(run: RunConfig) -> None:
     """Every row of both manifests, before Ray starts: local audio files opened, lengths against
     max_duration (what needs the audio of object storage is checked at extraction)."""
     from asr_core.train.data import duration_limit, within_limit
 
-    run = split_params(params, where="job params")
     limit = duration_limit(run.data, run.features, run.train.batch_bins, run.train.batch_size)
     for spec in (run.data.train_manifest, run.data.dev_manifest):
         m = read_manifest(spec, skip_bad=run.data.skip_bad)
@@ -109,15 +108,15 @@ def check_cluster(job: JobSpec, manifests: dict[str, str]) -> None:
                              "node")
 
 
-def check_and_cache(params: dict, progress: bool = True) -> tuple[dict, list[str]]:
+def check_and_cache(run: RunConfig, progress: bool = True) -> tuple[dict, list[str]]:
     """Everything that can fail on bad input fails here, before any trial starts: manifests,
     tokenizer coverage of the dev set, utterance lengths, and the feature store (built by Ray tasks
-    when Ray is up). Returns ``params`` with the store entries the trials read, and the rows
-    ``skip_bad`` skipped ("file:line: why")."""
+    when Ray is up). Returns the run's parameters with the store entries the trials read, and the
+    rows ``skip_bad`` skipped ("file:line: why")."""
     from asr_core.models import get_family
     from asr_core.train.data import check_data, duration_limit
 
-    run = split_params(params, where="job params")
+    params = run.given
     limit = duration_limit(run.data, run.features, run.train.batch_bins, run.train.batch_size)
     checked = check_data(run.data, run.features, progress=progress, max_duration=limit)
     try:  # a model that cannot be built for this data fails here, not in every trial
@@ -190,16 +189,16 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     cache_dir = cache_dir or str(default_cache_dir())
     phase = phase or {}
     manifests = resolve_data(job, cache_dir)
-    check_manifests(base_params(job, manifests, cache_dir))  # bad rows fail before Ray starts
+    extra = {"finetune": True} if phase.get("init_checkpoint") else {}
+    run = split_params({**base_params(job, manifests, cache_dir), **extra}, where=job.path)
+    check_manifests(run)  # bad rows fail before Ray starts
     init_ray(address, num_cpus=num_cpus)
     check_cluster(job, manifests)
     storage = store.normalize(job.storage_path)
-    if job.data.corpus and store.is_remote(storage):
+    if job.data.corpus and store.is_remote(storage):  # the corpus moves: its manifests are new
         manifests = publish_corpus(manifests, storage)
-    params = base_params(job, manifests, cache_dir)
-    if phase.get("init_checkpoint"):
-        params["finetune"] = True
-    params, skipped = check_and_cache(params, progress=progress)  # features extracted by Ray tasks on the cluster
+        run = split_params({**base_params(job, manifests, cache_dir), **extra}, where=job.path)
+    params, skipped = check_and_cache(run, progress=progress)  # features extracted by Ray tasks on the cluster
     check_fits(job.resources, f"{job.path} (resources)")
     name = job.name
     exp_uri = store.join(storage, name)
@@ -216,7 +215,7 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
         tuner = Tuner.restore(exp_uri, trainable=trainer, resume_unfinished=True, resume_errored=True)
     else:
         sched = dict(job.scheduler)
-        fixed = split_params(params, where=job.path).params
+        fixed = run.params  # the run config with presets and family defaults (constraints read it)
         trials = {n: {k: v for k, v in p.items() if v is not None} for n, p in job.trials.items()}
         searcher, space = None, {}
         if sched.get("name") == "pbt":  # Tune's PBT takes only its own variant generator
@@ -225,7 +224,11 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
             searcher = BasicVariantGenerator(points_to_evaluate=[{"train_loop_config": p} for p in job.points()]
                                              or None, random_state=job.searcher.seed,
                                              max_concurrent=job.max_concurrent)
-            space = {"train_loop_config": job.tune_space()}
+            mutations = parse_space(sched["hyperparam_mutations"], lambda k: job.path)
+            # every mutated key must be in each trial's config for PBT to perturb it (Ray fills in
+            # only a missing top-level key): the job's own value, else a sample of the mutation
+            space = {"train_loop_config": {**{k: job.params.get(k, dom) for k, dom in mutations.items()},
+                                           **job.tune_space()}}
         searcher = searcher or make_searcher(job.searcher.name, metric=job.metric, mode=job.mode, seed=job.searcher.seed,
                                  space=job.tune_space(), grid=job.grid_values(), trials=trials, points=job.points(),
                                  constraints=job.constraints, fixed=fixed, max_concurrent=job.max_concurrent,
@@ -285,14 +288,14 @@ def run_train(params: dict, res: ResourcesSpec, storage_path: str, name: str, ad
     mode from the metric registry), the same pair the loop uses for the best epoch."""
     from asr_core.models import get_family
 
-    check_manifests(params)
     run = split_params(params, where="train params")
     family = get_family(run.family)
     metric = run.train.select_metric or family.default_metric
     mode = run.train.select_mode or family.metric(metric).mode
-    params = {**params, "select_metric": metric, "select_mode": mode}
+    run = split_params({**params, "select_metric": metric, "select_mode": mode}, where="train params")
+    check_manifests(run)
     init_ray(address, num_cpus=num_cpus)
-    params, _ = check_and_cache(params, progress=progress)
+    params, _ = check_and_cache(run, progress=progress)
     check_fits(res, "--workers/--cpus-per-worker")
     trainer = make_trainer(params, res, metric=metric, mode=mode, storage_path=storage_path, name=name,
                            resume_from=resume_from)

@@ -70,35 +70,41 @@ class ResourcesSpec:
             raise ValueError(f"unknown placement_strategy {self.placement_strategy!r}")
 
 
+PHASE = {"phase": True}  # a key a phase of a staged study may set over the job's
+INTERNAL = {"internal": True}  # not written in a job file
+
+
 @dataclass
 class JobSpec:
-    path: str
-    name: str
+    """A job file's keys, each a field: the job file's known keys (TOP_KEYS) and a phase's
+    (PHASE_KEYS) are read from here, so a new key is one field (and its check in ``build_job``)."""
+    path: str = field(metadata=INTERNAL)
+    name: str = field(metadata=PHASE)
     family: str
     preset: str | None
     data: DataSpec
-    params: dict
-    search_space: dict  # as written (parsed into Tune domains by space.parse_space)
-    searcher: SearcherSpec
-    scheduler: dict
-    metric: str
-    mode: str
-    num_trials: int
-    max_concurrent: int
-    resources: ResourcesSpec
+    params: dict = field(metadata=PHASE)
+    search_space: dict = field(metadata=PHASE)  # as written (parsed into Tune domains by space.parse_space)
+    searcher: SearcherSpec = field(metadata=PHASE)
+    scheduler: dict = field(metadata=PHASE)
+    metric: str = field(metadata=PHASE)
+    mode: str = field(metadata=PHASE)
+    num_trials: int = field(metadata=PHASE)
+    max_concurrent: int = field(metadata=PHASE)
+    resources: ResourcesSpec = field(metadata=PHASE)
     storage_path: str
-    max_failures: int
+    max_failures: int = field(metadata=PHASE)
     test_eval: bool
-    trials: dict = field(default_factory=dict)  # named trials: name -> params (seed 001's experiments)
-    constraints: list = field(default_factory=list)  # expressions every trial config must satisfy
-    require: dict = field(default_factory=dict)  # metric -> {min: x} / {max: x}: a trial below cannot win
+    trials: dict = field(default_factory=dict, metadata=PHASE)  # named trials: name -> params (seed 001)
+    constraints: list = field(default_factory=list, metadata=PHASE)  # expressions every trial config must satisfy
+    require: dict = field(default_factory=dict, metadata=PHASE)  # metric -> {min: x} / {max: x}: below cannot win
     phases: list = field(default_factory=list)  # a staged study's phases, as written
-    init_from: str = ""  # "best": start every trial from the previous phase's best checkpoint
-    repeats: int = 1  # grid / named trials: how many times each combination runs
-    profile: str = ""
+    init_from: str = field(default="", metadata=PHASE)  # "best": start from the previous phase's best checkpoint
+    repeats: int = field(default=1, metadata=INTERNAL)  # grid / named trials: how many times each combination runs
+    profile: str = field(default="", metadata=INTERNAL)
     # the user says storage_path (and local manifests) are mounted at the same path on every node
     storage_shared: bool = False
-    raw: dict = field(default_factory=dict)  # the job as loaded (profile applied), for records and resume
+    raw: dict = field(default_factory=dict, metadata=INTERNAL)  # the job as loaded (profile applied)
 
     def tune_space(self) -> dict:
         """Tune domains of the sampled dimensions (grid dimensions: ``grid_values``)."""
@@ -137,12 +143,9 @@ class JobSpec:
         return out
 
 
-TOP_KEYS = {"name", "family", "preset", "data", "params", "search_space", "searcher", "scheduler",
-            "metric", "mode", "num_trials", "max_concurrent", "resources", "storage_path", "storage_shared",
-            "max_failures",
-            "test_eval", "trials", "constraints", "require", "profiles", "phases", "init_from", "description"}
-PHASE_KEYS = {"name", "params", "search_space", "trials", "constraints", "searcher", "scheduler", "metric", "mode",
-              "num_trials", "max_concurrent", "resources", "init_from", "description", "require", "max_failures"}
+DOC_KEYS = {"description"}  # read by people and reports, not by the loader
+TOP_KEYS = {f.name for f in dataclasses.fields(JobSpec) if not f.metadata.get("internal")} | {"profiles"} | DOC_KEYS
+PHASE_KEYS = {f.name for f in dataclasses.fields(JobSpec) if f.metadata.get("phase")} | DOC_KEYS
 OPT_PLACEHOLDER = "<OPT>"
 
 
@@ -240,8 +243,7 @@ def phase_dict(job_data: dict, ph: dict, carried: dict[str, object]) -> dict:
             v = resolve_opt(v, k, carried)
         params[k] = v
     d["params"] = params
-    for k in ("search_space", "trials", "constraints", "searcher", "scheduler", "metric", "mode", "num_trials",
-              "max_concurrent", "resources", "init_from", "require", "max_failures"):
+    for k in PHASE_KEYS - {"name", "params"} - DOC_KEYS:  # a phase's value replaces the job's
         if k in ph:
             d[k] = copy.deepcopy(ph[k])
     trials = d.get("trials")
@@ -401,24 +403,23 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     except (InputError, ValueError) as whole:
         # the key to blame, so the error names its line: the one the error carries, else the
         # first that fails alone (a check across keys, e.g. heads that must divide a width)
-        k = getattr(whole, "key", None)
-        if k in sample or k in fixed:
-            section = "params" if k in fixed and k not in sample else (
-                "search_space" if k in space_raw else "scheduler.hyperparam_mutations")
-            raise InputError(loc(f"{section}.{k}"), whole.message, key=k) from None
-        for k in list(fixed) + list(sample):
-            try:
-                split_params({"family": data["family"], "preset": data.get("preset"), "train_manifest": "x",
-                              "dev_manifest": "x", k: {**probe, **sample}[k]}, where=str(path))
-            except InputError as e:
-                section = "params" if k in fixed and k not in sample else (
-                    "search_space" if k in space_raw else "scheduler.hyperparam_mutations")
-                raise InputError(loc(f"{section}.{k}"), e.message) from None
-            except ValueError as e:  # unknown family / preset
-                raise InputError(loc("family" if "family" in str(e) else "preset"), str(e)) from None
-        if isinstance(whole, InputError):
-            raise InputError(str(path), whole.message) from None
-        raise InputError(loc("family" if "family" in str(whole) else "preset"), str(whole)) from None
+        k, msg = getattr(whole, "key", None), getattr(whole, "message", str(whole))
+        if k in ("family", "preset"):
+            raise InputError(loc(k), msg, key=k) from None
+        if k not in sample and k not in fixed:
+            k = None
+            for key in [*fixed, *sample]:
+                try:
+                    split_params({"family": data["family"], "preset": data.get("preset"), "train_manifest": "x",
+                                  "dev_manifest": "x", key: {**probe, **sample}[key]}, where=str(path))
+                except InputError as e:
+                    k, msg = key, e.message
+                    break
+        if k is None:
+            raise InputError(str(path), msg) from None
+        section = "params" if k in fixed and k not in sample else (
+            "search_space" if k in space_raw else "scheduler.hyperparam_mutations")
+        raise InputError(loc(f"{section}.{k}"), msg, key=k) from None
     if sname == "pbt":  # a mutation must take effect in the running trial it is applied to
         from asr_core.train.config import fixed_in_run
 

@@ -101,7 +101,8 @@ class RunConfig:
     data: DataConfig
     features: FeatureConfig
     model: Any
-    params: dict  # the flat dict it came from (recorded in checkpoints)
+    params: dict  # the flat dict it came from, with presets and family defaults (recorded in checkpoints)
+    given: dict = dataclasses.field(default_factory=dict)  # the flat dict as given (what a trial config carries)
 
 
 _GROUPS = (("train", TrainConfig), ("data", DataConfig), ("features", FeatureConfig))
@@ -111,11 +112,16 @@ RESERVED = {"family", "preset", "experiment"}  # experiment: a named trial's nam
 def split_params(params: dict, where: str = "<config>") -> RunConfig:
     """``{"family": ..., "preset": ..., **flat}`` -> RunConfig; unknown keys name themselves."""
     if "family" not in params:
-        raise InputError(where, "key 'family' is required")
-    family = get_family(params["family"])
+        raise InputError(where, "key 'family' is required", key="family")
+    try:
+        family = get_family(params["family"])
+    except ValueError as e:
+        raise InputError(where, str(e), key="family") from None
     preset = params.get("preset")
     if preset is not None and preset not in family.presets:
-        raise InputError(where, f"unknown preset for {family.name}: {preset} (known: {sorted(family.presets)})")
+        raise InputError(where, f"unknown preset for {family.name}: {preset} (known: {sorted(family.presets)})",
+                         key="preset")
+    given = dict(params)
     # A preset is a flat dict like the user's (seed tables mix model and training keys).
     merged = {**family.train_defaults, **(family.presets[preset] if preset else {}), **params}
     if "epochs" in params and "nepochs" not in params:  # the user's epochs beat a preset's nepochs
@@ -156,6 +162,7 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
         features=from_dict(FeatureConfig, groups["features"], where),
         model=model_cfg,
         params=dict(params),
+        given=given,
     )
 
 
