@@ -52,7 +52,7 @@ def test_seed_jobs_cover_every_seed_and_the_issue_names():
     seed002 = load_job(Path(JOBS[0]).parent / "seed002_staged.yaml")
     assert [p["name"] for p in seed002.phases] == ["padding", "batchnorm", "optimizer_lr", "batch_size",
                                                     "max_dil", "num_stacks"]
-    assert load_job(Path(JOBS[0]).parent / "seed003_convergence.yaml").scheduler["name"] == "pbt"
+    assert load_job(Path(JOBS[0]).parent / "seed003_convergence.yaml").scheduler.name == "pbt"
 
 
 def test_constraint_rejects_configs_before_any_trial(tmp_path):

@@ -14,8 +14,7 @@ from asr_core.errors import InputError
 from asr_core.train.config import RunConfig, split_params
 from asr_core.train.loop import train_loop_per_worker
 from cluster.local import init_ray
-from tune_jobs.registry import make_scheduler, make_searcher
-from tune_jobs.space import parse_space
+from tune_jobs.registry import make_searcher
 from tune_jobs.spec import JobSpec, ResourcesSpec
 
 log = logging.getLogger(__name__)
@@ -214,28 +213,25 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     if resume:
         tuner = Tuner.restore(exp_uri, trainable=trainer, resume_unfinished=True, resume_errored=True)
     else:
-        sched = dict(job.scheduler)
         fixed = run.params  # the run config with presets and family defaults (constraints read it)
         trials = {n: {k: v for k, v in p.items() if v is not None} for n, p in job.trials.items()}
         searcher, space = None, {}
-        if sched.get("name") == "pbt":  # Tune's PBT takes only its own variant generator
+        if job.scheduler.name == "pbt":  # Tune's PBT takes only its own variant generator
             from ray.tune.search import BasicVariantGenerator
 
             searcher = BasicVariantGenerator(points_to_evaluate=[{"train_loop_config": p} for p in job.points()]
                                              or None, random_state=job.searcher.seed,
                                              max_concurrent=job.max_concurrent)
-            mutations = parse_space(sched["hyperparam_mutations"], lambda k: job.path)
             # every mutated key must be in each trial's config for PBT to perturb it (Ray fills in
             # only a missing top-level key): the job's own value, else a sample of the mutation
-            space = {"train_loop_config": {**{k: job.params.get(k, dom) for k, dom in mutations.items()},
+            space = {"train_loop_config": {**{k: job.params.get(k, dom)
+                                              for k, dom in job.scheduler.mutations.domains.items()},
                                            **job.tune_space()}}
         searcher = searcher or make_searcher(job.searcher.name, metric=job.metric, mode=job.mode, seed=job.searcher.seed,
                                  space=job.tune_space(), grid=job.grid_values(), trials=trials, points=job.points(),
                                  constraints=job.constraints, fixed=fixed, max_concurrent=job.max_concurrent,
                                  repeats=job.repeats)
-        if sched.get("name") == "pbt":
-            sched["hyperparam_mutations"] = parse_space(sched["hyperparam_mutations"], lambda k: job.path)
-        scheduler = make_scheduler(sched.pop("name"), metric=job.metric, mode=job.mode, **sched)
+        scheduler = job.scheduler.make(job.metric, job.mode)
         tuner = Tuner(
             trainer,
             param_space=space,
@@ -272,7 +268,7 @@ def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phas
               "profile": job.profile, "metric": job.metric, "mode": job.mode, "epochs": params.get("epochs"),
               "search_space": job.search_space, "trials": job.trials, "tuned": job.tuned_keys(),
               "constraints": job.constraints, "require": job.require, "manifests": manifests,
-              "num_trials": job.num_trials, "scheduler": job.scheduler, "searcher": job.searcher.name,
+              "num_trials": job.num_trials, "scheduler": job.scheduler.as_dict(), "searcher": job.searcher.name,
               "resources": {"num_workers": res.num_workers, "cpus_per_trial": res.num_workers * res.cpus_per_worker,
                             "gpus_per_trial": res.num_workers * res.gpus_per_worker},
               "params": params,  # every trial's base config; a trial's params.json holds what it varied

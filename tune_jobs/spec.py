@@ -21,7 +21,7 @@ from asr_core.config import from_dict
 from asr_core.errors import InputError, KeyProblem
 from tune_jobs import expr
 from tune_jobs.registry import SCHEDULERS, SEARCHERS, SEARCHERS_FOR, scheduler_options
-from tune_jobs.space import extremes, has_grid, parse_space, split_grid
+from tune_jobs.space import extremes, parse_space, split_grid
 from tune_jobs.yamlio import Locator, load_with_lines
 
 
@@ -70,6 +70,44 @@ class ResourcesSpec:
             raise ValueError(f"unknown placement_strategy {self.placement_strategy!r}")
 
 
+@dataclass(frozen=True)
+class SearchSpace:
+    """A job's search space, parsed once at load: as written (records, reports), the Tune domains
+    of its sampled dimensions and the values of its grid dimensions."""
+    written: dict
+    domains: dict
+    grid: dict
+
+    @classmethod
+    def parse(cls, written: dict, locate) -> "SearchSpace":
+        sampled, grid = split_grid(written)
+        return cls(dict(written), parse_space(sampled, locate), grid)
+
+
+@dataclass
+class SchedulerSpec:
+    """One Tune scheduler: its name and its options as written, checked against the Ray class's
+    constructor (``registry.scheduler_options``); PBT's ``hyperparam_mutations`` parsed like a
+    search space."""
+    name: str = "fifo"
+    options: dict = field(default_factory=dict)
+    mutations: SearchSpace | None = None
+
+    def as_dict(self) -> dict:
+        """As written (the experiment's record; the report's ASHA and PBT plots read it)."""
+        muts = {"hyperparam_mutations": self.mutations.written} if self.mutations is not None else {}
+        return {"name": self.name, **self.options, **muts}
+
+    def make(self, metric: str, mode: str):
+        """The Tune scheduler, ranking by the job's metric and mode."""
+        from tune_jobs.registry import make_scheduler
+
+        opts = dict(self.options)
+        if self.mutations is not None:
+            opts["hyperparam_mutations"] = self.mutations.domains
+        return make_scheduler(self.name, metric=metric, mode=mode, **opts)
+
+
 PHASE = {"phase": True}  # a key a phase of a staged study may set over the job's
 INTERNAL = {"internal": True}  # not written in a job file
 
@@ -84,9 +122,9 @@ class JobSpec:
     preset: str | None
     data: DataSpec
     params: dict = field(metadata=PHASE)
-    search_space: dict = field(metadata=PHASE)  # as written (parsed into Tune domains by space.parse_space)
+    search_space: dict = field(metadata=PHASE)  # as written; parsed: ``space``
     searcher: SearcherSpec = field(metadata=PHASE)
-    scheduler: dict = field(metadata=PHASE)
+    scheduler: SchedulerSpec = field(metadata=PHASE)
     metric: str = field(metadata=PHASE)
     mode: str = field(metadata=PHASE)
     num_trials: int = field(metadata=PHASE)
@@ -105,13 +143,14 @@ class JobSpec:
     # the user says storage_path (and local manifests) are mounted at the same path on every node
     storage_shared: bool = False
     raw: dict = field(default_factory=dict, metadata=INTERNAL)  # the job as loaded (profile applied)
+    space: SearchSpace | None = field(default=None, metadata=INTERNAL)  # search_space parsed at load
 
     def tune_space(self) -> dict:
         """Tune domains of the sampled dimensions (grid dimensions: ``grid_values``)."""
-        return parse_space(split_grid(self.search_space)[0], Locator(self.path, {}))
+        return dict(self.space.domains)
 
     def grid_values(self) -> dict[str, list]:
-        return split_grid(self.search_space)[1]
+        return dict(self.space.grid)
 
     def tuned_keys(self) -> list[str]:
         """What this job (phase) chooses: its search dimensions and what its named trials set."""
@@ -321,8 +360,8 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     space_raw = data.get("search_space") or {}
     if not isinstance(params, dict):
         raise InputError(loc("params"), "'params' must be a mapping")
-    parse_space(space_raw, loc)
-    if has_grid(space_raw) and searcher.name == "hyperopt":
+    space = SearchSpace.parse(space_raw, loc)
+    if space.grid and searcher.name == "hyperopt":
         raise InputError(loc("searcher.name"), "grid dimensions need searcher 'random' or 'grid', not hyperopt")
     trials_raw = data.get("trials") or {}
     try:
@@ -349,13 +388,14 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     if searcher.name not in SEARCHERS_FOR[sname]:
         raise InputError(loc("searcher.name"), f"scheduler {sname} runs with searcher "
                                                f"{' or '.join(SEARCHERS_FOR[sname])}, not {searcher.name}")
+    mutations = None
     if sname == "pbt":
         muts = sched.get("hyperparam_mutations")
         if not isinstance(muts, dict) or not muts:
             raise InputError(loc("scheduler.hyperparam_mutations"), "pbt needs hyperparam_mutations "
                                                                      "(parameter -> distribution)")
-        parse_space(muts, lambda k: loc(f"scheduler.hyperparam_mutations.{k.split('.', 1)[-1]}"))
-        if trials or has_grid(space_raw) or data.get("constraints"):
+        mutations = SearchSpace.parse(muts, lambda k: loc(f"scheduler.hyperparam_mutations.{k.split('.', 1)[-1]}"))
+        if trials or space.grid or data.get("constraints"):
             raise InputError(loc("scheduler.name"), "pbt samples its population itself: use searcher 'random', "
                                                     "no grid, named trials or constraints")
     try:
@@ -397,7 +437,7 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     if data.get("preset") is not None:
         probe["preset"] = data["preset"]
     if sname == "pbt":
-        sample.update({k: _representative(v) for k, v in sched["hyperparam_mutations"].items()})
+        sample.update({k: _representative(v) for k, v in mutations.written.items()})
     try:
         merged = split_params({**probe, **sample}, where=str(path)).params
     except (InputError, ValueError) as whole:
@@ -423,7 +463,7 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     if sname == "pbt":  # a mutation must take effect in the running trial it is applied to
         from asr_core.train.config import fixed_in_run
 
-        for k, dist in sched["hyperparam_mutations"].items():
+        for k, dist in mutations.written.items():
             why = fixed_in_run({**probe, **sample}, k, extremes(dist), where=str(path))
             if why:
                 raise InputError(loc(f"scheduler.hyperparam_mutations.{k}"),
@@ -460,11 +500,11 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
         max_failures = int(data.get("max_failures", 0))
         num_trials = int(data.get("num_trials", 1))
         repeats = 1
-        if trials or has_grid(space_raw):  # as in Tune: num_trials repeats the whole grid
+        if trials or space.grid:  # as in Tune: num_trials repeats the whole grid
             from tune_jobs.searchers import grid_size
 
             repeats = num_trials
-            num_trials = grid_size(split_grid(space_raw)[1], trials, searcher.points_to_evaluate) * repeats
+            num_trials = grid_size(space.grid, trials, searcher.points_to_evaluate) * repeats
     except (TypeError, ValueError) as e:
         raise InputError(str(path), f"num_trials/max_concurrent/max_failures must be integers ({e})") from None
     for key, least in (("num_trials", 1), ("max_concurrent", 1), ("max_failures", 0)):
@@ -477,11 +517,13 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     return JobSpec(
         path=str(path), name=str(data.get("name", Path(path).stem)), family=data["family"],
         preset=data.get("preset"), data=dspec, params=params, search_space=space_raw, searcher=searcher,
-        scheduler={"name": sname, **sched}, metric=metric_name, mode=mode,
+        scheduler=SchedulerSpec(sname, {k: v for k, v in sched.items() if k != "hyperparam_mutations"}, mutations),
+        metric=metric_name, mode=mode,
         num_trials=num_trials, max_concurrent=max_conc, resources=resources,
         storage_path=str(data.get("storage_path", "experiments")), max_failures=max_failures,
         test_eval=bool(data.get("test_eval", True)), trials=trials, constraints=[str(c) for c in constraints],
         require=require, init_from=init_from, repeats=repeats, storage_shared=_bool(data, "storage_shared", loc),
+        space=space,
     )
 
 
