@@ -28,11 +28,30 @@ def load_model(ckpt_dir: str):
     return model, family, tok, run, meta
 
 
+def utterance_rows(hyp_ids: list[list[int]], batch, tokenizer) -> list[dict]:
+    """One row per utterance: reference, hypothesis and its error counts (jiwer, per utterance; they
+    add up to the batch's counts, so the rows' sums give the corpus CER and WER)."""
+    import jiwer
+
+    rows = []
+    for uid, ref, ids in zip(batch.ids, batch.texts, hyp_ids):
+        hyp = tokenizer.decode(ids)
+        c, w = jiwer.process_characters(ref, hyp), jiwer.process_words(ref, hyp)
+        rows.append({"id": uid, "reference": ref, "hypothesis": hyp,
+                     "char_errors": c.substitutions + c.deletions + c.insertions,
+                     "chars": c.substitutions + c.deletions + c.hits,
+                     "word_errors": w.substitutions + w.deletions + w.insertions,
+                     "words": w.substitutions + w.deletions + w.hits})
+    return rows
+
+
 @torch.no_grad()
 def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, batch_bins: int = 1_000_000,
-             skip_bad: bool = False, progress: bool = True, **decode_overrides) -> dict:
+             skip_bad: bool = False, progress: bool = True, per_utterance: bool = False,
+             **decode_overrides) -> dict:
     """Metrics of a checkpoint on a manifest; ``decode_overrides`` (``decoder``, ``beam_size``,
-    ``lexicon`` ...) replace the checkpoint's own decoding settings."""
+    ``lexicon`` ...) replace the checkpoint's own decoding settings, and ``decoding`` in the result
+    says which were used. ``per_utterance`` (ASR families) adds ``rows``: one per utterance."""
     model, family, tok, run, meta = load_model(ckpt_dir)
     manifest = read_manifest(manifest_path, skip_bad=skip_bad)
     mean = np.asarray(meta["cmvn"]["mean"], np.float32)
@@ -44,17 +63,25 @@ def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, ba
                        run.data.with_lang_tag, progress=progress, feature_store=run.data.feature_store,
                        skip_bad=skip_bad, skipped=manifest.skipped)
     counts: dict[str, float] = {}
+    rows: list[dict] = []
     padding = family.pads(run.model)
+    asr = family.decode is not None and family.validation_counts is None
     for batch in data.iterate(data.batches(batch_bins, padding=padding)):
-        if decode_overrides:
-            c = asr_counts(family.decode(model, batch, tok, **decode_overrides), batch, tok, run.data.with_lang_tag)
+        if asr and (decode_overrides or per_utterance):
+            hyps = family.decode(model, batch, tok, **decode_overrides)
+            c = asr_counts(hyps, batch, tok, run.data.with_lang_tag)
+            if per_utterance:
+                rows += utterance_rows(hyps, batch, tok)
         else:
             c = family.counts(model, batch, tok, run.data.with_lang_tag)
         for k, v in c.items():
             counts[k] = counts.get(k, 0.0) + float(v)
     metrics = family.metrics(counts)
-    return {"cer": metrics.get("val_cer", float("nan")), "wer": metrics.get("val_wer", float("nan")),
-            "metrics": {k.removeprefix("val_"): v for k, v in metrics.items()},
-            "utterances": len(data), "skipped": len(manifest.skipped), "skipped_rows": manifest.skipped,
-            "checkpoint": str(ckpt_dir),
-            "epoch": meta["epoch"]}
+    out = {"cer": metrics.get("val_cer", float("nan")), "wer": metrics.get("val_wer", float("nan")),
+           "metrics": {k.removeprefix("val_"): v for k, v in metrics.items()},
+           "utterances": len(data), "skipped": len(manifest.skipped), "skipped_rows": manifest.skipped,
+           "checkpoint": str(ckpt_dir), "decoding": family.decoding(run.model, decode_overrides),
+           "epoch": meta["epoch"]}
+    if per_utterance and asr:
+        out["rows"] = rows
+    return out

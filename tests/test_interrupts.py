@@ -39,6 +39,15 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
     else:
         p.kill()
         pytest.fail("the search did not get going")
+    # the live view of the running search: every trial so far, its status and the job's metric
+    w = speechtune("watch", str(exp), "--once", env={**env, "COLUMNS": "200"})
+    view, _ = w.communicate(timeout=120)
+    assert w.returncode == 0 and "val_cer now" in view and "of 2" in view, view
+    for tdir in exp.glob("TorchTrainer_*"):
+        tid = tdir.name.split("_")[1]
+        line = next((l for l in view.splitlines() if tid in l), "")
+        assert any(s in line for s in ("running", "pending", "finished", "early-stopped")), (tid, view)
+    assert any(ch.isdigit() for l in view.splitlines() if "running" in l for ch in l.split("running", 1)[1]), view
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=180)
     assert p.returncode == 130, out[-3000:]

@@ -306,6 +306,11 @@ def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path, s
     assert r.returncode == 0, out
     again = (tmp_path / "rep" / "report.md").read_text()
     assert again.split("## Ranking")[1] == report.split("## Ranking")[1]
+    # the live view reads the S3 experiment too: every trial, its status and the job's metric
+    w = speechtune("watch", "s3://speech/exps/ons3", "--once", env={**env, "COLUMNS": "200"})
+    out, _ = w.communicate(timeout=120)
+    assert w.returncode == 0 and "2 done, 0 running, 0 pending of 2" in out and "val_loss now" in out, out
+    assert out.count("finished") == 2 and "lr=0.001" in out and "lr=0.003" in out, out
 
 
 def test_a_preset_point_outside_the_search_space_is_an_error_naming_its_line(tmp_path):

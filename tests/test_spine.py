@@ -177,3 +177,11 @@ def test_a_job_ranked_by_val_loss_early_stops_and_selects_on_val_loss(corpus, ca
     _assert_kept_by_direction(Path(exp), "val_loss", losses, lower=True)
     ck = json.loads((best_checkpoint(exp) / "meta.json").read_text())["metrics"]
     assert ck["val_loss"] == min(losses)
+
+
+def test_loggers_are_checked_at_load(tmp_path, corpus, cache_dir):
+    job = tiny_job(tmp_path, corpus, cache_dir, "log", "loggers: [mlflow, comet]\n")
+    with pytest.raises(InputError, match=r"log.yaml:11 \(loggers\).*unknown logger 'comet'.*tensorboard, mlflow, wandb"):
+        load_job(job)
+    ok = load_job(tiny_job(tmp_path, corpus, cache_dir, "log2", "loggers: [mlflow]\n"))
+    assert ok.loggers == ["tensorboard", "mlflow"]

@@ -35,6 +35,7 @@ def asha_run(corpus, cache_dir, tmp_path_factory, ray_start_2_cpus):
         max_concurrent: 1
         resources: {{num_workers: 2, cpus_per_worker: 1}}
         storage_path: {tmp_path / 'exp'}
+        loggers: [tensorboard, mlflow]
         """))
     job = load_job(job_file)
     t0 = time.time()
@@ -120,3 +121,50 @@ def test_evaluate_uses_this_machines_cache_not_the_one_recorded(asha_run, tmp_pa
     assert main(["evaluate", exp_dir, "--manifest", manifests["dev"]]) == 0
     assert "24 utterances" in capsys.readouterr().out
     assert list((tmp_path / "here" / "features").glob("*/feats.arrow"))
+
+
+def test_evaluate_out_writes_one_row_per_utterance_whose_errors_sum_to_the_printed_cer(asha_run, tmp_path,
+                                                                                        capsys):
+    import json
+    import re
+
+    from tune_jobs.cli import main
+
+    results, exp_dir, manifests, _ = asha_run
+    out_file = tmp_path / "hyps.jsonl"
+    assert main(["evaluate", exp_dir, "--manifest", manifests["dev"], "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "decoding: decoder='greedy'" in out and "(the checkpoint's own)" in out, out
+    printed = float(re.search(r"CER (\d+\.\d+)%", out).group(1))
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    ids = [json.loads(line)["id"] for line in open(manifests["dev"]) if line.strip()]
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    assert all(r["reference"] and "hypothesis" in r for r in rows)
+    cer = 100 * sum(r["char_errors"] for r in rows) / sum(r["chars"] for r in rows)
+    assert round(cer, 2) == printed, (cer, printed)
+    # an override is named as one
+    assert main(["evaluate", exp_dir, "--manifest", manifests["dev"], "--decoder", "prefix_beam",
+                 "--beam-size", "4"]) == 0
+    assert "decoder='prefix_beam'" in (o := capsys.readouterr().out) and "overridden: beam_size, decoder" in o
+
+
+def test_every_trial_logs_tensorboard_events_and_an_mlflow_run(asha_run):
+    """Where teams already look: TensorBoard event files in each trial's folder, and with
+    ``loggers: [mlflow]`` one MLflow run per trial in the experiment's file store, with the metrics."""
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    results, exp_dir, _, _ = asha_run
+    trials, history = load_experiment(exp_dir)
+    for t in trials.trial:
+        assert list((Path(exp_dir) / t).glob("events.out.tfevents.*")), t
+    client = MlflowClient(tracking_uri=f"file:{Path(exp_dir) / 'mlruns'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "asha_trap"]
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == len(trials) == 6
+    by_name = {r.info.run_name: r for r in runs}
+    for tid in trials.trial_id:
+        run = next(r for n, r in by_name.items() if tid in n)
+        steps = client.get_metric_history(run.info.run_id, "val_loss")
+        assert len(steps) == len(history[history.trial_id == tid]), tid

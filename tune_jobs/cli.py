@@ -64,6 +64,10 @@ def load_for_tune(a):
         job.data.skip_bad = True
     if a.storage:
         job.storage_path = a.storage
+    if getattr(a, "workers", None):
+        job.resources.num_workers = a.workers
+    if getattr(a, "gpus_per_worker", None) is not None:
+        job.resources.gpus_per_worker = a.gpus_per_worker
     return job
 
 
@@ -85,7 +89,7 @@ def cmd_tune(a) -> int:
     if job.phases:
         return workflow.tune_study(job, address=a.address, num_cpus=a.num_cpus, report_dir=a.report_dir)
     return workflow.tune_job(job, address=a.address, num_cpus=a.num_cpus, resume=bool(a.resume),
-                             report_dir=a.report_dir)
+                             report_dir=a.report_dir, ray_verbose=a.ray_verbose)
 
 
 def cmd_train(a) -> int:
@@ -110,7 +114,7 @@ def cmd_train(a) -> int:
         params.setdefault("feature_store", store.join(a.storage, "features"))
     if a.skip_bad:
         params["skip_bad"] = True
-    res = ResourcesSpec(num_workers=a.workers, cpus_per_worker=a.cpus_per_worker)
+    res = ResourcesSpec(num_workers=a.workers, cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker)
     result = run_train(params, res, a.storage, a.name or f"train_{a.family}", address=a.address,
                        num_cpus=a.num_cpus, resume_from=a.resume_from)
     df = result.metrics_dataframe
@@ -130,13 +134,23 @@ def cmd_evaluate(a) -> int:
     ckpt = target if (target / "meta.json").is_file() else best_checkpoint(target)
     overrides = {k: v for k, v in (("decoder", a.decoder), ("beam_size", a.beam_size), ("lexicon", a.lexicon),
                                    ("kenlm", a.kenlm), ("decode_ctc_weight", a.ctc_weight)) if v is not None}
-    ev = evaluate(str(ckpt), a.manifest, skip_bad=a.skip_bad, **overrides)
+    ev = evaluate(str(ckpt), a.manifest, skip_bad=a.skip_bad, per_utterance=bool(a.out), **overrides)
     _print_skipped(ev["skipped_rows"])
     skipped = f", skipped {ev['skipped']} bad row(s)" if ev["skipped"] else ""
     print(f"checkpoint {ckpt} (epoch {ev['epoch']}) on {a.manifest}: {ev['utterances']} utterances{skipped}")
+    if ev["decoding"]:
+        print("decoding: " + ", ".join(f"{k}={v!r}" for k, v in ev["decoding"].items())
+              + (" (overridden: " + ", ".join(sorted(overrides)) + ")" if overrides else " (the checkpoint's own)"))
     if ev["cer"] == ev["cer"]:
         print(f"CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
     print("  ".join(f"{k} {v:.4g}" for k, v in ev["metrics"].items() if v == v))
+    if a.out:
+        if "rows" not in ev:
+            print("error: --out needs an ASR family (this checkpoint decodes no text)", file=sys.stderr)
+            return 2
+        with open(a.out, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in ev["rows"])
+        print(f"per-utterance hypotheses: {a.out} ({len(ev['rows'])} rows)")
     return 0
 
 
@@ -259,6 +273,13 @@ def _experiments(exp_dir: str) -> list[str] | None:
     return [ph["exp"] for ph in json.loads(text)["phases"].values() if ph.get("status") == "done"]
 
 
+def cmd_watch(a) -> int:
+    from analysis.watch import watch
+
+    require_experiment(a.exp_dir)
+    return watch(a.exp_dir, once=a.once, interval=a.interval)
+
+
 def cmd_check(a) -> int:
     """Every experiment of a study, or the one experiment, against Ray's ExperimentAnalysis."""
     require_experiment(a.exp_dir)
@@ -345,34 +366,46 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--profile", help="one of the job's profiles (cpu, smoke, ...)")
     t.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     t.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+    t.add_argument("--workers", type=int, help="data-parallel workers per trial (overrides resources.num_workers)")
+    t.add_argument("--gpus-per-worker", type=float,
+                   help="GPUs each worker holds (overrides resources.gpus_per_worker; 1 on a GPU cluster)")
     t.add_argument("--resume", nargs="?", const=True, metavar="EXP",
                    help="continue an interrupted experiment (searcher state included): EXP, or the job's own")
     t.add_argument("--skip-bad", action="store_true", help="skip bad manifest rows and report how many")
     t.add_argument("--storage", help="override the job's storage_path")
     t.add_argument("--report-dir", help="where report.md goes (default: the experiment directory)")
+    t.add_argument("--ray-verbose", action="store_true",
+                   help="Ray Tune's full status tables instead of the compact view of `speechtune watch`")
     t.set_defaults(fn=cmd_tune)
 
     r = sub.add_parser("train", help="train one configuration without tuning")
-    r.add_argument("family")
-    r.add_argument("--preset")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE")
-    r.add_argument("--corpus", default="demo-mono")
-    r.add_argument("--train-manifest")
-    r.add_argument("--dev-manifest")
-    r.add_argument("--workers", type=int, default=1)
-    r.add_argument("--cpus-per-worker", type=float, default=1.0)
-    r.add_argument("--storage", default="experiments")
-    r.add_argument("--name")
-    r.add_argument("--address")
-    r.add_argument("--num-cpus", type=int)
-    r.add_argument("--skip-bad", action="store_true")
+    r.add_argument("family", help="model family: conformer_aed, crnn_ctc, seq2seq, tts_acoustic, wavenet_ctc")
+    r.add_argument("--preset", help="one of the family's presets (speechtune describe FAMILY lists its keys)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a run parameter (lr=3e-3, epochs=10, select_metric=val_cer ...); repeat for more")
+    r.add_argument("--corpus", default="demo-mono", help="demo corpus to synthesize when no manifests are given "
+                                                         "(demo-mono, demo-bilingual; default: %(default)s)")
+    r.add_argument("--train-manifest", help="training manifest: JSONL path or URI, or FORMAT:SOURCE")
+    r.add_argument("--dev-manifest", help="validation manifest (with --train-manifest)")
+    r.add_argument("--workers", type=int, default=1, help="data-parallel workers (DDP; default: %(default)s)")
+    r.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker holds (default: %(default)s)")
+    r.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs each worker holds (default: %(default)s; 1 on a GPU cluster)")
+    r.add_argument("--storage", default="experiments",
+                   help="where the run's results and checkpoints go: a path or s3:// URI (default: %(default)s)")
+    r.add_argument("--name", help="the run's folder under --storage (default: train_FAMILY)")
+    r.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    r.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    r.add_argument("--skip-bad", action="store_true", help="skip bad manifest rows and report how many")
     r.add_argument("--resume-from", metavar="CHECKPOINT_DIR", help="continue from a checkpoint's next epoch")
     r.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="CER/WER of a checkpoint (or an experiment's best) on a manifest")
     e.add_argument("target", help="experiment directory or checkpoint directory")
-    e.add_argument("--manifest", required=True)
-    e.add_argument("--skip-bad", action="store_true")
+    e.add_argument("--manifest", required=True, help="the utterances to score: JSONL path or URI, or FORMAT:SOURCE")
+    e.add_argument("--skip-bad", action="store_true", help="skip bad manifest rows and report how many")
+    e.add_argument("--out", metavar="HYPS.jsonl",
+                   help="write one row per utterance: id, reference, hypothesis, character and word errors")
     e.add_argument("--decoder", choices=["greedy", "prefix_beam", "flashlight"], help="CTC families")
     e.add_argument("--beam-size", type=int, help="beam search (CTC and attention families)")
     e.add_argument("--lexicon", help="flashlight lexicon file (word<TAB>c h a r s |)")
@@ -396,15 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     da.set_defaults(fn=cmd_data)
 
     d = sub.add_parser("describe", help="a family's config (with a preset) and its parameter count")
-    d.add_argument("family")
-    d.add_argument("--preset")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE")
+    d.add_argument("family", help="model family: conformer_aed, crnn_ctc, seq2seq, tts_acoustic, wavenet_ctc")
+    d.add_argument("--preset", help="one of the family's presets")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="a parameter over the preset; repeat for more")
     d.add_argument("--feat-dim", type=int, help="input features (default: the config's n_mels)")
     d.add_argument("--vocab-size", type=int, default=40, help="output tokens when the config pins none")
     d.set_defaults(fn=cmd_describe)
 
     rep = sub.add_parser("report", help="write report.md and Parquet tables from an experiment directory")
-    rep.add_argument("exp_dir")
+    rep.add_argument("exp_dir", help="experiment (or study) directory: a path or s3:// URI")
     rep.add_argument("--out", help="where the report goes (default: the experiment directory)")
     rep.add_argument("--compare", metavar="OTHER_EXP", help="set another experiment beside this one")
     rep.add_argument("--check-ray", action="store_true",
@@ -412,13 +445,21 @@ def build_parser() -> argparse.ArgumentParser:
                           "(exit 1 if they disagree)")
     rep.set_defaults(fn=cmd_report)
 
+    w = sub.add_parser("watch", help="a live table of a search's trials, from its experiment directory "
+                                     "(local or s3://), while it runs here or on a cluster")
+    w.add_argument("exp_dir", help="experiment directory: a path or s3:// URI")
+    w.add_argument("--once", action="store_true", help="print the table once and exit (scripts, tests)")
+    w.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes (default: %(default)s)")
+    w.set_defaults(fn=cmd_watch)
+
     chk = sub.add_parser("check", help="compare an experiment's (or a study's) trial count, statuses and best "
                                        "metrics with Ray's ExperimentAnalysis; exit 1 if they disagree")
-    chk.add_argument("exp_dir")
+    chk.add_argument("exp_dir", help="experiment (or study) directory: a path or s3:// URI")
     chk.set_defaults(fn=cmd_check)
 
     cl = sub.add_parser("cluster", help="a local single-node Ray head on 127.0.0.1 for testing jobs")
-    cl.add_argument("action", choices=["up", "status", "down"])
+    cl.add_argument("action", choices=["up", "status", "down"],
+                    help="up: start the head (token auth on); status: nodes and jobs; down: stop it")
     cl.add_argument("--num-cpus", type=float, help="CPUs to offer (default: detected)")
     cl.add_argument("--num-gpus", type=float, help="GPUs to offer (default: detected)")
     cl.add_argument("--dashboard-port", type=int, default=8265, help="dashboard and Jobs API port on 127.0.0.1")
@@ -427,21 +468,21 @@ def build_parser() -> argparse.ArgumentParser:
     cl.set_defaults(fn=cmd_cluster)
 
     sb = sub.add_parser("submit", help="check a job file, then run it on a Ray cluster through the Jobs API")
-    sb.add_argument("job")
+    sb.add_argument("job", help="job file (tune_jobs/jobs/*.yaml); checked here before anything is sent")
     sb.add_argument("--address", help="Jobs API, http://HEAD:8265 (default: the cluster `cluster up` started)")
-    sb.add_argument("--profile")
+    sb.add_argument("--profile", help="one of the job's profiles (cpu, smoke, ...)")
     sb.add_argument("--report-dir", help="where the report goes (default: the experiment directory)")
     sb.add_argument("--pip", action="store_true", help="have Ray install the pinned requirements (it clones the "
                                                        "cluster's environment first: minutes with torch)")
-    sb.add_argument("--submission-id")
+    sb.add_argument("--submission-id", help="the Ray job's ID (default: Ray makes one)")
     sb.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
     sb.set_defaults(fn=cmd_submit)
 
     jb = sub.add_parser("jobs", help="jobs on a Ray cluster: list, logs ID [--follow], stop ID")
-    jb.add_argument("action", choices=["list", "logs", "stop"])
-    jb.add_argument("id", nargs="?")
-    jb.add_argument("--address")
-    jb.add_argument("--follow", action="store_true")
+    jb.add_argument("action", choices=["list", "logs", "stop"], help="list the jobs, print one's logs, or stop it")
+    jb.add_argument("id", nargs="?", help="the job's submission ID (logs, stop)")
+    jb.add_argument("--address", help="Jobs API, http://HEAD:8265 (default: the cluster `cluster up` started)")
+    jb.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     jb.set_defaults(fn=cmd_jobs)
     return p
 

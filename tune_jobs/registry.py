@@ -73,3 +73,44 @@ def make_scheduler(name: str, *, metric: str, mode: str, **kwargs: Any):
         # case applies the mutated values); mutations live in the Trainer's loop config
         kwargs["hyperparam_mutations"] = {"train_loop_config": kwargs.pop("hyperparam_mutations")}
     return cls(metric=metric, mode=mode, time_attr="training_iteration", **kwargs)
+
+
+# name -> (the module it needs, the extra that installs it); TensorBoard event files are written by
+# Tune's own TBXLoggerCallback for every trial (tensorboardX comes with ray[tune])
+LOGGERS = {"tensorboard": ("tensorboardX", ""), "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
+
+
+def missing_logger(name: str) -> str:
+    """Why logger ``name`` cannot run here ('' when it can)."""
+    import importlib.util
+
+    module, extra = LOGGERS[name]
+    if importlib.util.find_spec(module) is None:
+        return f"logger '{name}' needs {module}: pip install 'speechtune[{extra}]'" if extra else \
+            f"logger '{name}' needs {module}"
+    return ""
+
+
+def make_loggers(names: list[str], experiment: str, local_exp_dir: str | None) -> list:
+    """Tune logger callbacks for a job's ``loggers`` beyond Tune's defaults (CSV, JSON, TensorBoard).
+    MLflow logs to ``MLFLOW_TRACKING_URI``, else a file store ``mlruns/`` in the experiment directory
+    (or the working directory for an experiment in object storage); W&B to ``WANDB_PROJECT`` (default:
+    the experiment's name), offline unless ``WANDB_MODE`` or ``WANDB_API_KEY`` says otherwise."""
+    import os
+
+    out = []
+    if "mlflow" in names:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or \
+            "file:" + os.path.abspath(os.path.join(local_exp_dir or ".", "mlruns"))
+        if uri.startswith("file:"):  # MLflow 3 keeps the file store but asks to be told it is wanted
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        out.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment, save_artifact=False))
+    if "wandb" in names:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        out.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", experiment), mode=mode,
+                                       log_config=True))
+    return out

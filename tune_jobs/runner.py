@@ -14,7 +14,7 @@ from asr_core.errors import InputError
 from asr_core.train.config import RunConfig, split_params
 from asr_core.train.loop import train_loop_per_worker
 from cluster.local import init_ray
-from tune_jobs.registry import make_searcher
+from tune_jobs.registry import make_loggers, make_searcher
 from tune_jobs.spec import JobSpec, ResourcesSpec
 
 log = logging.getLogger(__name__)
@@ -177,13 +177,18 @@ def can_resume(exp_uri: str) -> bool:
 
 
 def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = None, resume: bool = False,
-             cache_dir: str | None = None, progress: bool = True, phase: dict | None = None):
+             cache_dir: str | None = None, progress: bool = True, phase: dict | None = None,
+             ray_verbose: bool = False):
     """Run one job (or one phase of a study). ``resume`` continues the job's interrupted
     experiment, searcher state included; without it an existing experiment of the same name is
     left alone and the new one gets a timestamped name. ``phase`` (from tune_jobs.study) carries
-    the values chosen by earlier phases, with their provenance, and a checkpoint to start from."""
+    the values chosen by earlier phases, with their provenance, and a checkpoint to start from.
+    ``progress`` prints the compact view of the trials (``tune_jobs.progress``), or with
+    ``ray_verbose`` Ray's own status tables."""
     from ray import tune
     from ray.tune import Tuner
+
+    from tune_jobs.progress import CompactProgress
 
     cache_dir = cache_dir or str(default_cache_dir())
     phase = phase or {}
@@ -237,8 +242,13 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
             param_space=space,
             tune_config=tune.TuneConfig(num_samples=job.num_trials, search_alg=searcher, scheduler=scheduler,
                                         max_concurrent_trials=job.max_concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress else 0,
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress and ray_verbose else 0,
                                       failure_config=tune.FailureConfig(max_failures=job.max_failures),
+                                      callbacks=make_loggers(job.loggers, name,
+                                                             None if store.is_remote(exp_uri) else exp_uri)
+                                      + ([CompactProgress(name, job.metric, job.mode, job.num_trials,
+                                                          job.max_concurrent, job.tuned_keys(), run.train.epochs)]
+                                         if progress and not ray_verbose else []),
                                       # Tune restores a retried or exploited trial's result.json from
                                       # the storage copy; syncing every few seconds (default 300)
                                       # keeps reports from vanishing (analysis.load also repairs it)
@@ -246,6 +256,12 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
                                                                   else 30)),
         )
         write_record(exp_uri, job, manifests, params, phase, skipped)
+    if progress and not ray_verbose:
+        # our view replaces Ray's tables and its banner (whose TensorBoard path is Ray's staging
+        # folder, not the experiment); with Ray's legacy output and verbose 0 Ray prints neither
+        import os
+
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     return tuner.fit(), exp_uri, manifests
 
 
@@ -268,11 +284,11 @@ def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phas
               "profile": job.profile, "metric": job.metric, "mode": job.mode, "epochs": params.get("epochs"),
               "search_space": job.search_space, "trials": job.trials, "tuned": job.tuned_keys(),
               "constraints": job.constraints, "require": job.require, "manifests": manifests,
-              "num_trials": job.num_trials, "scheduler": job.scheduler.as_dict(), "searcher": job.searcher.name,
+              "num_trials": job.num_trials, "max_concurrent": job.max_concurrent, "scheduler": job.scheduler.as_dict(), "searcher": job.searcher.name,
               "resources": {"num_workers": res.num_workers, "cpus_per_trial": res.num_workers * res.cpus_per_worker,
                             "gpus_per_trial": res.num_workers * res.gpus_per_worker},
               "params": params,  # every trial's base config; a trial's params.json holds what it varied
-              "phase": phase or {}, "job": job.raw, "skipped": skipped or []}
+              "phase": phase or {}, "job": job.raw, "skipped": skipped or [], "loggers": job.loggers}
     store.write_text(store.join(exp_uri, JOB_RECORD), json.dumps(record, indent=1, ensure_ascii=False, default=str))
 
 

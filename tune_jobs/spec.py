@@ -142,6 +142,8 @@ class JobSpec:
     profile: str = field(default="", metadata=INTERNAL)
     # the user says storage_path (and local manifests) are mounted at the same path on every node
     storage_shared: bool = False
+    # where trials log besides the experiment directory: tensorboard (always), mlflow, wandb
+    loggers: list = field(default_factory=lambda: ["tensorboard"])
     raw: dict = field(default_factory=dict, metadata=INTERNAL)  # the job as loaded (profile applied)
     space: SearchSpace | None = field(default=None, metadata=INTERNAL)  # search_space parsed at load
 
@@ -523,8 +525,23 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
         storage_path=str(data.get("storage_path", "experiments")), max_failures=max_failures,
         test_eval=bool(data.get("test_eval", True)), trials=trials, constraints=[str(c) for c in constraints],
         require=require, init_from=init_from, repeats=repeats, storage_shared=_bool(data, "storage_shared", loc),
-        space=space,
+        space=space, loggers=_loggers(data, loc),
     )
+
+
+def _loggers(data: dict, loc) -> list[str]:
+    from tune_jobs.registry import LOGGERS, missing_logger
+
+    names = data.get("loggers", ["tensorboard"])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputError(loc("loggers"), f"'loggers' is a list of names ({', '.join(LOGGERS)}), got {names!r}")
+    for n in names:
+        if n not in LOGGERS:
+            raise InputError(loc("loggers"), f"unknown logger '{n}' (known: {', '.join(LOGGERS)})")
+        why = missing_logger(n)
+        if why:
+            raise InputError(loc("loggers"), why)
+    return list(dict.fromkeys(["tensorboard", *names]))
 
 
 def _bool(data: dict, key: str, loc) -> bool:

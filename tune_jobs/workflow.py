@@ -16,14 +16,15 @@ from tune_jobs.spec import JobSpec
 
 
 def tune_job(job: JobSpec, address: str | None = None, num_cpus: int | None = None, resume: bool = False,
-             report_dir: str | None = None) -> int:
+             report_dir: str | None = None, ray_verbose: bool = False) -> int:
     """One job's search and what follows it; returns the exit code (0, 1: nothing reported, 130)."""
     from tune_jobs.runner import run_tune
 
     t0 = time.time()
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     signal.signal(signal.SIGINT, _interrupt_before_tune)
-    results, exp_dir, manifests = run_tune(job, address=address, num_cpus=num_cpus, resume=resume)
+    results, exp_dir, manifests = run_tune(job, address=address, num_cpus=num_cpus, resume=resume,
+                                           ray_verbose=ray_verbose)
     # Tune's SIGINT handler, installed for the search, puts ours back when a signal arrives and
     # not otherwise; Tune then saves its state and returns as if the search had ended
     interrupted = signal.getsignal(signal.SIGINT) is _interrupt_before_tune \
@@ -80,6 +81,9 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
               f"Resume with: speechtune tune --resume {exp_dir}", file=sys.stderr)
         return 130
     print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {len(errors)} failed; experiment: {exp_dir}")
+    print(f"TensorBoard: tensorboard --logdir {exp_dir}  (every trial's event files)"
+          + ("; MLflow: mlflow ui --backend-store-uri " + os.environ.get("MLFLOW_TRACKING_URI", f"{exp_dir}/mlruns")
+             if "mlflow" in job.loggers else ""))
     if not any(_reported(r, job.metric) for r in results):
         save_outcome(exp_dir, extra)
         try:

@@ -47,6 +47,12 @@ class Family:
     # the config's attributes. pads(config): batches mix lengths with padding (wavenet_ctc's
     # PADDING off batches equal lengths only).
     pads: Callable[[Any], bool] = lambda config: True
+    # the config keys that choose how it decodes (evaluate prints them with any overrides)
+    decode_keys: tuple[str, ...] = ()
+
+    def decoding(self, config, overrides: dict | None = None) -> dict:
+        """How a checkpoint of this config decodes: its decoding keys, with ``overrides`` over them."""
+        return {**{k: getattr(config, k) for k in self.decode_keys}, **(overrides or {})}
 
     def dims(self, config, vocab_size: int, n_mels: int) -> tuple[int, int]:
         """(output tokens, input feature dimension) the model is built for: the data's, unless the

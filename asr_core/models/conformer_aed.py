@@ -266,4 +266,5 @@ PRESETS = {
 
 FAMILY = Family(name="conformer_aed", config_cls=ConformerAEDConfig, build=build, compute_loss=compute_loss,
                 decode=decode, presets=PRESETS, default_metric="val_wer",
+                decode_keys=("decode_mode", "beam_size", "decode_ctc_weight"),
                 train_defaults={"schedule": "noam"})  # ESPnet's WarmupLR goes with warmup_steps

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from asr_core.models import Family
-from asr_core.models.ctc import CTCDecoding, compute_loss, decode
+from asr_core.models.ctc import DECODE_KEYS, CTCDecoding, compute_loss, decode
 from asr_core.models.rnn import BiLSTM
 from asr_core.errors import KeyProblem
 
@@ -107,4 +107,4 @@ PRESETS = {
 }
 
 FAMILY = Family(name="crnn_ctc", config_cls=CRNNConfig, build=build, compute_loss=compute_loss,
-                decode=decode, presets=PRESETS, default_metric="val_cer")
+                decode=decode, presets=PRESETS, default_metric="val_cer", decode_keys=DECODE_KEYS)

@@ -166,4 +166,4 @@ PRESETS = {
 }
 
 FAMILY = Family(name="seq2seq", config_cls=Seq2SeqConfig, build=build, compute_loss=compute_loss, decode=decode,
-                presets=PRESETS, default_metric="val_char_acc")
+                presets=PRESETS, default_metric="val_char_acc", decode_keys=("decoder_type", "beam_size"))

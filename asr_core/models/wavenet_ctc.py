@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from asr_core.models import Family
-from asr_core.models.ctc import CTCDecoding, compute_loss, decode
+from asr_core.models.ctc import DECODE_KEYS, CTCDecoding, compute_loss, decode
 from asr_core.errors import KeyProblem
 
 
@@ -100,4 +100,5 @@ PRESETS = {
 }
 
 FAMILY = Family(name="wavenet_ctc", config_cls=WaveNetConfig, build=build, compute_loss=compute_loss,
-                decode=decode, presets=PRESETS, default_metric="val_cer", pads=lambda cfg: cfg.PADDING)
+                decode=decode, presets=PRESETS, default_metric="val_cer", pads=lambda cfg: cfg.PADDING,
+                decode_keys=DECODE_KEYS)
