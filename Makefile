@@ -14,6 +14,8 @@ SEEDS := seed000_mono seed000_bilingual seed001_presets seed002_staged seed003_c
 # without resolving, in parallel (about 20 s here, against about 2 minutes for pip resolving
 # pyproject.toml); plain pip installs the same lock where uv cannot run. PIP_FIND_LINKS
 # (/opt/wheels here) is where this machine keeps torch's wheel: uv is told to look there too.
+# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as here) nothing would ever be compiled,
+# and every Ray worker would import torch and Ray from source (twice the start-up time).
 LOCK       := requirements.lock
 UV_VERSION := 0.13.9
 FIND_LINKS := $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
@@ -21,7 +23,7 @@ FIND_LINKS := $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps $(FIND_LINKS) -r $(LOCK) \
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps --compile-bytecode $(FIND_LINKS) -r $(LOCK) \
 	  || $(PY) -m pip install -q --disable-pip-version-check --no-deps -r $(LOCK)
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps --no-build-isolation -e . \
 	  || $(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .

@@ -110,7 +110,10 @@ def make_loggers(names: list[str], experiment: str, local_exp_dir: str | None) -
     if "wandb" in names:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
-        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        out.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", experiment), mode=mode,
+        # Ray's callback asks for an API key unless WANDB_MODE says offline; runs go under the
+        # experiment directory (wandb/offline-run-*; `wandb sync` uploads them later)
+        os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline")
+        out.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", experiment),
+                                       mode=os.environ["WANDB_MODE"], dir=os.path.abspath(local_exp_dir or "."),
                                        log_config=True))
     return out
