@@ -56,7 +56,7 @@ def _trial_dirs(exp_dir: Path) -> list[Path]:
     return sorted(p.parent for p in exp_dir.glob("*/params.json"))
 
 
-def _tune_state_file(exp_dir: Path) -> Path | None:
+def tune_state_file(exp_dir: Path) -> Path | None:
     """Tune's newest state file, chosen as Tune chooses it on restore (``_find_newest_experiment_checkpoint``):
     by the start time in its name. Not by mtime: a resumed search syncs the earlier runs' state files up
     again at its end, so an older file can be the newest on disk."""
@@ -67,7 +67,7 @@ def _tune_state_file(exp_dir: Path) -> Path | None:
 def _tune_last_epochs(exp_dir: Path) -> dict[str, int]:
     """trial dir name -> the epoch of the last result Tune recorded in its state file."""
     out: dict[str, int] = {}
-    newest = _tune_state_file(exp_dir)
+    newest = tune_state_file(exp_dir)
     try:
         state = json.loads(newest.read_text()) if newest else {}
     except (OSError, json.JSONDecodeError):
@@ -84,10 +84,10 @@ def _tune_last_epochs(exp_dir: Path) -> dict[str, int]:
     return out
 
 
-def _tune_statuses(exp_dir: Path) -> dict[str, str]:
+def tune_statuses(exp_dir: Path) -> dict[str, str]:
     """trial dir name -> Tune status (TERMINATED, ERROR, RUNNING, PENDING...) from Tune's state file."""
     out: dict[str, str] = {}
-    newest = _tune_state_file(exp_dir)
+    newest = tune_state_file(exp_dir)
     if newest is None:
         return out
     try:
@@ -186,7 +186,7 @@ def _flatten_config(params: dict) -> dict:
     return {k: v for k, v in cfg.items() if not isinstance(v, (dict, list))}
 
 
-def _num(v) -> float:
+def as_float(v) -> float:
     t = type(v)
     if t is float:  # the common case first: this runs once per metric per report
         return v
@@ -202,7 +202,7 @@ def _num(v) -> float:
 
 def _meets(row: dict, require: dict) -> bool:
     for m, bound in require.items():
-        v = _num(row.get(m))
+        v = as_float(row.get(m))
         if math.isnan(v) or ("min" in bound and v < bound["min"]) or ("max" in bound and v > bound["max"]):
             return False
     return True
@@ -259,7 +259,7 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
     require = record.get("require") or {}
     res = record.get("resources") or {}
     tuned = list(dict.fromkeys([*(record.get("search_space") or {}), *(record.get("tuned") or [])]))
-    statuses = _tune_statuses(exp_dir)
+    statuses = tune_statuses(exp_dir)
     last_epochs = _tune_last_epochs(exp_dir)
     loaded = []
     for tdir in _trial_dirs(exp_dir):
@@ -278,12 +278,12 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
     for tdir, params, rows in loaded:
         cfg = {**_flatten_config(record.get("params") or {}), **_flatten_config(params)}
         trial_id = rows[0].get("trial_id") if rows else tdir.name.split("_")[1] if "_" in tdir.name else tdir.name
-        nums = [{k: _num(r.get(k)) for k in numeric} for r in rows]  # each value converted once
+        nums = [{k: as_float(r.get(k)) for k in numeric} for r in rows]  # each value converted once
         for r, n in zip(rows, nums):
             h = {"trial": tdir.name, "trial_id": trial_id, "epoch": r.get("epoch", r.get("training_iteration")),
                  **n,
                  "restored_from_trial": r.get("restored_from_trial"),
-                 "time_total_s": _num(r.get("time_total_s"))}
+                 "time_total_s": as_float(r.get("time_total_s"))}
             rcfg = _flatten_config(r.get("config") or {}) if isinstance(r.get("config"), dict) else {}
             for k in tuned:  # the values in force at this report (PBT changes them over time)
                 v = rcfg.get(k, cfg.get(k))
@@ -301,15 +301,15 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         status, error = _status(rows, error, planned, statuses.get(tdir.name, ""), tune_epoch)
         row = {"trial": tdir.name, "trial_id": trial_id, "status": status, "error": error,
                "epochs_run": last_epoch, "epochs_planned": planned,
-               "time_total_s": _num(rows[-1].get("time_total_s")) if rows else math.nan,
-               "model_params": _num(next((r["model_params"] for r in reversed(rows) if "model_params" in r), None))}
-        wall = [_num(r.get("time_this_iter_s")) for r in rows]
+               "time_total_s": as_float(rows[-1].get("time_total_s")) if rows else math.nan,
+               "model_params": as_float(next((r["model_params"] for r in reversed(rows) if "model_params" in r), None))}
+        wall = [as_float(r.get("time_this_iter_s")) for r in rows]
         row["cost_wall_s"] = math.fsum(w for w in wall if not math.isnan(w)) if rows else math.nan
-        row["cost_cpu_s"] = math.fsum(c for c in (_num(r.get("cpu_s")) for r in rows) if not math.isnan(c)) \
+        row["cost_cpu_s"] = math.fsum(c for c in (as_float(r.get("cpu_s")) for r in rows) if not math.isnan(c)) \
             if any("cpu_s" in r for r in rows) else math.nan
-        row["cost_cpu_reserved_s"] = row["cost_wall_s"] * _num(res.get("cpus_per_trial"))
-        row["cost_gpu_s"] = row["cost_wall_s"] * _num(res.get("gpus_per_trial"))
-        hit = [i for i, r in enumerate(rows) if not math.isnan(_num(r.get("steps_to_target")))]
+        row["cost_cpu_reserved_s"] = row["cost_wall_s"] * as_float(res.get("cpus_per_trial"))
+        row["cost_gpu_s"] = row["cost_wall_s"] * as_float(res.get("gpus_per_trial"))
+        hit = [i for i, r in enumerate(rows) if not math.isnan(as_float(r.get("steps_to_target")))]
         row["time_to_target_s"] = math.fsum(w for w in wall[:hit[0] + 1] if not math.isnan(w)) if hit else math.nan
         row["exploits"] = sum(1 for r in rows if r.get("restored_from_trial") not in (None, "", trial_id))
         row["feasible"] = any(_meets(r, require) for r in rows) if require else True
@@ -370,7 +370,7 @@ def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode:
             continue
         if not _meets(ms, record.get("require") or {}):
             continue  # a checkpoint that misses a required bound cannot be the best
-        v = _num(ms.get(metric))
+        v = as_float(ms.get(metric))
         if math.isnan(v):
             continue
         if best_val is None or (v < best_val if mode == "min" else v > best_val):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.load import _tune_state_file, _tune_statuses, load_experiment, read_job_record
+from analysis.load import as_float, load_experiment, read_job_record, tune_state_file, tune_statuses
 
 # Tune's statuses as the view names them (a finished trial's own status comes from the analysis)
 _LIVE = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}
@@ -83,12 +83,12 @@ def snapshot(exp_dir: str | os.PathLike, copy_to: str | os.PathLike | None = Non
     metric, mode = record.get("metric", "val_cer"), record.get("mode", "min")
     snap = Snapshot(str(exp_dir), metric, mode, int(record.get("num_trials") or 0),
                     int(record.get("max_concurrent") or 1))
-    state = _tune_state_file(local)
+    state = tune_state_file(local)
     if state is None and not list(local.glob("*/params.json")):
         return snap
     snap.started = True
     trials, history = load_experiment(local)
-    live = _tune_statuses(local)
+    live = tune_statuses(local)
     tuned = [k for k in dict.fromkeys([*(record.get("search_space") or {}), *(record.get("tuned") or [])])
              if f"config/{k}" in trials]
     for _, r in trials.iterrows():
@@ -99,8 +99,8 @@ def snapshot(exp_dir: str | os.PathLike, copy_to: str | os.PathLike | None = Non
             name = f"{str(r.trial_id)[:8]}" + (f" {values}" if values else "")
         status = _LIVE.get(live.get(r.trial, ""), r.status)
         now = float(h[metric].iloc[-1]) if metric in h and len(h) else math.nan
-        snap.trials.append(TrialLine(name, status, int(r.epochs_run or 0), _num(r.epochs_planned), now,
-                                     _num(r.get(f"best_{metric}")),
+        snap.trials.append(TrialLine(name, status, int(r.epochs_run or 0), as_float(r.epochs_planned), now,
+                                     as_float(r.get(f"best_{metric}")),
                                      float(h["time_this_iter_s"].mean()) if "time_this_iter_s" in h and len(h)
                                      else math.nan))
     snap.elapsed_s = _elapsed(local, over=snap.planned > 0 and snap.done >= snap.planned)
@@ -118,13 +118,6 @@ def _elapsed(local: Path, over: bool) -> float:
         end = last["_start_time"] + last["_total_time"] if over else time.time()
         return max(0.0, end - first["_start_time"])
     except (IndexError, KeyError, TypeError, ValueError, OSError):
-        return math.nan
-
-
-def _num(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
         return math.nan
 
 

@@ -71,3 +71,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_while_running(p: subprocess.Popen, ready, timeout: float, what: str, poll: float = 0.2) -> None:
+    """Until ``ready()`` holds, while process ``p`` still runs (its output is the failure message if it
+    ends first); after ``timeout`` seconds ``p`` is killed and the test fails naming ``what``."""
+    import time
+
+    import pytest
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            return
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(poll)
+    p.kill()
+    pytest.fail(f"{what} did not happen within {timeout:.0f} s")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from analysis.load import load_experiment
 from analysis.raycheck import compare_with_ray
-from tests.factories import history_of, speechtune
+from tests.factories import history_of, speechtune, wait_while_running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,15 +29,8 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "SPEECHTUNE_CACHE": str(cache_dir)}
     p = speechtune("tune", demo, "--profile", "smoke", "--storage", str(tmp_path / "exp"), "--num-cpus", "2",
                     env=env)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # until a trial has reported its first epoch
-        if exp.is_dir() and any(rows for rows in history_of(exp).values()):
-            break
-        assert p.poll() is None, p.stdout.read()
-        time.sleep(0.2)
-    else:
-        p.kill()
-        pytest.fail("the search did not get going")
+    wait_while_running(p, lambda: exp.is_dir() and any(rows for rows in history_of(exp).values()), 300,
+                       "a trial's first reported epoch")
     # the live view of the running search: every trial so far, its status and the job's metric
     # (in this process: a second interpreter's start-up could outlast this short search)
     from tune_jobs.cli import main

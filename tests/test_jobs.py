@@ -15,7 +15,7 @@ import torch
 
 from analysis.load import load_experiment
 from analysis.raycheck import compare_with_ray
-from tests.factories import free_port, history_of, speechtune, tiny_job
+from tests.factories import free_port, history_of, speechtune, tiny_job, wait_while_running
 from tune_jobs.spec import load_job
 
 JOBS = sorted(glob.glob(str(Path(__file__).parents[1] / "tune_jobs" / "jobs" / "*.yaml")))
@@ -195,16 +195,12 @@ def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_
     exp = tmp_path / "exp" / "killme"
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its experiment state every second
     p = speechtune("tune", str(job), "--num-cpus", "2", env=env, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline:
+    def one_trial_done_and_state_saved() -> bool:
         done = [rows for rows in history_of(exp).values() if rows[-1]["epoch"] == 2] if exp.is_dir() else []
-        if len(done) >= 1 and len(history_of(exp)) >= 2 and _state_saved_after_checkpoints(exp):
-            break
-        assert p.poll() is None, p.stdout.read()
-        time.sleep(0.5)
-    else:
-        p.kill()
-        pytest.fail("the search did not get going")
+        return len(done) >= 1 and len(history_of(exp)) >= 2 and _state_saved_after_checkpoints(exp)
+
+    wait_while_running(p, one_trial_done_and_state_saved, 240, "one finished trial with Tune's state saved",
+                       poll=0.5)
     os.kill(p.pid, signal.SIGKILL)  # the driver only; Ray's own processes notice and go
     p.wait()
     before = history_of(exp)
