@@ -189,6 +189,7 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     from ray.tune import Tuner
 
     from tune_jobs.progress import CompactProgress
+    from tune_jobs.trial_logs import KeepTrialLogs
 
     cache_dir = cache_dir or str(default_cache_dir())
     phase = phase or {}
@@ -244,14 +245,14 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
                                         max_concurrent_trials=job.max_concurrent),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress and ray_verbose else 0,
                                       failure_config=tune.FailureConfig(max_failures=job.max_failures),
-                                      callbacks=make_loggers(job.loggers, name,
-                                                             None if store.is_remote(exp_uri) else exp_uri)
+                                      callbacks=[KeepTrialLogs()]
+                                      + make_loggers(job.loggers, name,
+                                                     None if store.is_remote(exp_uri) else exp_uri)
                                       + ([CompactProgress(name, job.metric, job.mode, job.num_trials,
                                                           job.max_concurrent, job.tuned_keys(), run.train.epochs)]
                                          if progress and not ray_verbose else []),
-                                      # Tune restores a retried or exploited trial's result.json from
-                                      # the storage copy; syncing every few seconds (default 300)
-                                      # keeps reports from vanishing (analysis.load also repairs it)
+                                      # the experiment state (and so what a resumed driver finds) is
+                                      # at most a few seconds old (default 300)
                                       sync_config=tune.SyncConfig(sync_period=5 if not store.is_remote(storage)
                                                                   else 30)),
         )
