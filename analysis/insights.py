@@ -18,12 +18,59 @@ EDGE = 0.10  # a best value within 10% of its range's end (log scale for logunif
 SAME = 0.01  # relative differences under 1% are "no difference"
 
 
+MIN_GROUP = 3  # fewer trials than this per compared group: the finding is anecdotal
+
+
 @dataclass
 class Finding:
     kind: str          # effect, importance, edge, longer, size, failures, divergence, spread, require
     text: str          # one sentence with its numbers (Markdown)
     data: dict = field(default_factory=dict)
     critical: bool = False
+    anecdotal: bool = False  # drawn from fewer than MIN_GROUP trials per group: no next step rests on it
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Trials compared at one budget: each trial's best metric over its first ``epochs`` epochs,
+    for the trials that ran at least that many (ASHA's rungs: a 1-epoch trial is never set
+    against an 8-epoch one)."""
+    epochs: int | None  # None: the trials' own best (no per-epoch history)
+    trials: pd.DataFrame
+    everyone: bool      # every scored trial reached it
+
+    def says(self) -> str:
+        if self.epochs is None:
+            return ""
+        who = "every trial" if self.everyone else f"the {len(self.trials)} trials that reached it"
+        return f"at epoch {self.epochs} ({who})"
+
+
+def budgets(trials: pd.DataFrame, history: pd.DataFrame, metric: str, lower: bool) -> list[Budget]:
+    """The budgets findings compare trials at (most trials first), among the distinct numbers of
+    epochs scored trials ran (ASHA's rungs) that at least MIN_GROUP trials reached: one when
+    (nearly) all ran the same, else the one every trial reached and the largest."""
+    ok = _scored(trials, metric)
+    col = f"best_{metric}"
+    if ok.empty or history.empty or metric not in history or "epochs_run" not in ok:
+        return [Budget(None, ok, True)] if not ok.empty else []
+    runs = ok.epochs_run.astype(float)
+    out = []
+    for b in sorted({int(e) for e in runs.dropna() if e > 0}):
+        reached = ok[runs >= b]
+        if len(reached) < MIN_GROUP and out:
+            break
+        h = history[history.trial.isin(reached.trial) & (history.epoch.astype(float) <= b)]
+        h = h[h[metric].notna()]
+        best = h.groupby("trial")[metric].min() if lower else h.groupby("trial")[metric].max()
+        view = reached.copy()
+        view[col] = view.trial.map(best)
+        out.append(Budget(b, view[view[col].notna()], len(reached) == len(ok)))
+    if len(out) > 1:
+        # the largest budget most trials reached says it all; else (ASHA: few reach the top) the
+        # budget every trial reached and the largest that at least MIN_GROUP reached
+        out = out[-1:] if len(out[-1].trials) >= 0.8 * len(ok) else [out[0], out[-1]]
+    return out
 
 
 def _isnum(v) -> bool:
@@ -49,12 +96,24 @@ def _values(df: pd.DataFrame, param: str) -> pd.Series:
     return df[f"config/{param}"] if f"config/{param}" in df else pd.Series(dtype=object)
 
 
-def parameter_effects(trials: pd.DataFrame, params: list[str], metric: str, lower: bool) -> list[Finding]:
-    """Grouped medians for categorical parameters, Spearman's rho for numeric ones."""
+def _at(budget: Budget | None) -> str:
+    s = budget.says() if budget is not None else ""
+    return f" {s}" if s else ""
+
+
+def _label(text: str, anecdotal: bool, n: str) -> str:
+    return f"*Anecdotal ({n}):* {text}" if anecdotal else text
+
+
+def parameter_effects(trials: pd.DataFrame, params: list[str], metric: str, lower: bool,
+                      budget: Budget | None = None) -> list[Finding]:
+    """Grouped medians for categorical parameters, Spearman's rho for numeric ones, over the
+    trials of one budget (``trials`` then holds each trial's metric at that budget)."""
     from scipy.stats import spearmanr
 
     out = []
     ok = _scored(trials, metric)
+    at = _at(budget)
     y = ok.get(f"best_{metric}")
     for p in params:
         if p == "experiment":  # a named trial's name identifies it; it is not a parameter
@@ -72,10 +131,11 @@ def parameter_effects(trials: pd.DataFrame, params: list[str], metric: str, lowe
             better = "higher" if (rho < 0) == lower else "lower"
             strength = "strong" if abs(rho) >= 0.7 else "moderate" if abs(rho) >= 0.4 else "weak"
             verdict = f"{better} values did better" if abs(rho) >= 0.4 else "no clear direction"
-            out.append(Finding("effect", f"`{p}`: {strength} rank correlation with `{metric}` "
+            out.append(Finding("effect", f"`{p}`: {strength} rank correlation with `{metric}`{at} "
                                          f"(Spearman ρ = {rho:+.2f}, p = {pval:.2g}, n = {len(xs)}); "
                                          f"{verdict}.",
-                               {"param": p, "rho": float(rho), "p": float(pval), "n": int(len(xs))}))
+                               {"param": p, "rho": float(rho), "p": float(pval), "n": int(len(xs)),
+                                "budget": budget.epochs if budget else None}))
         else:
             g = ys.groupby(xs.map(fmt)).agg(["median", "count"])
             if (g["count"] < 2).all() and len(g) > 2:
@@ -85,13 +145,16 @@ def parameter_effects(trials: pd.DataFrame, params: list[str], metric: str, lowe
             best, worst = g.iloc[0], g.iloc[-1]
             rel = abs(best["median"] - worst["median"]) / max(abs(worst["median"]), 1e-12)
             verdict = (f"`{g.index[0]}` best" if rel >= SAME else "no difference (<1%)")
-            out.append(Finding("effect", f"`{p}`: median `{metric}` by value: {parts}; {verdict}.",
+            few = int(g["count"].min()) < MIN_GROUP
+            out.append(Finding("effect", _label(f"`{p}`: median `{metric}`{at} by value: {parts}; {verdict}.",
+                                                few, f"fewest trials in a group: {int(g['count'].min())}"),
                                {"param": p, "medians": {k: float(r["median"]) for k, r in g.iterrows()},
-                                "counts": {k: int(r["count"]) for k, r in g.iterrows()}}))
+                                "counts": {k: int(r["count"]) for k, r in g.iterrows()},
+                                "budget": budget.epochs if budget else None}, anecdotal=few))
     return out
 
 
-def importance(trials: pd.DataFrame, params: list[str], metric: str) -> Finding | None:
+def importance(trials: pd.DataFrame, params: list[str], metric: str, budget: Budget | None = None) -> Finding | None:
     """Random-forest importance of each varied parameter for the metric (needs >= 6 scored trials)."""
     ok = _scored(trials, metric)
     cols = [p for p in params if p != "experiment" and f"config/{p}" in ok
@@ -107,8 +170,8 @@ def importance(trials: pd.DataFrame, params: list[str], metric: str) -> Finding 
     rf.fit(X.values, ok[f"best_{metric}"].astype(float).values)
     imp = sorted(zip(cols, rf.feature_importances_), key=lambda t: -t[1])
     text = ", ".join(f"`{p}` {v:.0%}" for p, v in imp)
-    return Finding("importance", f"Importance for `{metric}` (random forest over {len(ok)} trials): {text}.",
-                   {"importance": {p: float(v) for p, v in imp}, "n": len(ok)})
+    return Finding("importance", f"Importance for `{metric}`{_at(budget)} (random forest over {len(ok)} trials): "
+                                 f"{text}.", {"importance": {p: float(v) for p, v in imp}, "n": len(ok)})
 
 
 def _range(spec) -> tuple[str, list] | None:
@@ -125,6 +188,7 @@ def edges(trials: pd.DataFrame, space: dict, tuned: list[str], metric: str) -> l
         return []
     best = ok.iloc[0]
     out = []
+    few = len(ok) < MIN_GROUP
     for p in dict.fromkeys([*space, *tuned]):
         v = best.get(f"config/{p}")
         if not _isnum(v):
@@ -145,9 +209,10 @@ def edges(trials: pd.DataFrame, space: dict, tuned: list[str], metric: str) -> l
             side = "low" if float(v) == tried[0] else "high" if float(v) == tried[-1] else None
             where = f"values tried {', '.join(fmt(t) for t in tried)}"
         if side:
-            out.append(Finding("edge", f"`{p}` = {fmt(v)} (best trial) is at the {side} end of its {where}: "
-                                       f"extend the range {'down' if side == 'low' else 'up'}.",
-                               {"param": p, "value": float(v), "side": side}))
+            out.append(Finding("edge", _label(f"`{p}` = {fmt(v)} (best trial) is at the {side} end of its {where}: "
+                                              f"extend the range {'down' if side == 'low' else 'up'}.",
+                                              few, f"{len(ok)} scored trial{'s' if len(ok) != 1 else ''}"),
+                               {"param": p, "value": float(v), "side": side}, anecdotal=few))
     return out
 
 
@@ -179,10 +244,11 @@ def still_improving(trials: pd.DataFrame, history: pd.DataFrame, metric: str, lo
                     "epochs": int(top.epochs_run)}, critical=best_rising)
 
 
-def size_effect(trials: pd.DataFrame, metric: str, lower: bool) -> Finding | None:
+def size_effect(trials: pd.DataFrame, metric: str, lower: bool, budget: Budget | None = None) -> Finding | None:
     from scipy.stats import spearmanr
 
     ok = _scored(trials, metric)
+    at = _at(budget)
     if "model_params" not in ok or ok.model_params.dropna().nunique() < 3:
         return None
     ok = ok[ok.model_params.notna()]
@@ -193,10 +259,11 @@ def size_effect(trials: pd.DataFrame, metric: str, lower: bool) -> Finding | Non
     word = "smaller" if smaller_better else "larger"
     sizes = f"{ok.model_params.min() / 1e6:.2f}M to {ok.model_params.max() / 1e6:.2f}M parameters"
     if abs(rho) < 0.4:
-        text = f"Model size ({sizes}) shows no clear relation to `{metric}` (Spearman ρ = {rho:+.2f}, n = {len(ok)})."
+        text = (f"Model size ({sizes}) shows no clear relation to `{metric}`{at} "
+                f"(Spearman ρ = {rho:+.2f}, n = {len(ok)}).")
     else:
-        text = (f"{word.capitalize()} models performed better: Spearman ρ = {rho:+.2f} between parameter count "
-                f"({sizes}) and `{metric}` (p = {pval:.2g}, n = {len(ok)}).")
+        text = (f"{word.capitalize()} models performed better{at}: Spearman ρ = {rho:+.2f} between parameter "
+                f"count ({sizes}) and `{metric}` (p = {pval:.2g}, n = {len(ok)}).")
     return Finding("size", text, {"rho": float(rho), "p": float(pval), "n": len(ok), "better": word})
 
 
@@ -260,7 +327,7 @@ def next_steps(found: list[Finding], trials: pd.DataFrame, metric: str) -> list[
                          "epochs; rerun the top trials with more epochs (or let ASHA's `max_t` grow) before "
                          "narrowing the search.")
     for f in found:
-        if f.kind == "edge":
+        if f.kind == "edge" and not f.anecdotal:
             steps.append(f"Extend `{f.data['param']}` {'below' if f.data['side'] == 'low' else 'above'} "
                          f"{fmt(f.data['value'])}: the best value sits at the edge of what was searched.")
     for f in found:
@@ -294,12 +361,16 @@ def analyse(trials: pd.DataFrame, history: pd.DataFrame, record: dict, params: l
     found += failures(trials) if not trials.empty else []
     d = divergence_bound(trials, params)
     found += [d] if d else []
-    found += parameter_effects(trials, params, metric, lower)
-    imp = importance(trials, params, metric)
+    views = budgets(trials, history, metric, lower)
+    for b in views:
+        found += parameter_effects(b.trials, params, metric, lower, b)
+    imp = importance(views[0].trials, params, metric, views[0]) if views else None
     found += [imp] if imp else []
     found += edges(trials, record.get("search_space") or {}, params, metric)
-    for f in (still_improving(trials, history, metric, lower), size_effect(trials, metric, lower),
-              spread(trials, metric)):
+    for b in views:
+        f = size_effect(b.trials, metric, lower, b)
+        found += [f] if f else []
+    for f in (still_improving(trials, history, metric, lower), spread(trials, metric)):
         if f:
             found.append(f)
     return {"findings": found, "next_steps": next_steps(found, trials, metric)}

@@ -303,6 +303,13 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
                "epochs_run": last_epoch, "epochs_planned": planned,
                "time_total_s": as_float(rows[-1].get("time_total_s")) if rows else math.nan,
                "model_params": as_float(next((r["model_params"] for r in reversed(rows) if "model_params" in r), None))}
+        # when the trial ran (Tune's report timestamps; the first report's time_total_s reaches
+        # back to the trial's start): the search's utilisation of its slots is read from these
+        stamps = [(as_float(r.get("timestamp")), as_float(r.get("time_total_s"))) for r in rows]
+        stamps = [(ts, tt) for ts, tt in stamps if ts == ts]
+        row["started_at"] = stamps[0][0] - (stamps[0][1] if stamps[0][1] == stamps[0][1] else 0.0) \
+            if stamps else math.nan
+        row["ended_at"] = stamps[-1][0] if stamps else math.nan
         wall = [as_float(r.get("time_this_iter_s")) for r in rows]
         row["cost_wall_s"] = math.fsum(w for w in wall if not math.isnan(w)) if rows else math.nan
         row["cost_cpu_s"] = math.fsum(c for c in (as_float(r.get("cpu_s")) for r in rows) if not math.isnan(c)) \
@@ -354,16 +361,18 @@ def save_tables(trials: pd.DataFrame, history: pd.DataFrame, out_dir: str | os.P
         df.to_parquet(out / name, index=False)
 
 
-def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode: str | None = None) -> Path:
-    """The kept checkpoint with the best ``metric`` over all trials (from each checkpoint's meta.json).
-    Default: the runs' selection pair (the job's metric, or ``M`` for a job ranked by ``M_auc``)."""
+def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode: str | None = None,
+                    trial: str | None = None) -> Path:
+    """The kept checkpoint with the best ``metric`` over all trials, or of one ``trial`` (its
+    directory name), from each checkpoint's meta.json. Default: the runs' selection pair (the
+    job's metric, or ``M`` for a job ranked by ``M_auc``)."""
     exp_dir = Path(exp_dir)
     record = read_job_record(exp_dir)
     base = record.get("params") or {}
     metric = metric or base.get("select_metric") or record.get("metric", "val_cer")
     mode = mode or base.get("select_mode") or record.get("mode", "min")
     best, best_val = None, None
-    for meta_path in exp_dir.glob("*/checkpoint_*/meta.json"):
+    for meta_path in exp_dir.glob(f"{glob.escape(trial) if trial else '*'}/checkpoint_*/meta.json"):
         try:
             ms = json.loads(meta_path.read_text())["metrics"]
         except (OSError, json.JSONDecodeError, KeyError):

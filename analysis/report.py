@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import blocks
+from analysis import confidence as conf
 from analysis import insights as ins
 from analysis.load import load_experiment, read_job_record, save_tables
 
@@ -81,6 +82,11 @@ class Analysis:
     findings: list = field(default_factory=list)
     next_steps: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    test_scores: dict | None = None  # test_scores.json: the best against the baseline on test
+
+    @property
+    def has_intervals(self) -> bool:
+        return "ci_cer" in self.trials and self.trials.ci_cer.notna().any()
 
     @property
     def metric(self) -> str:
@@ -96,7 +102,7 @@ class Analysis:
             c = f"best_{m}"
             if m != self.metric and c in self.trials and self.trials[c].notna().any():
                 ms.append(m)
-        return ms[:5]
+        return ms[:3] if self.has_intervals else ms[:5]  # room for the interval columns
 
     def ranked(self) -> pd.DataFrame:
         """The trials that can win (not failed, not diverged), best first."""
@@ -138,7 +144,13 @@ def analyse(exp_dir: str | os.PathLike) -> Analysis:
         logger.removeHandler(handler)
     rec = read_job_record(local)
     params = tuned_params(local, trials, rec)
-    a = Analysis(remote or str(local), local, rec, trials, history, params, warnings=handler.messages)
+    if not trials.empty:
+        ci = conf.trial_intervals(local, trials, rec.get("metric", "val_cer"))
+        if not ci.empty:
+            trials = trials.merge(ci, on="trial", how="left")
+    scores = local / "test_scores.json"
+    a = Analysis(remote or str(local), local, rec, trials, history, params, warnings=handler.messages,
+                 test_scores=json.loads(scores.read_text()) if scores.is_file() else None)
     if not trials.empty:
         got = ins.analyse(trials, history, rec, [c.removeprefix("config/") for c in params])
         a.findings, a.next_steps = got["findings"], got["next_steps"]
@@ -156,20 +168,92 @@ def ranking_table(a: Analysis) -> blocks.Table:
     named = "config/experiment" in a.params
     head = ["rank", "trial", *(["experiment"] if named else []), *[f"best {_title(m)}" for m in ms],
             f"epoch of best {a.metric}", "epochs", "status", *[c.removeprefix("config/") for c in pcols]]
+    ci = a.has_intervals
+    if ci:  # 95% bootstrap intervals on the dev set at the best epoch (analysis.confidence)
+        head[head.index(f"epoch of best {a.metric}"):head.index(f"epoch of best {a.metric}")] = \
+            ["dev CER [95% CI]", "dev WER [95% CI]", "vs best"]
     rows = []
     if t.empty:
         return blocks.table(head, rows)
     broken = t.status.isin(["failed", "diverged"])
     for rank, (_, r) in enumerate(t[~broken].iterrows(), start=1):
         rows.append([str(rank), f"`{r.trial_id}`", *([_fmt(r.get("config/experiment"))] if named else []),
-                     *[show(m, r.get(f"best_{m}")) for m in ms], _fmt(r[f"best_{a.metric}_epoch"]),
-                     _fmt(r.epochs_run), r.status, *[_fmt(r[c]) for c in pcols]])
+                     *[show(m, r.get(f"best_{m}")) for m in ms], *(_ci_cells(r, rank) if ci else []),
+                     _fmt(r[f"best_{a.metric}_epoch"]), _fmt(r.epochs_run), r.status, *[_fmt(r[c]) for c in pcols]])
     for _, r in t[broken].iterrows():
         rows.append(["-", f"`{r.trial_id}`", *([_fmt(r.get("config/experiment"))] if named else []),
-                     r.status.upper(), *["-"] * (len(ms) - 1), "-", _fmt(r.epochs_run),
+                     r.status.upper(), *["-"] * (len(ms) - 1), *(["-"] * 3 if ci else []), "-", _fmt(r.epochs_run),
                      f"{r.status}: {str(r.error)[:160]}", *[_fmt(r[c]) for c in pcols]])
     ok = int((~broken).sum())
     return blocks.table(head, rows, flagged=range(ok, len(rows)))
+
+
+def _interval(r, name: str) -> str:
+    v = r.get(f"ci_{name}")
+    if v is None or v != v:
+        return "n/a"
+    return conf.Interval(v, r[f"ci_{name}_low"], r[f"ci_{name}_high"], 0).text()
+
+
+def _ci_cells(r, rank: int) -> list[str]:
+    """dev CER and WER with intervals, and how the best compares: tied (the probability that
+    the best improves on this trial is under 0.95) or worse."""
+    p = r.get("p_best_better")
+    if rank == 1:
+        vs = "best"
+    elif p is None or p != p:
+        vs = "n/a"
+    else:
+        vs = f"{'**tied**' if p < conf.SURE else 'worse'} (P = {p:.2f})"
+    return [_interval(r, "cer"), _interval(r, "wer"), vs]
+
+
+def baseline_items(a: Analysis) -> list:
+    """The report's first lines: the tuned best against the baseline on the test split."""
+    sc = a.test_scores
+    if not sc:
+        src = (a.record.get("baseline") or {})
+        return [f"baseline: {src.get('source')}; no test comparison (test evaluation off or not run)"] \
+            if src.get("params") is None and src.get("source") else []
+    unit = "wer" if a.metric.endswith("wer") else "cer"
+    b = conf.Interval(**sc[f"best_{unit}"])
+    items = []
+    base = sc.get("baseline")
+    if base is None:
+        items.append(f"**no baseline trial** ({sc.get('baseline_source') or 'none'}): test {unit.upper()} of the "
+                     f"best {b.text()} on {sc['utterances']} utterances (95% interval)")
+    elif base.get("is_best"):
+        items.append(f"**the baseline was the best configuration**: tuning found nothing better; test "
+                     f"{unit.upper()} {b.text()} on {sc['utterances']} utterances")
+    else:
+        base_i = conf.Interval(**sc[f"baseline_{unit}"])
+        p = sc[f"p_best_improves_{unit}"]
+        diff = base_i.rate - b.rate
+        rel = diff / base_i.rate if base_i.rate else math.nan
+        if p >= conf.SURE:
+            head = (f"**tuning beat the baseline**: test {unit.upper()} {b.text()} against {base_i.text()} for the "
+                    f"baseline ({100 * diff:+.2f} points, {rel:.0%} fewer errors)")
+        else:
+            head = (f"**tuning did not beat the baseline beyond the noise**: test {unit.upper()} {b.text()} against "
+                    f"{base_i.text()} for the baseline ({100 * diff:+.2f} points)")
+        items.append(f"{head}; probability that the best improves on the baseline {p:.3f} "
+                     f"(paired bootstrap, {sc['utterances']} test utterances; 95% intervals in brackets)")
+        items.append(f"baseline: trial `{base['trial_id']}`, {sc.get('baseline_source', '')}: "
+                     + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in (base.get("params") or {}).items()))
+    return items
+
+
+def utilisation(t: pd.DataFrame, slots: int) -> str | None:
+    """Busy slot-seconds over available slot-seconds, and wall time over trial time per slot."""
+    if t.empty or "started_at" not in t or t.started_at.isna().all() or not slots:
+        return None
+    span = float(t.ended_at.max() - t.started_at.min())
+    busy = float(t.cost_wall_s.sum())
+    if span <= 0 or busy <= 0:
+        return None
+    return (f"search utilisation: {busy / (span * slots):.0%} of {slots} slot(s) busy ({busy:.0f} of "
+            f"{span * slots:.0f} slot-seconds); wall time {span:.0f} s = {span / (busy / slots):.2f}x the "
+            f"trial time per slot")
 
 
 # ---------------------------------------------------------------- sections
@@ -177,7 +261,7 @@ def ranking_table(a: Analysis) -> blocks.Table:
 def summary_items(a: Analysis, extra: dict | None = None) -> list:
     """The summary's items: strings, or (text, [sub-items])."""
     t, rec = a.trials, a.record
-    items: list = [f"experiment: `{a.exp}`",
+    items: list = [*baseline_items(a), f"experiment: `{a.exp}`",
                    f"family: `{rec.get('family', 'n/a')}`, ranked by `{a.metric}` ({a.mode})",
                    f"trials: {len(t)} ({', '.join(f'{n} {s}' for s, n in t.status.value_counts().items())})"
                    if not t.empty else "trials: 0"]
@@ -205,6 +289,9 @@ def summary_items(a: Analysis, extra: dict | None = None) -> list:
         items.append(f"cost: {t.cost_wall_s.sum():.0f} trial-seconds of wall time, "
                      f"{t.cost_cpu_s.sum():.0f} CPU-seconds used of {t.cost_cpu_reserved_s.sum():.0f} "
                      f"reserved, {t.cost_gpu_s.sum():.0f} GPU-seconds")
+        u = utilisation(t, int(rec.get("max_concurrent") or 0))
+        if u:
+            items.append(u)
         if t.time_to_target_s.notna().any():
             items.append(f"fastest to target: {t.time_to_target_s.min():.0f} s of trial wall time")
         if int(t.exploits.sum()):
@@ -245,6 +332,36 @@ def critical_block(a: Analysis) -> blocks.Bullets:
     return blocks.bullets([f.text for f in a.findings if f.critical] or ["none"])
 
 
+def decoding_blocks(a: Analysis) -> list:
+    """``speechtune decode-tune``'s result (decode_tune.json), when it ran on this experiment."""
+    path = a.local / "decode_tune.json"
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    pct = lambda i: f"{100 * i['rate']:.2f}% [{100 * max(i['low'], 0):.2f}, {100 * i['high']:.2f}]"  # noqa: E731
+    rows = []
+    for i, r in enumerate(d["ranked"], start=1):
+        vs = "best" if i == 1 else f"{'**tied**' if r['tied_with_best'] else 'worse'} (P = {r['p_best_better']:.2f})"
+        rows.append([str(i), f"`{r['checkpoint']}`", ", ".join(f"{k}={v}" for k, v in r["settings"].items()),
+                     pct(r["cer_ci"]), pct(r["wer_ci"]), vs])
+    out = [blocks.Heading("Decoding (speechtune decode-tune)"),
+           blocks.Paragraph(f"{d['settings_tried']} decoding settings ({d['searcher']} search) over the top "
+                            f"{d['top']} checkpoint(s), on {d['dev_utterances']} dev utterances. Acoustic passes: "
+                            f"{d['acoustic_passes']} (each checkpoint's dev set once, cached) instead of "
+                            f"{d['acoustic_passes_from_scratch']} decoding each setting from scratch."),
+           blocks.table(["rank", "trial", "settings", "dev CER [95% CI]", "dev WER [95% CI]", "vs best"], rows)]
+    t = d.get("test")
+    if t:
+        u = d["unit"]
+        p = t[f"p_best_improves_{u}"]
+        out.append(blocks.Paragraph(
+            f"On the test split ({t['utterances']} utterances) the winning settings reach {u.upper()} "
+            f"{pct(t[f'best_{u}'])} against {pct(t[f'baseline_{u}'])} with the checkpoint's own decoding "
+            f"({', '.join(f'{k}={v}' for k, v in t['own']['settings'].items())}): probability of improvement "
+            f"{p:.3f}, {'beyond' if p >= conf.SURE else 'not beyond'} the noise."))
+    return out
+
+
 def report_document(a: Analysis, plots: list[tuple[str, Path]], extra: dict | None,
                     compare: "Analysis | None" = None) -> blocks.Document:
     """One experiment's report as blocks (rendered to report.md and report.html)."""
@@ -255,7 +372,7 @@ def report_document(a: Analysis, plots: list[tuple[str, Path]], extra: dict | No
             H("Key findings"), findings_block(a), H("Technical issues"), issues_block(a),
             H("Critical findings"), critical_block(a),
             H("Next steps"), blocks.bullets(a.next_steps, ordered=True) if a.next_steps else None,
-            *best_config_blocks(a))
+            *best_config_blocks(a), *decoding_blocks(a))
     if compare is not None:
         doc.add(H("Compared with another experiment"), compare_table(a, compare), *compare_config_blocks(a, compare))
     if plots:

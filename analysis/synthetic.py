@@ -25,6 +25,9 @@ class FakeTrial:
     status: str = "TERMINATED"                        # Tune's status
     error: str | None = None                          # written to error.txt
     raw_result: str | None = None                     # result.json text as is (corrupt fixtures)
+    # epoch -> that epoch's checkpoint's per-utterance edit counts, (id, char errors, chars,
+    # word errors, words) each: written as checkpoint_*/edits.json with its meta.json
+    checkpoints: dict = field(default_factory=dict)
 
 
 def _dir_name(i: int, t: FakeTrial) -> str:
@@ -71,6 +74,14 @@ def write_experiment(exp_dir: str | os.PathLike, trials: list[FakeTrial], record
                     w.writerow({k: r.get(k, "") for k in keys})
         if t.error:
             (d / "error.txt").write_text(t.error + "\n")
+        for k, (epoch, edits) in enumerate(sorted(t.checkpoints.items())):
+            from asr_core.train.checkpoint import EDITS, META, write_edits
+
+            c = d / f"checkpoint_{k:06d}"
+            c.mkdir(exist_ok=True)
+            metrics = next((r for r in t.rows if r.get("epoch") == epoch), {})
+            (c / META).write_text(json.dumps({"epoch": epoch, "metrics": metrics, "params": t.config}))
+            write_edits(c / EDITS, edits, split="dev", epoch=epoch)
         storage = StorageContext(storage_path=str(exp.parent), experiment_dir_name=exp.name, trial_dir_name=name)
         trial = Trial("TorchTrainer", config=config, trial_id=t.trial_id, storage=storage, stub=True,
                       placement_group_factory=PlacementGroupFactory([{"CPU": 1}]), _setup_default_resource=False)

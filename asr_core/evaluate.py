@@ -22,10 +22,16 @@ def load_model(ckpt_dir: str):
     run = split_params(meta["params"], where=f"{ckpt_dir}/meta.json")
     family = get_family(run.family)
     tok = CharTokenizer.from_dict(meta["tokenizer"])
-    model = family.build(run.model, tok.vocab_size, run.features.n_mels)
-    model.load_state_dict(ckpt.load_state(ckpt_dir)["model"])
-    model.eval()
+    model = build_model(meta["params"], tok, ckpt.load_state(ckpt_dir)["model"], where=f"{ckpt_dir}/meta.json")
     return model, family, tok, run, meta
+
+
+def build_model(params: dict, tok: CharTokenizer, state: dict, where: str = "<checkpoint>"):
+    """A family's model from a checkpoint's params and weights, in eval mode."""
+    run = split_params(params, where=where)
+    model = get_family(run.family).build(run.model, tok.vocab_size, run.features.n_mels)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def utterance_rows(hyp_ids: list[list[int]], batch, tokenizer) -> list[dict]:
@@ -45,14 +51,9 @@ def utterance_rows(hyp_ids: list[list[int]], batch, tokenizer) -> list[dict]:
     return rows
 
 
-@torch.no_grad()
-def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, batch_bins: int = 1_000_000,
-             skip_bad: bool = False, progress: bool = True, per_utterance: bool = False,
-             **decode_overrides) -> dict:
-    """Metrics of a checkpoint on a manifest; ``decode_overrides`` (``decoder``, ``beam_size``,
-    ``lexicon`` ...) replace the checkpoint's own decoding settings, and ``decoding`` in the result
-    says which were used. ``per_utterance`` (ASR families) adds ``rows``: one per utterance."""
-    model, family, tok, run, meta = load_model(ckpt_dir)
+def open_split(meta: dict, run, tok, manifest_path: str, cache_dir: str | None = None, skip_bad: bool = False,
+               progress: bool = True):
+    """(manifest, dataset) of a manifest read with a checkpoint's features, tokenizer and CMVN."""
     manifest = read_manifest(manifest_path, skip_bad=skip_bad)
     mean = np.asarray(meta["cmvn"]["mean"], np.float32)
     std = np.asarray(meta["cmvn"]["std"], np.float32)
@@ -62,6 +63,18 @@ def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, ba
                        mean, std,
                        run.data.with_lang_tag, progress=progress, feature_store=run.data.feature_store,
                        skip_bad=skip_bad, skipped=manifest.skipped)
+    return manifest, data
+
+
+@torch.no_grad()
+def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, batch_bins: int = 1_000_000,
+             skip_bad: bool = False, progress: bool = True, per_utterance: bool = False,
+             **decode_overrides) -> dict:
+    """Metrics of a checkpoint on a manifest; ``decode_overrides`` (``decoder``, ``beam_size``,
+    ``lexicon`` ...) replace the checkpoint's own decoding settings, and ``decoding`` in the result
+    says which were used. ``per_utterance`` (ASR families) adds ``rows``: one per utterance."""
+    model, family, tok, run, meta = load_model(ckpt_dir)
+    manifest, data = open_split(meta, run, tok, manifest_path, cache_dir, skip_bad, progress)
     counts: dict[str, float] = {}
     rows: list[dict] = []
     padding = family.pads(run.model)

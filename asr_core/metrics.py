@@ -138,12 +138,34 @@ ASR_COUNT_KEYS = ("char_errors", "chars", "char_hits", "word_errors", "words", "
                   "lid_total")
 
 
-def asr_counts(hyp_ids: list[list[int]], batch, tokenizer, with_lang_tag: bool) -> dict[str, float]:
-    """Error counts of decoded token ids against the batch's transcripts (and language tags)."""
+def sentence_edits(out) -> list[tuple[int, int]]:
+    """(errors, reference length) of each sentence of a jiwer ``process_characters`` /
+    ``process_words`` output, from its per-sentence alignments: the pairs a bootstrap interval
+    (kaldialign, analysis.confidence) resamples."""
+    pairs = []
+    for chunks in out.alignments:
+        errors = length = 0
+        for c in chunks:
+            span = c.ref_end_idx - c.ref_start_idx
+            if c.type == "insert":
+                errors += c.hyp_end_idx - c.hyp_start_idx
+            else:
+                length += span
+                errors += span if c.type != "equal" else 0
+        pairs.append((errors, length))
+    return pairs
+
+
+def asr_counts(hyp_ids: list[list[int]], batch, tokenizer, with_lang_tag: bool,
+               edits: list | None = None) -> dict[str, float]:
+    """Error counts of decoded token ids against the batch's transcripts (and language tags).
+    ``edits`` (a list) gets one ``(id, char errors, chars, word errors, words)`` per utterance."""
     hyps = [tokenizer.decode(ids) for ids in hyp_ids]
     refs = list(batch.texts)
     c = jiwer.process_characters(refs, hyps)
     w = jiwer.process_words(refs, hyps)
+    if edits is not None:
+        edits += [(uid, *ce, *we) for uid, ce, we in zip(batch.ids, sentence_edits(c), sentence_edits(w))]
     out = {
         "char_errors": c.substitutions + c.deletions + c.insertions,
         "chars": c.substitutions + c.deletions + c.hits,

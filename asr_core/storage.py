@@ -175,7 +175,7 @@ def local_copy(uri: str | os.PathLike, dest: str | os.PathLike | None = None,
             continue
         rel = os.path.relpath(info.path, root)
         if skip_checkpoints and any(p.startswith("checkpoint_") for p in Path(rel).parts[:-1]) \
-                and not rel.endswith("meta.json"):
+                and not rel.endswith(("meta.json", "edits.json")):  # small: what reports read
             continue
         out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)

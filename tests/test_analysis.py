@@ -267,3 +267,71 @@ def test_html_report_opens_in_headless_chromium_with_table_and_plot(tmp_path):
     assert table["y"] + table["height"] < h and ink(table["y"], table["x"], table["width"], table["height"]) > 0.02
     on_screen = [i for i in imgs if i[1] + i[4] < h]
     assert on_screen and ink(*on_screen[0][1:]) > 0.02  # a plot is in the screenshot, drawn
+
+
+def _edits(n_utts: int, errors_of) -> list[tuple]:
+    """Per-utterance (id, char errors, chars, word errors, words) rows, 20 chars / 4 words each."""
+    return [(f"u{i:03d}", errors_of(i), 20, min(4, errors_of(i)), 4) for i in range(n_utts)]
+
+
+def test_intervals_ties_and_findings_at_equal_budget_on_a_hand_built_experiment(tmp_path):
+    """Two trials with identical per-utterance errors are tied; a clearly worse one is not; a trial
+    ASHA stopped at epoch 1 is compared with the others only at epoch 1; the intervals are
+    kaldialign's own figures."""
+    import jiwer
+    import kaldialign
+
+    from analysis.confidence import interval, p_improves
+    from analysis.insights import budgets
+    from analysis.report import analyse, ranking_table
+    from asr_core.metrics import sentence_edits
+
+    # the interval of stored edit counts is the library's interval of the sentences themselves
+    refs = [f"the {w} sat on mat number {i}" for i, w in enumerate(["cat", "dog", "cow", "hen"] * 10)]
+    hyps = [r.replace("a", "e", i % 3) + ("x" if i % 4 == 0 else "") for i, r in enumerate(refs)]
+    ours = interval(sentence_edits(jiwer.process_characters(refs, hyps)))
+    lib = kaldialign.bootstrap_wer_ci([list(r) for r in refs], [list(h) for h in hyps])
+    assert (ours.rate, ours.low, ours.high) == pytest.approx((lib["wer"], lib["ci95min"], lib["ci95max"]))
+    better = [r if i % 2 else h for i, (r, h) in enumerate(zip(refs, hyps))]
+    two = kaldialign.bootstrap_wer_ci([list(r) for r in refs], [list(h) for h in hyps], [list(b) for b in better])
+    assert p_improves(sentence_edits(jiwer.process_characters(refs, hyps)),
+                      sentence_edits(jiwer.process_characters(refs, better))) == pytest.approx(two["p_s2_improv_over_s1"])
+
+    n = 120
+    good = _edits(n, lambda i: 1 if i % 3 == 0 else 0)    # CER 1/60
+    bad = _edits(n, lambda i: 3 if i % 2 == 0 else 1)     # CER 1/10
+    cer = lambda e: sum(r[1] for r in e) / sum(r[2] for r in e)  # noqa: E731
+
+    def trial(tid, lr, curve, edits_by_epoch, status="TERMINATED"):
+        rows = [{"epoch": k + 1, "val_cer": v, "val_wer": v, "val_loss": 10 * v} for k, v in enumerate(curve)]
+        return FakeTrial(tid, {"lr": lr}, rows, status=status, checkpoints=edits_by_epoch)
+
+    trials = [
+        trial("best", 1e-3, [0.30, 0.10, cer(good)], {3: good}),
+        trial("twin", 2e-3, [0.31, 0.11, cer(good)], {3: good}),   # the same errors: tied with the best
+        trial("poor", 4e-3, [0.32, 0.20, cer(bad)], {3: bad}),
+        trial("quick", 8e-3, [0.05], {1: bad}),                    # best at epoch 1, then stopped by ASHA
+    ]
+    record = {"name": "ties", "family": "crnn_ctc", "metric": "val_cer", "mode": "min", "epochs": 3,
+              "search_space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "tuned": ["lr"], "max_concurrent": 2,
+              "scheduler": {"name": "asha", "grace_period": 1, "max_t": 3, "reduction_factor": 3}}
+    exp = write_experiment(tmp_path / "ties", trials, record)
+    a = analyse(exp)
+    t = a.trials.set_index("trial_id")
+    assert not t.loc["twin"].p_best_better > 0 and bool(t.loc["twin"].tied_with_best)  # P = 0: tied
+    assert t.loc["poor"].p_best_better >= 0.95 and not t.loc["poor"].tied_with_best
+    assert t.loc["best"].ci_cer == pytest.approx(interval([(r[1], r[2]) for r in good]).rate)
+    assert t.loc["best"].ci_cer_low < cer(good) < t.loc["best"].ci_cer_high
+    vs = {r[1]: r[ranking_table(a).head.index("vs best")] for r in ranking_table(a).rows}
+    assert vs["`best`"] == "best" and vs["`twin`"].startswith("**tied**") and vs["`poor`"] == "worse (P = 1.00)"
+
+    # equal budget: epoch 1 compares all four (quick's 0.05 is best there); epoch 3 only the three
+    views = budgets(a.trials, a.history, "val_cer", True)
+    assert [(v.epochs, len(v.trials)) for v in views] == [(1, 4), (3, 3)]
+    at1 = views[0].trials.set_index("trial_id")["best_val_cer"]
+    assert at1.to_dict() == pytest.approx({"best": 0.30, "twin": 0.31, "poor": 0.32, "quick": 0.05})
+    effects = [f for f in a.findings if f.kind == "effect" and f.data["param"] == "lr"]
+    assert [f.data["budget"] for f in effects] == [1, 3] and [f.data["n"] for f in effects] == [4, 3]
+    assert "at epoch 1 (every trial)" in effects[0].text and "at epoch 3 (the 3 trials that reached it)" in effects[1].text
+    # two scored trials of three per value at most: grouped findings would be anecdotal
+    assert all(not f.anecdotal for f in effects)

@@ -49,6 +49,13 @@ def test_ddp_training_reports_every_epoch_and_resumes_at_next_epoch(corpus, cach
     ckpt = first.checkpoint.path
     meta = json.loads(open(f"{ckpt}/meta.json").read())
     assert meta["epoch"] == 2
+    # each dev utterance's edit counts, gathered from both DDP workers (each decoded half): every
+    # utterance once, and they add up to the CER the epoch reported
+    edits = json.loads(open(f"{ckpt}/edits.json").read())
+    dev_ids = [json.loads(line)["id"] for line in open(corpus["dev"]) if line.strip()]
+    assert sorted(edits["ids"]) == sorted(dev_ids) and edits["epoch"] == 2
+    assert sum(e for e, _ in edits["char"]) / sum(n for _, n in edits["char"]) == \
+        pytest.approx(df["val_cer"].iloc[-1])
 
     resumed = run_train({**params, "epochs": 4}, res, str(tmp_path), "resumed", resume_from=ckpt, progress=False)
     df2 = resumed.metrics_dataframe

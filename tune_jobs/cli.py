@@ -280,6 +280,31 @@ def cmd_watch(a) -> int:
     return watch(a.exp_dir, once=a.once, interval=a.interval)
 
 
+def cmd_replay(a) -> int:
+    """Replay a finished search's learning curves through other schedulers and searchers."""
+    import logging
+
+    from analysis.replay import Curves, format_table, replay_table
+
+    logging.getLogger("ray.tune.search.hyperopt").setLevel(logging.ERROR)
+    curves = Curves.from_csv(a.exp) if str(a.exp).endswith(".csv") else Curves.from_experiment(a.exp)
+    methods = [(s, q) for s in a.scheduler.split(",") for q in a.searcher.split(",")]
+    for s, q in methods:
+        from tune_jobs.registry import SCHEDULERS, SEARCHERS
+
+        if s not in SCHEDULERS or s == "pbt" or q not in SEARCHERS:
+            print(f"error: cannot replay {s} with {q}: schedulers asha, hyperband, median, fifo; "
+                  f"searchers {', '.join(SEARCHERS)}", file=sys.stderr)
+            return 2
+    options = {}
+    for kv in a.option or []:
+        k, _, v = kv.partition("=")
+        options[k] = yaml.safe_load(v)
+    rows = replay_table(curves, methods, repeats=a.repeats, slots=a.slots, max_trials=a.max_trials, options=options)
+    print(format_table(curves, rows))
+    return 0
+
+
 def cmd_check(a) -> int:
     """Every experiment of a study, or the one experiment, against Ray's ExperimentAnalysis."""
     require_experiment(a.exp_dir)
@@ -451,6 +476,35 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--once", action="store_true", help="print the table once and exit (scripts, tests)")
     w.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes (default: %(default)s)")
     w.set_defaults(fn=cmd_watch)
+
+    dt = sub.add_parser("decode-tune", help="tune decoding settings of an experiment's top checkpoints over "
+                                            "their dev outputs, computed once and cached")
+    dt.add_argument("exp", help="experiment directory (local or s3://) of an ASR search")
+    dt.add_argument("--top", type=int, default=2, help="how many of the best trials' checkpoints to decode")
+    dt.add_argument("--space", default=None, help="YAML file: the decoding settings to search (job-file syntax; "
+                                                  "default: the family's, e.g. beam_size, lm_weight, word_score, lexicon)")
+    dt.add_argument("--searcher", default="grid", choices=["grid", "hyperopt", "random"],
+                    help="grid: every combination; hyperopt / random: --num-samples of them")
+    dt.add_argument("--num-samples", type=int, default=24, help="settings tried by hyperopt / random")
+    dt.add_argument("--address", default=None, help="existing Ray cluster (default: start a local one)")
+    dt.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray")
+    dt.set_defaults(fn=lambda a: __import__("tune_jobs.decode_tune", fromlist=["main_cli"]).main_cli(a))
+
+    rp = sub.add_parser("replay", help="replay a finished search's recorded learning curves through Tune's "
+                                       "schedulers and searchers (nothing trains): compute spent and best found")
+    rp.add_argument("exp", help="experiment directory (every trial run to the end: a grid or FIFO search), "
+                                "or a recorded curves CSV (benchmarks/data/)")
+    rp.add_argument("--scheduler", default="asha,hyperband,median,fifo",
+                    help="comma-separated: asha, hyperband, median, fifo (default: all four)")
+    rp.add_argument("--searcher", default="random", help="comma-separated: random, hyperopt, grid")
+    rp.add_argument("--repeats", type=int, default=10, help="replays per method, one searcher seed each")
+    rp.add_argument("--slots", type=int, default=2, help="trials running at a time (the search's max_concurrent)")
+    rp.add_argument("--max-trials", type=int, default=None,
+                    help="trials each replay may start (default: as many as recorded configurations)")
+    rp.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="a scheduler option over the replay's default (grace_period=1, reduction_factor=3), "
+                         "e.g. --option grace_period=4; repeatable")
+    rp.set_defaults(fn=cmd_replay)
 
     chk = sub.add_parser("check", help="compare an experiment's (or a study's) trial count, statuses and best "
                                        "metrics with Ray's ExperimentAnalysis; exit 1 if they disagree")

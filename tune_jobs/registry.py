@@ -31,6 +31,8 @@ def make_searcher(name: str, *, metric: str, mode: str, seed: int | None, space:
 # name -> Tune scheduler class, imported when first used
 SCHEDULER_CLASSES = {
     "asha": "ray.tune.schedulers.ASHAScheduler",
+    # asynchronous Hyperband (Li et al. 2020): ASHA over several brackets of grace periods
+    "hyperband": "ray.tune.schedulers.AsyncHyperBandScheduler",
     "pbt": "ray.tune.schedulers.PopulationBasedTraining",
     "median": "ray.tune.schedulers.MedianStoppingRule",
     "fifo": "ray.tune.schedulers.FIFOScheduler",
@@ -38,7 +40,8 @@ SCHEDULER_CLASSES = {
 SCHEDULERS = tuple(SCHEDULER_CLASSES)
 SEARCHERS = ("hyperopt", "random", "grid")
 # which searchers a scheduler runs with (PBT samples its population itself: random only)
-SEARCHERS_FOR = {"asha": SEARCHERS, "median": SEARCHERS, "fifo": SEARCHERS, "pbt": ("random",)}
+SEARCHERS_FOR = {"asha": SEARCHERS, "hyperband": SEARCHERS, "median": SEARCHERS, "fifo": SEARCHERS,
+                 "pbt": ("random",)}
 # options we set from the job (metric, mode) or that a YAML file cannot hold (a function)
 _SET_HERE = {"self", "metric", "mode", "time_attr", "custom_explore_fn", "stop_last_trials"}
 
@@ -68,6 +71,8 @@ def make_scheduler(name: str, *, metric: str, mode: str, **kwargs: Any):
         if kwargs:
             raise ValueError(f"the fifo scheduler takes no options, got {sorted(kwargs)}")
         return cls()
+    if name == "hyperband":
+        kwargs.setdefault("brackets", 3)  # one bracket would be ASHA itself
     if name == "pbt":
         # an exploited trial restarts from the donor's checkpoint (asr_core.train.loop's exploit
         # case applies the mutated values); mutations live in the Trainer's loop config

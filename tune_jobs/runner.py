@@ -234,7 +234,7 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
                                               for k, dom in job.scheduler.mutations.domains.items()},
                                            **job.tune_space()}}
         searcher = searcher or make_searcher(job.searcher.name, metric=job.metric, mode=job.mode, seed=job.searcher.seed,
-                                 space=job.tune_space(), grid=job.grid_values(), trials=trials, points=job.points(),
+                                 space=job.tune_space(), grid=job.grid_values(), trials=trials, points=job.first_points(),
                                  constraints=job.constraints, fixed=fixed, max_concurrent=job.max_concurrent,
                                  repeats=job.repeats)
         scheduler = job.scheduler.make(job.metric, job.mode)
@@ -289,7 +289,9 @@ def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phas
               "resources": {"num_workers": res.num_workers, "cpus_per_trial": res.num_workers * res.cpus_per_worker,
                             "gpus_per_trial": res.num_workers * res.gpus_per_worker},
               "params": params,  # every trial's base config; a trial's params.json holds what it varied
-              "phase": phase or {}, "job": job.raw, "skipped": skipped or [], "loggers": job.loggers}
+              "phase": phase or {}, "job": job.raw, "skipped": skipped or [], "loggers": job.loggers,
+              # what tuning is judged against (analysis.confidence compares the best with it)
+              "baseline": dict(zip(("params", "source"), job.baseline()))}
     store.write_text(store.join(exp_uri, JOB_RECORD), json.dumps(record, indent=1, ensure_ascii=False, default=str))
 
 

@@ -184,6 +184,50 @@ class JobSpec:
         return out
 
 
+    def baseline(self) -> tuple[dict | None, str]:
+        """The configuration tuning is judged against, and where it comes from: the first of
+        ``points_to_evaluate``; else, for a sampling searcher, what a run gets without tuning
+        (the preset's values, the job's params, the family's defaults) for every searched key,
+        when each lies inside the searched space (a value outside cannot be sampled by HyperOpt).
+        ``(None, why)`` when there is none."""
+        pts = self.points()
+        if pts:
+            return pts[0], "the job's first point (`points_to_evaluate`)"
+        if self.trials or not self.search_space:
+            return None, "no first point and no searched parameters"
+        if self.searcher.name not in ("hyperopt", "random"):
+            return None, f"no first point (a {self.searcher.name} search runs its own configurations)"
+        from asr_core.models import get_family
+        from asr_core.train.config import _GROUPS
+
+        fam = get_family(self.family)
+        given = {**fam.train_defaults, **(fam.presets[self.preset] if self.preset else {}), **self.params}
+        defaults = {f.name: f for _, c in (*_GROUPS, ("model", fam.config_cls)) for f in dataclasses.fields(c)}
+        point = {}
+        for k, spec in self.search_space.items():
+            if k in given:
+                v = given[k]
+            elif k in defaults and defaults[k].default is not dataclasses.MISSING:
+                v = defaults[k].default
+            elif k in defaults and defaults[k].default_factory is not dataclasses.MISSING:
+                v = defaults[k].default_factory()
+            else:
+                return None, f"`{k}` has no default value"
+            why = _outside(spec, v)
+            if why:
+                return None, f"the untuned value of `{k}` ({v!r}) {why}"
+            point[k] = v
+        return point, f"the untuned values ({'preset `' + self.preset + '`, ' if self.preset else ''}job params, defaults)"
+
+    def first_points(self) -> list[dict]:
+        """The configurations a searcher proposes first: ``points_to_evaluate``, else the baseline."""
+        pts = self.points()
+        if not pts and self.scheduler.name != "pbt":
+            base, _ = self.baseline()
+            pts = [base] if base else []
+        return pts
+
+
 DOC_KEYS = {"description"}  # read by people and reports, not by the loader
 TOP_KEYS = {f.name for f in dataclasses.fields(JobSpec) if not f.metadata.get("internal")} | {"profiles"} | DOC_KEYS
 PHASE_KEYS = {f.name for f in dataclasses.fields(JobSpec) if f.metadata.get("phase")} | DOC_KEYS

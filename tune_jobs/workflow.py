@@ -7,10 +7,12 @@ saves its state and returns; the report then says "interrupted", and the exit co
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from tune_jobs.spec import JobSpec
 
@@ -104,16 +106,64 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
             save_outcome(exp_dir, extra)
             print(f"report: {write_report(exp_dir, report_dir)}")
             return 0
-        ev = evaluate(str(best), manifests["test"], progress=False)
+        ev = evaluate(str(best), manifests["test"], progress=False, per_utterance=True)
         extra.update({"best checkpoint": f"`{best}` (epoch {ev['epoch']})",
                       "test CER": f"{100 * ev['cer']:.2f}% on {ev['utterances']} test utterances "
                                   f"(unseen voices and sentences: `{manifests['test']}`)",
                       "test WER": f"{100 * ev['wer']:.2f}%"})
         print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
+        if "rows" in ev:
+            scores = test_against_baseline(exp_dir, job, best, ev, manifests["test"])
+            print(scores["line"])
     save_outcome(exp_dir, extra)
     print(f"report: {write_report(exp_dir, report_dir)}")
     check_with_ray(exp_dir)
     return 0
+
+
+def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manifest: str) -> dict:
+    """The best checkpoint against the baseline trial's best checkpoint on the test split: CER and
+    WER with 95% intervals and the probability that the best improves on the baseline (paired
+    bootstrap, analysis.confidence). Kept as ``test_scores.json``; the report opens with it."""
+    from analysis.confidence import SURE, baseline_trial, compare, edits_from_rows
+    from analysis.load import best_checkpoint, load_experiment, read_job_record
+    from asr_core import storage as store
+    from asr_core.evaluate import evaluate
+
+    local = store.local_copy(exp_dir, skip_checkpoints=False)
+    record = read_job_record(local)
+    trials, _ = load_experiment(local)
+    base = baseline_trial(trials, record)
+    source = (record.get("baseline") or {}).get("source", "")
+    out = {"split": "test", "manifest": str(test_manifest), "baseline_source": source,
+           "best": {"checkpoint": str(best), "epoch": ev["epoch"], "trial": Path(best).parent.name}}
+    base_edits = None
+    if base is not None:
+        bck = best_checkpoint(local, *job.selection(), trial=base.trial)
+        out["baseline"] = {"checkpoint": str(bck), "trial": base.trial, "trial_id": base.trial_id,
+                           "params": (record.get("baseline") or {}).get("params")}
+        if Path(bck) == Path(best):
+            out["baseline"]["is_best"] = True
+        else:
+            evb = evaluate(str(bck), test_manifest, progress=False, per_utterance=True)
+            out["baseline"]["epoch"] = evb["epoch"]
+            base_edits = edits_from_rows(evb["rows"])
+    out.update(compare(edits_from_rows(ev["rows"]), base_edits))
+    unit = "wer" if job.metric.endswith("wer") else "cer"
+    b = out[f"best_{unit}"]
+    if base is None:
+        line = f"no baseline trial ({source or (record.get('baseline') or {}).get('source') or 'none given'})"
+    elif out["baseline"].get("is_best"):
+        line = "the baseline configuration itself was the best checkpoint: tuning found nothing better"
+    else:
+        a, p = out[f"baseline_{unit}"], out[f"p_best_improves_{unit}"]
+        verdict = "better than" if p >= SURE else "not shown to be better than"
+        line = (f"tuned best {verdict} the baseline on test: {unit.upper()} {100 * b['rate']:.2f}% "
+                f"[{100 * max(b['low'], 0):.2f}, {100 * b['high']:.2f}] against {100 * a['rate']:.2f}% "
+                f"[{100 * max(a['low'], 0):.2f}, {100 * a['high']:.2f}], P(improvement) = {p:.3f}")
+    out["line"] = line
+    store.write_text(store.join(exp_dir, "test_scores.json"), json.dumps(out, indent=1))
+    return out
 
 
 def _interrupt_before_tune(signum, frame) -> None:

@@ -49,6 +49,13 @@ class Family:
     pads: Callable[[Any], bool] = lambda config: True
     # the config keys that choose how it decodes (evaluate prints them with any overrides)
     decode_keys: tuple[str, ...] = ()
+    # decode-time tuning (tune_jobs.decode_tune): acoustic(model, batch) -> one output per
+    # utterance, computed once per checkpoint and cached; decode_cached(model, outputs, tokenizer,
+    # **settings) -> token ids from those outputs; decode_space: what is searched by default
+    # (job-file syntax). None where the family cannot decode from a cache.
+    acoustic: Callable[..., list] | None = None
+    decode_cached: Callable[..., list[list[int]]] | None = None
+    decode_space: Mapping[str, Any] = field(default_factory=dict)
 
     def decoding(self, config, overrides: dict | None = None) -> dict:
         """How a checkpoint of this config decodes: its decoding keys, with ``overrides`` over them."""
@@ -59,12 +66,14 @@ class Family:
         config pins them (crnn_ctc's ``num_classes`` / ``input_dim``, seed 004)."""
         return (getattr(config, "num_classes", 0) or vocab_size, getattr(config, "input_dim", 0) or n_mels)
 
-    def counts(self, model, batch, tokenizer, with_lang_tag: bool) -> dict[str, float]:
+    def counts(self, model, batch, tokenizer, with_lang_tag: bool, edits: list | None = None) -> dict[str, float]:
+        """Additive validation counts of one batch; an ASR family also appends each utterance's
+        edit counts to ``edits`` (kept with the checkpoint for confidence intervals)."""
         if self.validation_counts is not None:
             return self.validation_counts(model, batch, tokenizer, with_lang_tag)
         from asr_core.metrics import asr_counts
 
-        return asr_counts(self.decode(model, batch), batch, tokenizer, with_lang_tag)
+        return asr_counts(self.decode(model, batch), batch, tokenizer, with_lang_tag, edits)
 
     def metrics(self, counts: dict[str, float]) -> dict[str, float]:
         if self.summarize is not None:

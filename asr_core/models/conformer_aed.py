@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 
-from asr_core.decoding import CTCPrefixScorer, ctc_loss
+from asr_core.decoding import CTCPrefixScorer, attention_beam_search, ctc_loss
 from asr_core.models import Family
 from asr_core.models.seq_common import add_sos_eos, batched_greedy, beam_each, sinusoid, smoothed_ce, strip_eos
 from asr_core.errors import KeyProblem
@@ -241,6 +241,39 @@ def decode(model: ConformerAED, batch, tokenizer=None, **overrides) -> list[list
                      if ctc_lp is not None else None, ctc_weight=ctc_w)
 
 
+@torch.no_grad()
+def acoustic(model: ConformerAED, batch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The acoustic pass: each utterance's encoder states (T', D) and CTC log-probs (T', V)."""
+    memory, pad = model.encode(batch.feats, batch.feat_lens)  # (B, T', D), (B, T')
+    lens = (~pad).sum(1)
+    ctc_lp = model.ctc(memory).log_softmax(-1) if model.ctc is not None else None  # (B, T', V)
+    return [(memory[b, : lens[b]].clone(), ctc_lp[b, : lens[b]].clone() if ctc_lp is not None else None)
+            for b in range(memory.size(0))]
+
+
+@torch.no_grad()
+def decode_cached(model: ConformerAED, outputs: list, tokenizer=None, beam_size: int = 4,
+                  decode_ctc_weight: float = 0.3, length_bonus: float = 0.0) -> list[list[int]]:
+    """Joint attention/CTC beam search over cached encoder states: only the decoder runs."""
+    out = []
+    for memory, ctc_lp in outputs:
+        m = memory[None]  # (1, T', D)
+        p = torch.zeros(1, m.size(1), dtype=torch.bool)
+        scorer = CTCPrefixScorer(ctc_lp, blank=0, eos=model.eos) if ctc_lp is not None and decode_ctc_weight > 0 \
+            else None
+        step = (lambda ys, m=m, p=p: model.decode_step(m.expand(ys.size(0), -1, -1), p.expand(ys.size(0), -1),
+                                                          ys)[:, -1])
+        out.append(attention_beam_search(step, model.sos, model.eos, max(4, int(m.size(1) * model.cfg.max_len_ratio)),
+                                         beam=int(beam_size), ctc=scorer,
+                                         ctc_weight=decode_ctc_weight if scorer is not None else 0.0,
+                                         length_bonus=length_bonus))
+    return out
+
+
+DECODE_SPACE = {"beam_size": {"grid": [2, 6]}, "decode_ctc_weight": {"grid": [0.0, 0.3, 0.5]},
+                "length_bonus": {"grid": [0.0, 0.5]}}
+
+
 SEED000_MONO = dict(hidden_dim=256, attention_heads=4, linear_units=2048, eblocks=12, edropout=0.1,
                     econformer_kernel_size=31, eposition_embedding_type="relative", dblocks=6, ddropout=0.1,
                     batch_bins=5000000, accum_grad=2, nepochs=60, lr=2e-3, warmup_steps=10000,
@@ -267,4 +300,5 @@ PRESETS = {
 FAMILY = Family(name="conformer_aed", config_cls=ConformerAEDConfig, build=build, compute_loss=compute_loss,
                 decode=decode, presets=PRESETS, default_metric="val_wer",
                 decode_keys=("decode_mode", "beam_size", "decode_ctc_weight"),
+                acoustic=acoustic, decode_cached=decode_cached, decode_space=DECODE_SPACE,
                 train_defaults={"schedule": "noam"})  # ESPnet's WarmupLR goes with warmup_steps

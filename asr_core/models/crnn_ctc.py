@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from asr_core.models import Family
-from asr_core.models.ctc import DECODE_KEYS, CTCDecoding, compute_loss, decode
+from asr_core.models.ctc import DECODE_KEYS, DECODE_SPACE, CTCDecoding, acoustic, compute_loss, decode, \
+    decode_cached
 from asr_core.models.rnn import BiLSTM
 from asr_core.errors import KeyProblem
 
@@ -107,4 +108,5 @@ PRESETS = {
 }
 
 FAMILY = Family(name="crnn_ctc", config_cls=CRNNConfig, build=build, compute_loss=compute_loss,
-                decode=decode, presets=PRESETS, default_metric="val_cer", decode_keys=DECODE_KEYS)
+                decode=decode, presets=PRESETS, default_metric="val_cer", decode_keys=DECODE_KEYS,
+                acoustic=acoustic, decode_cached=decode_cached, decode_space=DECODE_SPACE)

@@ -43,3 +43,24 @@ def decode(model: nn.Module, batch, tokenizer=None, **overrides) -> list[list[in
     log_probs, out_lens = model(batch.feats, batch.feat_lens)
     opts = {k: overrides.get(k, getattr(model.cfg, k)) for k in DECODE_KEYS}
     return ctc_decode(log_probs, out_lens, tokenizer, **opts)
+
+
+# decode-time tuning: flashlight beam search over cached log-probabilities. ``lexicon`` True
+# decodes words of the training vocabulary with a word n-gram LM; False decodes free token
+# sequences with a token (character) n-gram LM (tune_jobs.decode_tune builds both).
+DECODE_SPACE = {"beam_size": {"grid": [4, 16]}, "lm_weight": {"grid": [0.0, 0.5, 1.0]},
+                "word_score": {"grid": [-0.5, 0.5]}, "lexicon": {"grid": [False, True]}}
+
+
+@torch.no_grad()
+def acoustic(model: nn.Module, batch) -> list[torch.Tensor]:
+    """The acoustic pass: each utterance's CTC log-probabilities, (T', V) each."""
+    log_probs, out_lens = model(batch.feats, batch.feat_lens)  # (B, T', V), (B,)
+    return [log_probs[b, : int(out_lens[b])].float().clone() for b in range(log_probs.size(0))]
+
+
+def decode_cached(model, outputs: list[torch.Tensor], tokenizer, **settings) -> list[list[int]]:
+    """Token ids from cached log-probabilities; ``settings`` are ``ctc_decode``'s keywords."""
+    lens = torch.tensor([o.size(0) for o in outputs])
+    log_probs = nn.utils.rnn.pad_sequence(outputs, batch_first=True)  # (B, T, V); padding is never read
+    return ctc_decode(log_probs, lens, tokenizer, **settings)

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from asr_core.models import Family
-from asr_core.models.ctc import DECODE_KEYS, CTCDecoding, compute_loss, decode
+from asr_core.models.ctc import DECODE_KEYS, DECODE_SPACE, CTCDecoding, acoustic, compute_loss, decode, \
+    decode_cached
 from asr_core.errors import KeyProblem
 
 
@@ -101,4 +102,5 @@ PRESETS = {
 
 FAMILY = Family(name="wavenet_ctc", config_cls=WaveNetConfig, build=build, compute_loss=compute_loss,
                 decode=decode, presets=PRESETS, default_metric="val_cer", pads=lambda cfg: cfg.PADDING,
-                decode_keys=DECODE_KEYS)
+                decode_keys=DECODE_KEYS,
+                acoustic=acoustic, decode_cached=decode_cached, decode_space=DECODE_SPACE)

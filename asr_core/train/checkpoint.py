@@ -1,5 +1,8 @@
-"""Checkpoints: ``state.pt`` (model, optimizer, scheduler, epoch) and ``meta.json`` (what is
-needed to rebuild the model and read new audio: family, params, tokenizer, CMVN, metrics)."""
+"""Checkpoints: ``state.pt`` (model, optimizer, scheduler, epoch), ``meta.json`` (what is
+needed to rebuild the model and read new audio: family, params, tokenizer, CMVN, metrics) and,
+for ASR families, ``edits.json``: each dev utterance's character and word edit counts at that
+epoch, from which reports draw confidence intervals without decoding again
+(analysis.confidence)."""
 from __future__ import annotations
 
 import json
@@ -11,11 +14,12 @@ import torch
 
 STATE = "state.pt"
 META = "meta.json"
+EDITS = "edits.json"
 
 
 def save(dirpath: str | os.PathLike, *, model, optimizer, scheduler, epoch: int, run, tokenizer,
          mean, std, metrics: dict, loop: dict | None = None, trial_id: str | None = None,
-         experiment: str | None = None) -> None:
+         experiment: str | None = None, edits: list | None = None) -> None:
     d = Path(dirpath)
     d.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -29,6 +33,21 @@ def save(dirpath: str | os.PathLike, *, model, optimizer, scheduler, epoch: int,
         "experiment": experiment or "",  # (asr_core.train.loop.restore_case)
     }
     (d / META).write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+    if edits:
+        write_edits(d / EDITS, edits, split="dev", epoch=epoch)
+
+
+def write_edits(path: str | os.PathLike, edits: list, split: str, epoch: int | None = None) -> None:
+    """``edits``: ``(utterance id, char errors, chars, word errors, words)`` rows, one per utterance."""
+    rows = sorted(edits)
+    Path(path).write_text(json.dumps({
+        "split": split, "epoch": epoch, "ids": [r[0] for r in rows],
+        "char": [[int(r[1]), int(r[2])] for r in rows], "word": [[int(r[3]), int(r[4])] for r in rows]}))
+
+
+def load_edits(dirpath: str | os.PathLike) -> dict | None:
+    p = Path(dirpath) / EDITS
+    return json.loads(p.read_text()) if p.is_file() else None
 
 
 def load_state(dirpath: str | os.PathLike) -> dict:

@@ -37,6 +37,15 @@ def _all_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def _all_gather(items: list) -> list:
+    """Every worker's list, concatenated (the same on every worker)."""
+    if _world()[1] <= 1:
+        return list(items)
+    out: list = [None] * _world()[1]
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
 class Diverged(Exception):
     """The training loss or the gradient became NaN or infinite."""
 
@@ -111,19 +120,23 @@ def train_one_epoch(model, family: Family, data: SpeechDataset, batches, optimiz
 
 @torch.no_grad()
 def compute_validation_loss(model, family: Family, data: SpeechDataset, batches, tokenizer,
-                            with_lang_tag: bool = False) -> dict:
-    """Loss and the family's counts over this worker's validation batches, summed across workers."""
+                            with_lang_tag: bool = False, edits: list | None = None) -> dict:
+    """Loss and the family's counts over this worker's validation batches, summed across workers.
+    ``edits`` (a list) gets every worker's per-utterance edit counts (ASR families), by id."""
     model.eval()
     inner = getattr(model, "module", model)  # decode without DDP's forward hooks
     counts: dict[str, float] = {"loss_sum": 0.0, "loss_n": 0.0}
+    mine: list = []
     device = next(inner.parameters()).device
     for batch in data.iterate(batches):
         batch = batch.to(device)
         loss, count = family.compute_loss(inner, batch)
         counts["loss_sum"] += float(loss)
         counts["loss_n"] += count
-        for k, v in family.counts(inner, batch, tokenizer, with_lang_tag).items():
+        for k, v in family.counts(inner, batch, tokenizer, with_lang_tag, mine).items():
             counts[k] = counts.get(k, 0.0) + float(v)
+    if edits is not None:
+        edits += sorted(_all_gather(mine))
     keys = sorted(counts)  # same order on every worker
     counts = dict(zip(keys, _all_sum([counts[k] for k in keys])))
     n = counts.pop("loss_n")
@@ -237,7 +250,8 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
             return
         train_time = time.perf_counter() - t0
         loss_sum, n = _all_sum([loss_sum, n])
-        val = compute_validation_loss(model, family, data.dev, dev_batches, tok, run.data.with_lang_tag)
+        edits: list = []
+        val = compute_validation_loss(model, family, data.dev, dev_batches, tok, run.data.with_lang_tag, edits)
         value = val.get(metric, float("nan"))
         if _improved(value, state.best, mode, cfg.early_stop_min_delta):
             state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
@@ -275,10 +289,10 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
             metrics["early_stop"] = 1
         inner = getattr(model, "module", model)
 
-        def save(d: str, _m=metrics, _e=epoch, _s=dataclasses.asdict(state)) -> None:
+        def save(d: str, _m=metrics, _e=epoch, _s=dataclasses.asdict(state), _x=edits) -> None:
             ckpt.save(d, model=inner, optimizer=optimizer, scheduler=schedule, epoch=_e, run=run,
                       tokenizer=tok, mean=data.train.mean, std=data.train.std, metrics=_m, loop=_s,
-                      trial_id=trial_id, experiment=experiment)
+                      trial_id=trial_id, experiment=experiment, edits=_x)
 
         report(metrics, save if rank == 0 else None)
         if stop:
