@@ -25,10 +25,11 @@ UNITS = {"val_cer": "char", "val_wer": "word", "cer": "char", "wer": "word"}
 
 @dataclass(frozen=True)
 class Interval:
-    rate: float   # the bootstrap mean of the error rate
-    low: float    # 95% interval (kaldialign: mean +- 1.96 standard deviations)
+    rate: float   # the error rate itself: errors / reference length
+    low: float    # 95% interval (kaldialign: bootstrap mean +- 1.96 standard deviations)
     high: float
     n: int        # utterances
+    mean: float = math.nan  # the bootstrap mean (kaldialign's "wer"), the interval's centre
 
     def text(self, pct: bool = True) -> str:
         f = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.4f}")
@@ -45,9 +46,10 @@ def interval(pairs) -> Interval:
 
     pairs = _pairs(pairs)
     if not pairs or sum(n for _, n in pairs) == 0:
-        return Interval(math.nan, math.nan, math.nan, len(pairs))
+        return Interval(math.nan, math.nan, math.nan, len(pairs), math.nan)
     mean, half = _get_boostrap_wer_interval(pairs, replications=REPLICATIONS, seed=SEED)
-    return Interval(float(mean), float(mean - half), float(mean + half), len(pairs))
+    rate = sum(e for e, _ in pairs) / sum(n for _, n in pairs)
+    return Interval(rate, float(mean - half), float(mean + half), len(pairs), float(mean))
 
 
 def p_improves(baseline, other) -> float:
