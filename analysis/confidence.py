@@ -110,7 +110,9 @@ def baseline_trial(trials, record: dict):
                    for _, r in trials.iterrows()]]
     if hits.empty:
         return None
-    return hits.sort_values("trial").iloc[0]  # the first run of it (Tune numbers trials in order)
+    from analysis.load import trial_number
+
+    return hits.loc[min(hits.index, key=lambda i: trial_number(hits.at[i, "trial"]))]  # the first run of it
 
 
 def compare(best: dict, baseline: dict | None) -> dict:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +51,13 @@ def discover_metrics(rows: list[dict]) -> list[str]:
 def read_job_record(exp_dir: str | os.PathLike) -> dict:
     p = Path(exp_dir) / JOB_RECORD
     return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def trial_number(name: str) -> int:
+    """The order Tune created a trial in, from its directory name
+    (``{trainable}_{trial id}_{number}_{params}_{date}``); large when the name has none."""
+    m = re.match(r"[^_]+_[^_]+_(\d+)(?:_|$)", name)
+    return int(m.group(1)) if m else 1 << 30
 
 
 def _trial_dirs(exp_dir: Path) -> list[Path]:

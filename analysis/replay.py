@@ -134,8 +134,8 @@ class Curves:
 def _plain(v):
     if isinstance(v, (np.integer,)):
         return int(v)
-    if isinstance(v, (np.floating,)):
-        return int(v) if float(v).is_integer() and not isinstance(v, float) else float(v)
+    if isinstance(v, np.floating):
+        return float(v)
     return v
 
 

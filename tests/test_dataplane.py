@@ -86,7 +86,7 @@ def test_search_in_which_every_trial_fails_exits_nonzero_with_the_first_error(co
         num_trials: 2
         max_concurrent: 2
         search_space: {lstm_dropout: {uniform: [0.0, 1000.0]}}
-        searcher: {name: random, seed: 3}
+        searcher: {name: random, seed: 3, points_to_evaluate: [{lstm_dropout: 500.0}]}   # not the preset's 0
         """, epochs=1)
     p = speechtune("tune", str(job), "--num-cpus", "2")
     out, _ = p.communicate(timeout=400)

@@ -287,7 +287,11 @@ def cmd_replay(a) -> int:
     from analysis.replay import Curves, format_table, replay_table
 
     logging.getLogger("ray.tune.search.hyperopt").setLevel(logging.ERROR)
-    curves = Curves.from_csv(a.exp) if str(a.exp).endswith(".csv") else Curves.from_experiment(a.exp)
+    try:
+        curves = Curves.from_csv(a.exp) if str(a.exp).endswith(".csv") else Curves.from_experiment(a.exp)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {a.exp}: {e}", file=sys.stderr)
+        return 2
     methods = [(s, q) for s in a.scheduler.split(",") for q in a.searcher.split(",")]
     for s, q in methods:
         from tune_jobs.registry import SCHEDULERS, SEARCHERS
