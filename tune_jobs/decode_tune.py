@@ -3,7 +3,7 @@ acoustic models again for every setting.
 
 1. The top-K trials' best checkpoints each run over the dev set **once**
    (``Family.acoustic``: CTC log-probabilities; encoder states for attention models); the outputs
-   are cached (``EXP/decode_tune/cache``) and shipped to the search through Ray's object store,
+   are cached (``EXP/decode_cache``) and shipped to the search through Ray's object store,
    so nodes need no shared disk.
 2. A Ray Tune search (grid, or HyperOpt TPE with ``--num-samples``) runs over the decoding
    settings x the checkpoints; each trial only decodes the cache (``Family.decode_cached``).
@@ -170,7 +170,7 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
         caches[str(t.trial_id)] = acoustic_cache(str(ck), manifests["dev"], progress=progress)
     if not caches:
         raise SystemExit(f"error: {exp}: no trial with a checkpoint to decode")
-    out_dir = local / "decode_tune"
+    out_dir = local / "decode_cache"  # the dev outputs and the LMs, for a look or a rerun
     torch.save(caches, out_dir.mkdir(parents=True, exist_ok=True) or out_dir / "dev_outputs.pt")
     lms = build_lms(manifests["train"], out_dir / "lm") if _is_ctc(family) else None
     written = dict(space or family.decode_space)
@@ -193,7 +193,8 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
         tune.with_resources(tune.with_parameters(_trial, payload=payload), {"cpu": 1}),
         tune_config=tune.TuneConfig(metric=unit, mode="min", search_alg=search, reuse_actors=True,
                                     num_samples=n if searcher == "grid" else num_samples),
-        run_config=tune.RunConfig(name="decode_tune", storage_path=str(local), verbose=1 if progress else 0))
+        run_config=tune.RunConfig(name="decode_tune", verbose=1 if progress else 0,
+                                  storage_path=str(exp) if store.is_remote(exp) else str(Path(local).resolve())))
     results = tuner.fit()
     from tune_jobs.searchers import NS
 
