@@ -3,6 +3,7 @@ beam search never scores worse than greedy, and torchaudio's flashlight decoder 
 CTC prefix beam search where both apply (lexicon-free, no language model)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,3 +95,31 @@ def test_torchaudio_decoder_matches_our_prefix_beam_search(trained, corpus):
     # hold is that neither is worse on the whole split, and neither misses a labelling 20x as likely.
     assert abs(mean) < 0.3, gaps
     assert -3.0 < worst and max(gaps) < 3.0, gaps
+
+
+def test_decoding_from_cached_acoustic_outputs_equals_decoding_the_batch(trained, corpus, cache_dir):
+    """decode-tune's path (Family.acoustic once, Family.decode_cached per setting) gives exactly
+    the hypotheses of decoding the batch directly: a trained crnn_ctc under greedy, prefix beam
+    and flashlight, and a conformer_aed (random weights, CTC head) under joint beam search."""
+    model, family, tok, run, meta = load_model(trained)
+    data = dataset_for(read_manifest(corpus["test"]), tok, FeatureConfig(**meta["features"]), str(cache_dir),
+                       np.asarray(meta["cmvn"]["mean"], np.float32), np.asarray(meta["cmvn"]["std"], np.float32),
+                       False, progress=False)
+    batch = next(data.iterate(data.batches(1_000_000)))
+    outputs = family.acoustic(model, batch)
+    assert [o.shape[0] for o in outputs] == [int(n) for n in model.out_lens(batch.feat_lens)]
+    for settings in ({"decoder": "greedy"}, {"decoder": "prefix_beam", "beam_size": 4},
+                     {"decoder": "flashlight", "beam_size": 8}):
+        assert family.decode_cached(None, outputs, tok, **settings) == family.decode(model, batch, tok, **settings)
+
+    aed = get_family("conformer_aed")
+    arun = split_params({"family": "conformer_aed", "preset": "tiny", "train_manifest": corpus["train"],
+                         "dev_manifest": corpus["dev"], "n_mels": run.features.n_mels, "ctc_weight": 0.3})
+    torch.manual_seed(0)
+    conformer = aed.build(arun.model, tok.vocab_size, run.features.n_mels).eval()
+    for one in data.batches(1_000_000, batch_size=1)[:3]:  # one utterance: the same length bound either way
+        b = next(data.iterate([one]))
+        cached = aed.acoustic(conformer, b)
+        for beam, w in ((2, 0.0), (3, 0.3)):
+            assert aed.decode_cached(conformer, cached, tok, beam_size=beam, decode_ctc_weight=w) == \
+                aed.decode(conformer, b, tok, beam_size=beam, decode_ctc_weight=w)

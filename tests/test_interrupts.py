@@ -24,28 +24,48 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
 
     if ray.is_initialized():  # the searches run in their own driver processes
         ray.shutdown()
-    demo = str(ROOT / "tune_jobs" / "jobs" / "demo.yaml")
+    import psutil
+
+    # the demo's smoke profile with 3 epochs and no early stop: after a trial's first report at
+    # least 2 epochs of each trial remain, so the search is still running when it is frozen below
+    demo = tmp_path / "demo.yaml"
+    text = (ROOT / "tune_jobs" / "jobs" / "demo.yaml").read_text()
+    demo.write_text(text.replace("    params: {epochs: 2}\n    scheduler: {max_t: 2}",
+                                 "    params: {epochs: 3}\n    scheduler: {max_t: 3, grace_period: 3}"))
+    assert demo.read_text() != text
     exp = tmp_path / "exp" / "demo"
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "SPEECHTUNE_CACHE": str(cache_dir)}
-    p = speechtune("tune", demo, "--profile", "smoke", "--storage", str(tmp_path / "exp"), "--num-cpus", "2",
-                    env=env)
+    p = speechtune("tune", str(demo), "--profile", "smoke", "--storage", str(tmp_path / "exp"), "--num-cpus", "2",
+                   env=env)
     wait_while_running(p, lambda: exp.is_dir() and any(rows for rows in history_of(exp).values()), 300,
                        "a trial's first reported epoch")
-    # the live view of the running search: every trial so far, its status and the job's metric
-    # (in this process: a second interpreter's start-up could outlast this short search)
-    from tune_jobs.cli import main
+    # the training workers are frozen (SIGSTOP) while the live view is read and Ctrl-C is sent, so
+    # that no epoch, and no end of the search, can overtake the test on a loaded machine
+    workers = [w for w in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(w.info["cmdline"] or [])]
+    for w in workers:
+        w.suspend()
+    try:
+        assert workers and p.poll() is None, "the search ended before it could be interrupted"
+        # the live view of the running search: every trial so far, its status and the job's metric
+        from tune_jobs.cli import main
 
-    monkeypatch.setenv("COLUMNS", "200")
-    capsys.readouterr()
-    assert main(["watch", str(exp), "--once"]) == 0
-    view = capsys.readouterr().out
-    assert "val_cer now" in view and "of 2" in view, view
-    for tdir in exp.glob("TorchTrainer_*"):
-        tid = tdir.name.split("_")[1]
-        line = next((l for l in view.splitlines() if tid in l), "")
-        assert any(s in line for s in ("running", "pending", "finished", "early-stopped")), (tid, view)
-    assert any(ch.isdigit() for l in view.splitlines() if "running" in l for ch in l.split("running", 1)[1]), view
-    p.send_signal(signal.SIGINT)
+        monkeypatch.setenv("COLUMNS", "200")
+        capsys.readouterr()
+        assert main(["watch", str(exp), "--once"]) == 0
+        view = capsys.readouterr().out
+        assert "val_cer now" in view and "of 2" in view, view
+        for tdir in exp.glob("TorchTrainer_*"):
+            tid = tdir.name.split("_")[1]
+            line = next((l for l in view.splitlines() if tid in l), "")
+            assert any(s in line for s in ("running", "pending", "finished", "early-stopped")), (tid, view)
+        assert any(ch.isdigit() for l in view.splitlines() if "running" in l for ch in l.split("running", 1)[1]), view
+        p.send_signal(signal.SIGINT)
+    finally:
+        for w in workers:
+            try:
+                w.resume()
+            except psutil.NoSuchProcess:
+                pass
     out, _ = p.communicate(timeout=180)
     assert p.returncode == 130, out[-3000:]
     assert f"Resume with: speechtune tune --resume {exp}" in out and "test CER" not in out, out[-3000:]
