@@ -98,8 +98,9 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
             print(f"first error: {first_error(errors[0])}", file=sys.stderr)
         return 1
     if job.test_eval and "test" in manifests and get_family(job.family).decode is not None:
+        local = store.local_copy(exp_dir, skip_checkpoints=False)  # once: an S3 experiment is downloaded
         try:
-            best = best_checkpoint(store.local_copy(exp_dir, skip_checkpoints=False), *job.selection())
+            best = best_checkpoint(local, *job.selection())
         except FileNotFoundError as e:  # e.g. no trial met the job's `require` bounds
             print(f"test evaluation skipped: {e}")
             extra["test evaluation"] = f"skipped: {e}" + (f" (required: {job.require})" if job.require else "")
@@ -113,7 +114,7 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
                       "test WER": f"{100 * ev['wer']:.2f}%"})
         print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
         if "rows" in ev:
-            scores = test_against_baseline(exp_dir, job, best, ev, manifests["test"])
+            scores = test_against_baseline(exp_dir, job, best, ev, manifests["test"], local)
             print(scores["line"])
     save_outcome(exp_dir, extra)
     print(f"report: {write_report(exp_dir, report_dir)}")
@@ -121,7 +122,7 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
     return 0
 
 
-def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manifest: str) -> dict:
+def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manifest: str, local: Path) -> dict:
     """The best checkpoint against the baseline trial's best checkpoint on the test split: CER and
     WER with 95% intervals and the probability that the best improves on the baseline (paired
     bootstrap, analysis.confidence). Kept as ``test_scores.json``; the report opens with it."""
@@ -130,7 +131,6 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
     from asr_core import storage as store
     from asr_core.evaluate import evaluate
 
-    local = store.local_copy(exp_dir, skip_checkpoints=False)
     record = read_job_record(local)
     trials, _ = load_experiment(local)
     base = baseline_trial(trials, record)
