@@ -242,7 +242,7 @@ def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir,
     job = tiny_job(tmp_path, corpus, cache_dir, "worker", """\
         num_trials: 1
         max_failures: 2
-        """, epochs=24)
+        """, epochs=16)
     exp = tmp_path / "exp" / "worker"
     box: dict = {}
     t = threading.Thread(target=lambda: box.update(
@@ -250,18 +250,11 @@ def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir,
     t.start()
     killed = None
     deadline = time.time() + 180
-    def synced_behind() -> bool:
-        # the storage copy of result.json (synced every few seconds) holds k reports while the
-        # worker has written the checkpoint of a later epoch (workers write those themselves):
-        # the driver's result.json is ahead of the storage copy Tune restores it from
-        res = list(exp.glob("*/result.json"))
-        k = sum(1 for line in res[0].read_text().splitlines() if line.strip()) if res else 0
-        return k >= 1 and bool(list(exp.glob(f"*/checkpoint_{k:06d}")))
-
-    while time.time() < deadline and killed is None:
-        if exp.is_dir() and synced_behind():
+    while time.time() < deadline and killed is None and t.is_alive():
+        # the worker writes its checkpoints itself (result.json is written by the driver)
+        if exp.is_dir() and list(exp.glob("*/checkpoint_000001")):  # epoch 2 done; an epoch takes ~0.5 s
             for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                if any(c.startswith("ray::RayTrainWorker") for c in proc.info["cmdline"] or []):
                     proc.kill()  # SIGKILL: the worker process dies mid-epoch
                     killed = proc.info["pid"]
                     break
@@ -275,15 +268,15 @@ def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir,
     resumed = [r for r in rows if r.get("restored_from_trial") == tid]
     assert resumed, [(r["epoch"], r.get("restored_from_trial")) for r in rows]
     assert resumed[0]["restored_from_epoch"] >= 1 and resumed[0]["epoch"] == resumed[0]["restored_from_epoch"] + 1
-    assert rows[-1]["epoch"] == 24
+    assert rows[-1]["epoch"] == 16
     # Tune's own result.json keeps every report of the line (tune_jobs.trial_logs): none had to
     # be repaired from progress.csv by the loader
     from analysis.load import _lineage
 
-    assert [r["epoch"] for r in _lineage(rows)] == list(range(1, 25)), [r["epoch"] for r in rows]
+    assert [r["epoch"] for r in _lineage(rows)] == list(range(1, 17)), [r["epoch"] for r in rows]
     trials, history = load_experiment(exp_dir)
     assert trials.iloc[0].status == "finished" and "retried after" in trials.iloc[0].error
-    assert sorted(history.epoch) == list(range(1, 25))  # each epoch once on the final line
+    assert sorted(history.epoch) == list(range(1, 17))  # each epoch once on the final line
     assert compare_with_ray(exp_dir).ok
 
 
