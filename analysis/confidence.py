@@ -89,9 +89,9 @@ def checkpoint_edits(trial_dir: Path, epoch: int | None) -> dict | None:
 
 def edits_from_rows(rows: list[dict]) -> dict:
     """``evaluate(..., per_utterance=True)`` rows as an ``edits.json`` record."""
-    rows = sorted(rows, key=lambda r: r["id"])
-    return {"ids": [r["id"] for r in rows], "char": [[r["char_errors"], r["chars"]] for r in rows],
-            "word": [[r["word_errors"], r["words"]] for r in rows]}
+    from asr_core.train.checkpoint import edits_record
+
+    return edits_record([(r["id"], r["char_errors"], r["chars"], r["word_errors"], r["words"]) for r in rows])
 
 
 def _same(a, b) -> bool:

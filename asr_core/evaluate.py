@@ -35,20 +35,20 @@ def build_model(params: dict, tok: CharTokenizer, state: dict, where: str = "<ch
 
 
 def utterance_rows(hyp_ids: list[list[int]], batch, tokenizer) -> list[dict]:
-    """One row per utterance: reference, hypothesis and its error counts (jiwer, per utterance; they
-    add up to the batch's counts, so the rows' sums give the corpus CER and WER)."""
+    """One row per utterance: reference, hypothesis and its error counts (one jiwer pass over the
+    batch, split per sentence by asr_core.metrics.sentence_edits; the rows' sums give the batch's
+    CER and WER)."""
     import jiwer
 
-    rows = []
-    for uid, ref, ids in zip(batch.ids, batch.texts, hyp_ids):
-        hyp = tokenizer.decode(ids)
-        c, w = jiwer.process_characters(ref, hyp), jiwer.process_words(ref, hyp)
-        rows.append({"id": uid, "reference": ref, "hypothesis": hyp,
-                     "char_errors": c.substitutions + c.deletions + c.insertions,
-                     "chars": c.substitutions + c.deletions + c.hits,
-                     "word_errors": w.substitutions + w.deletions + w.insertions,
-                     "words": w.substitutions + w.deletions + w.hits})
-    return rows
+    from asr_core.metrics import sentence_edits
+
+    hyps = [tokenizer.decode(ids) for ids in hyp_ids]
+    refs = list(batch.texts)
+    chars = sentence_edits(jiwer.process_characters(refs, hyps))
+    words = sentence_edits(jiwer.process_words(refs, hyps))
+    return [{"id": uid, "reference": ref, "hypothesis": hyp, "char_errors": ce, "chars": cn,
+             "word_errors": we, "words": wn}
+            for uid, ref, hyp, (ce, cn), (we, wn) in zip(batch.ids, refs, hyps, chars, words)]
 
 
 def open_split(meta: dict, run, tok, manifest_path: str, cache_dir: str | None = None, skip_bad: bool = False,

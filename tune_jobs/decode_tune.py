@@ -141,6 +141,7 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
     from analysis.load import best_checkpoint, load_experiment, read_job_record
     from asr_core import storage as store
     from asr_core.models import get_family
+    from asr_core.train.checkpoint import edits_record
     from cluster.local import init_ray
     from tune_jobs.registry import make_searcher
     from tune_jobs.space import parse_space, split_grid
@@ -237,7 +238,7 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
                                        "beam_size": own_settings.get("beam_size", 8)} if _is_ctc(family)
                                       else {k: v for k, v in own_settings.items() if k != "decoder"}))
         own_m, own_e = score(tc, own)
-        cmp = compare(_rec(tuned_e), _rec(own_e))
+        cmp = compare(edits_record(tuned_e), edits_record(own_e))
         test = {"utterances": len(tc["ids"]), "tuned": {**tuned_m, "settings": best["settings"]},
                 "own": {**own_m, "settings": own_settings}, **cmp}
     total = len(rows)
@@ -260,11 +261,6 @@ def _model(cache):
     from asr_core.evaluate import build_model
 
     return build_model(cache["params"], _tok(cache), cache["state"]) if cache.get("state") is not None else None
-
-
-def _rec(edits: list) -> dict:
-    rows = sorted(edits)
-    return {"ids": [r[0] for r in rows], "char": [[r[1], r[2]] for r in rows], "word": [[r[3], r[4]] for r in rows]}
 
 
 def format_result(out: dict) -> str:

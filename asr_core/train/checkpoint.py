@@ -37,12 +37,16 @@ def save(dirpath: str | os.PathLike, *, model, optimizer, scheduler, epoch: int,
         write_edits(d / EDITS, edits, split="dev", epoch=epoch)
 
 
-def write_edits(path: str | os.PathLike, edits: list, split: str, epoch: int | None = None) -> None:
-    """``edits``: ``(utterance id, char errors, chars, word errors, words)`` rows, one per utterance."""
+def edits_record(edits: list) -> dict:
+    """``(utterance id, char errors, chars, word errors, words)`` rows as the record
+    ``edits.json`` holds and analysis.confidence reads: ids, char and word pairs, by id."""
     rows = sorted(edits)
-    Path(path).write_text(json.dumps({
-        "split": split, "epoch": epoch, "ids": [r[0] for r in rows],
-        "char": [[int(r[1]), int(r[2])] for r in rows], "word": [[int(r[3]), int(r[4])] for r in rows]}))
+    return {"ids": [r[0] for r in rows], "char": [[int(r[1]), int(r[2])] for r in rows],
+            "word": [[int(r[3]), int(r[4])] for r in rows]}
+
+
+def write_edits(path: str | os.PathLike, edits: list, split: str, epoch: int | None = None) -> None:
+    Path(path).write_text(json.dumps({"split": split, "epoch": epoch, **edits_record(edits)}))
 
 
 def load_edits(dirpath: str | os.PathLike) -> dict | None:
