@@ -240,6 +240,11 @@ def baseline_items(a: Analysis) -> list:
                      f"(paired bootstrap, {sc['utterances']} test utterances; 95% intervals in brackets)")
         items.append(f"baseline: trial `{base['trial_id']}`, {sc.get('baseline_source', '')}: "
                      + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in (base.get("params") or {}).items()))
+    h = sc.get("test_hard")
+    if h:
+        items.append(f"robustness: the best checkpoint's CER on test_hard (unseen voices at speaking rates and noise "
+                     f"levels beyond the training range, {h['utterances']} utterances) is {100 * h['cer']:.2f}%, "
+                     f"{h['cer_ratio']:.2f}x its test CER {100 * sc['best_cer']['rate']:.2f}%")
     return items
 
 

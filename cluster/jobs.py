@@ -74,7 +74,7 @@ def job_payload(job) -> dict:
     raw = json.loads(json.dumps(job.raw, default=str))
     raw["storage_path"] = store.normalize(job.storage_path)
     data = raw.get("data") or {}
-    for k in ("train_manifest", "dev_manifest", "test_manifest"):
+    for k in ("train_manifest", "dev_manifest", "test_manifest", "test_hard_manifest"):
         if data.get(k):
             data[k] = normalize_spec(data[k])
     return {"path": str(Path(job.path).resolve()), "profile": job.profile or "", "job": raw}

@@ -41,6 +41,23 @@ def test_synthesis_is_deterministic_and_splits_are_disjoint(tmp_path):
     assert info.samplerate == 16000 and info.frames > 8000
 
 
+def test_test_hard_split_adds_unseen_sentences_by_test_voices_and_leaves_the_other_splits_alone(tmp_path):
+    a = ensure_corpus("demo-bilingual", cache_dir=tmp_path / "a", train=30, dev=8, test=8, progress=False)
+    h = ensure_corpus("demo-bilingual", cache_dir=tmp_path / "h", train=30, dev=8, test=8, test_hard=8,
+                      progress=False)
+    assert set(h) == {"train", "dev", "test", "test_hard"} and "test_hard" not in a
+    for split in ("train", "dev", "test"):  # byte for byte what the corpus without test_hard holds
+        assert _rows(a[split]) == _rows(h[split])
+        for r in _rows(a[split])[:3]:
+            assert (Path(a[split]).parent / r["audio"]).read_bytes() == (Path(h[split]).parent / r["audio"]).read_bytes()
+    hard = _rows(h["test_hard"])
+    assert len(hard) == 8 and {r["language"] for r in hard} == {"en", "fa"}
+    seen_voices = {r["speaker"] for s in ("train", "dev") for r in _rows(h[s])}
+    assert not {r["speaker"] for r in hard} & seen_voices  # the test split's voices: unseen in training
+    others = {r["text"] for s in ("train", "dev", "test") for r in _rows(h[s])}
+    assert not {r["text"] for r in hard} & others
+
+
 def test_corpus_is_reused_not_resynthesized(corpus, cache_dir):
     before = Path(corpus["train"]).stat().st_mtime_ns
     again = ensure_corpus("demo-mono", cache_dir=cache_dir, train=160, dev=24, test=24, progress=False)

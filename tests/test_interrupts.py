@@ -30,7 +30,7 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
     # least 2 epochs of each trial remain, so the search is still running when it is frozen below
     demo = tmp_path / "demo.yaml"
     text = (ROOT / "tune_jobs" / "jobs" / "demo.yaml").read_text()
-    demo.write_text(text.replace("    params: {epochs: 2}\n    scheduler: {max_t: 2}",
+    demo.write_text(text.replace("    params: {epochs: 2}\n    scheduler: {max_t: 2, grace_period: 1}",
                                  "    params: {epochs: 3}\n    scheduler: {max_t: 3, grace_period: 3}"))
     assert demo.read_text() != text
     exp = tmp_path / "exp" / "demo"

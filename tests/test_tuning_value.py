@@ -21,7 +21,7 @@ def test_the_baseline_is_the_first_point_else_the_untuned_values_when_they_can_b
     demo = load_job(ROOT / "tune_jobs" / "jobs" / "demo.yaml")
     base, source = demo.baseline()
     # preset demo_small's LSTM and the job's own lr: what `speechtune train` would run
-    assert base == {"lr": 3.0e-3, "lstm_hidden": 128, "lstm_layers": 2, "lstm_dropout": 0.1}
+    assert base == {"lr": 4.0e-3, "lstm_hidden": 160, "lstm_dropout": 0.1}
     assert "untuned" in source and demo.first_points() == [base]
     smoke = load_job(ROOT / "tune_jobs" / "jobs" / "demo.yaml", "smoke")
     none, why = smoke.baseline()

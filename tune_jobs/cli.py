@@ -217,7 +217,7 @@ def cmd_describe(a) -> int:
     print(f"family: {family.name}" + (f"  preset: {a.preset}" if a.preset else ""))
     print(f"ranks by: {family.default_metric} ({family.default_mode})")
     preset_keys = set(family.presets.get(a.preset, {})) if a.preset else set()
-    for title, obj in (("model", run.model), ("train", run.train), ("features", run.features)):
+    for title, obj in (("model", run.model), ("train", run.train), ("features", run.features), ("augment", run.augment)):
         print(f"{title}:")
         for f in dataclasses.fields(obj):
             mark = "  # preset" if f.name in preset_keys else ""

@@ -27,10 +27,13 @@ def resolve_data(job: JobSpec, cache_dir: str | None = None) -> dict[str, str]:
     local paths made absolute."""
     d = job.data
     if d.corpus:
-        return ensure_corpus(d.corpus, cache_dir=cache_dir, train=d.train, dev=d.dev, test=d.test, seed=d.seed)
+        return ensure_corpus(d.corpus, cache_dir=cache_dir, train=d.train, dev=d.dev, test=d.test, seed=d.seed,
+                             test_hard=d.test_hard)
     out = {"train": normalize_spec(d.train_manifest), "dev": normalize_spec(d.dev_manifest)}
     if d.test_manifest:
         out["test"] = normalize_spec(d.test_manifest)
+    if d.test_hard_manifest:
+        out["test_hard"] = normalize_spec(d.test_hard_manifest)
     return out
 
 
@@ -117,7 +120,7 @@ def check_and_cache(run: RunConfig, progress: bool = True) -> tuple[dict, list[s
 
     params = run.given
     limit = duration_limit(run.data, run.features, run.train.batch_bins, run.train.batch_size)
-    checked = check_data(run.data, run.features, progress=progress, max_duration=limit)
+    checked = check_data(run.data, run.features, progress=progress, max_duration=limit, augment=run.augment)
     try:  # a model that cannot be built for this data fails here, not in every trial
         get_family(run.family).build(run.model, checked.tokenizer.vocab_size, run.features.n_mels)
     except ValueError as e:
@@ -126,8 +129,10 @@ def check_and_cache(run: RunConfig, progress: bool = True) -> tuple[dict, list[s
         from asr_core.data.manifest import group_skipped
 
         print("\n".join(group_skipped(checked.skipped)))
-    return {**params, "train_features": checked.entries["train"], "dev_features": checked.entries["dev"]}, \
-        checked.skipped
+    entries = {"train_features": checked.entries["train"], "dev_features": checked.entries["dev"]}
+    if checked.aug_entries:
+        entries["train_aug_features"] = checked.aug_entries
+    return {**params, **entries}, checked.skipped
 
 
 def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, storage_path: str, name: str,

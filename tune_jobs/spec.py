@@ -31,10 +31,12 @@ class DataSpec:
     train: int = 3000
     dev: int = 200
     test: int = 200
+    test_hard: int = 0  # a demo corpus's robustness split: unseen voices at rates and noise beyond training's
     seed: int = 0
     train_manifest: str = ""  # ... or your own manifests
     dev_manifest: str = ""
     test_manifest: str = ""
+    test_hard_manifest: str = ""  # a second, harder test set: scored like test, reported beside it
     skip_bad: bool = False
 
     def validate(self) -> None:

@@ -7,6 +7,7 @@ is twenty lines. Batches hold utterances of similar length, so padding is small.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import queue
 import random
@@ -100,10 +101,16 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
 
 
 class SpeechDataset:
-    """A manifest's utterances joined to their cached features and token ids."""
+    """A manifest's utterances joined to their cached features and token ids.
+
+    A training set may carry augmented versions (``variants``: augmented copies of the training
+    set in the feature store, ``augment.py``) and SpecAugment settings; :meth:`for_epoch` gives
+    the epoch's view, each utterance read from the version drawn for that epoch and every batch
+    masked. Without ``for_epoch`` (dev, test, scoring) the clean features are read, unmasked."""
 
     def __init__(self, utts: list[Utterance], store: FeatureStore, tokenizer: CharTokenizer,
-                 mean: np.ndarray, std: np.ndarray, with_lang_tag: bool, where: str):
+                 mean: np.ndarray, std: np.ndarray, with_lang_tag: bool, where: str,
+                 variants: Sequence[FeatureStore] = (), augment=None):
         self.utts = utts
         self.store = store
         self.rows = [store.index[u.id] for u in utts]
@@ -111,31 +118,66 @@ class SpeechDataset:
         lang = (lambda u: u.language) if with_lang_tag else (lambda u: None)
         self.tokens = [tokenizer.encode(u.text, lang(u), where=f"{where}: utterance '{u.id}'") for u in utts]
         self.mean, self.std = mean, std
+        # (store, row, frames) of each utterance in each version; version 0 is the clean store. An
+        # utterance a copy lacks (its extraction skipped it) is read clean in that version.
+        self.versions = [list(zip([store] * len(utts), self.rows, self.frames))]
+        for v in variants:
+            self.versions.append([(v, v.index[u.id], int(v.num_frames[v.index[u.id]])) if u.id in v.index
+                                  else self.versions[0][i] for i, u in enumerate(utts)])
+        self.augment = augment
+        self.choice: list[int] | None = None  # the epoch's version of each utterance (for_epoch)
+        self.mask_seed: tuple[int, int] | None = None  # (seed, epoch) of SpecAugment (for_epoch)
 
     def __len__(self) -> int:
         return len(self.utts)
 
     def batches(self, batch_bins: int, batch_size: int = 0, padding: bool = True) -> list[list[int]]:
-        return make_batches(self.frames, [len(t) for t in self.tokens], self.store.n_mels, batch_bins,
+        # planned on each utterance's longest version: the batch fits whichever version an epoch draws
+        frames = [max(v[i][2] for v in self.versions) for i in range(len(self.utts))]
+        return make_batches(frames, [len(t) for t in self.tokens], self.store.n_mels, batch_bins,
                             batch_size=batch_size, padding=padding)
 
+    def for_epoch(self, seed: int, epoch: int) -> "SpeechDataset":
+        """This training set as epoch ``epoch`` of a run seeded ``seed`` reads it (the same draw on
+        every worker and on every resume); itself when nothing is augmented."""
+        masks = self.augment is not None and self.augment.specaug
+        if len(self.versions) == 1 and not masks:
+            return self
+        from asr_core.data.augment import epoch_choice
+
+        view = copy.copy(self)
+        if len(self.versions) > 1:
+            view.choice = epoch_choice(len(self.utts), len(self.versions), seed, epoch)
+        view.mask_seed = (seed, epoch) if masks else None
+        return view
+
+    def source(self, i: int) -> tuple[FeatureStore, int, int]:
+        """(store, row, frames) that utterance ``i`` is read from."""
+        return self.versions[self.choice[i] if self.choice is not None else 0][i]
+
     def collate(self, idx: Sequence[int]) -> Batch:
-        T = max(self.frames[i] for i in idx)
+        src = [self.source(i) for i in idx]
+        T = max(n for _, _, n in src)
         S = max(len(self.tokens[i]) for i in idx)
         feats = np.zeros((len(idx), T, self.store.n_mels), np.float32)
         targets = np.zeros((len(idx), S), np.int64)
-        for b, i in enumerate(idx):
-            f = self.store.feats(self.rows[i])
-            feats[b, : len(f)] = (f - self.mean) / self.std
+        for b, (i, (store, row, n)) in enumerate(zip(idx, src)):
+            feats[b, :n] = (store.feats(row) - self.mean) / self.std
             targets[b, : len(self.tokens[i])] = self.tokens[i]
+        lens = [n for _, _, n in src]
+        ids = [self.utts[i].id for i in idx]
+        if self.mask_seed is not None:
+            from asr_core.data.augment import batch_seed, spec_augment
+
+            spec_augment(feats, lens, self.augment, batch_seed(*self.mask_seed, ids))
         return Batch(
             feats=torch.from_numpy(feats),
-            feat_lens=torch.tensor([self.frames[i] for i in idx]),
+            feat_lens=torch.tensor(lens),
             targets=torch.from_numpy(targets),
             target_lens=torch.tensor([len(self.tokens[i]) for i in idx]),
             texts=[self.utts[i].text for i in idx],
             languages=[self.utts[i].language for i in idx],
-            ids=[self.utts[i].id for i in idx],
+            ids=ids,
         )
 
     def iterate(self, batches: list[list[int]], prefetch: int = 0, pin: bool = False) -> Iterator[Batch]:

@@ -32,7 +32,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +46,9 @@ from tqdm import tqdm
 from asr_core import storage
 from asr_core.data.manifest import Manifest, Utterance
 from asr_core.errors import InputError, KeyProblem
+
+if TYPE_CHECKING:
+    from asr_core.data.augment import Perturbation
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +115,17 @@ def load_audio(u: Utterance, cached: dict | None = None) -> tuple[np.ndarray, in
     return data.mean(axis=1), sr
 
 
-def store_key(manifest: Manifest, cfg: FeatureConfig) -> str:
+def store_key(manifest: Manifest, cfg: FeatureConfig, perturb: "Perturbation | None" = None) -> str:
     """Content key: the manifest's source bytes and location (``Manifest.key``), the size and
     modification time of every audio file it names (a repaired or replaced file is extracted
-    again, as make and rsync decide it), and the settings."""
+    again, as make and rsync decide it), the settings, and for an augmented copy its recipe."""
     h = hashlib.sha1(manifest.key.encode())
     files = sorted({u.audio for u in manifest.utterances})
     for uri, (size, mtime) in sorted(storage.stats(files).items()):
         h.update(f"{uri}\t{size}\t{mtime}\n".encode())
     h.update(json.dumps({**asdict(cfg), "version": FORMAT_VERSION}, sort_keys=True).encode())
+    if perturb is not None:
+        h.update(perturb.key().encode())
     return h.hexdigest()[:20]
 
 
@@ -134,22 +139,27 @@ def _schema(n_mels: int, dtype: str) -> pa.Schema:
 
 
 def extract_shard(utts: list[Utterance], where: dict[str, str], cfg: FeatureConfig, out_uri: str,
-                  skip_bad: bool) -> dict:
+                  skip_bad: bool, perturb: "Perturbation | None" = None) -> dict:
     """Features of ``utts`` into one shard file at ``out_uri``; returns its counts and CMVN sums.
     Audio that cannot be read is an InputError naming the manifest's file and line, or, with
-    ``skip_bad``, listed in ``skipped``."""
+    ``skip_bad``, listed in ``skipped``. ``perturb`` (an augmented copy, ``augment.py``) changes
+    each waveform first; what it drew is returned by id in ``perturbations``."""
     total = np.zeros(cfg.n_mels, np.float64)
     total_sq = np.zeros(cfg.n_mels, np.float64)
     frames, skipped = 0, {}
     ids, counts, feats = [], [], []
     cached: dict = {}
+    drawn: dict[str, dict] = {}
     for u in utts:
         try:
             wav, sr = load_audio(u, cached)
             if wav.size < sr * cfg.frame_length_ms / 1000:
                 raise _TooShort(f"audio of utterance '{u.id}' is {1000 * wav.size / sr:.0f} ms long, shorter than "
                                 f"one analysis window ({cfg.frame_length_ms:g} ms): {u.audio}")
-            fb = compute_fbank(torch.from_numpy(wav), sr, cfg).numpy()  # (T, F)
+            wav = torch.from_numpy(wav)
+            if perturb is not None:
+                wav, drawn[u.id] = perturb(wav, sr, u.id)
+            fb = compute_fbank(wav, sr, cfg).numpy()  # (T, F)
         except Exception as e:  # a missing or unreadable file, from libsndfile or the object store
             err = InputError(where.get(u.id, u.id), str(e) if isinstance(e, _TooShort) else
                              f"audio of utterance '{u.id}' unreadable: {u.audio} ({type(e).__name__}: {e})")
@@ -171,7 +181,7 @@ def extract_shard(utts: list[Utterance], where: dict[str, str], cfg: FeatureConf
         w.write_batch(batch)
     storage.write_bytes(out_uri, sink.getvalue().to_pybytes())
     return {"utterances": len(ids), "frames": frames, "sum": total.tolist(), "sum_sq": total_sq.tolist(),
-            "skipped": skipped}
+            "skipped": skipped, "perturbations": drawn}
 
 
 class _TooShort(ValueError):
@@ -185,14 +195,16 @@ def _shards(n: int, workers: int) -> list[tuple[int, int]]:
 
 
 def ensure_store(manifest: Manifest, cfg: FeatureConfig, root: str, *, skip_bad: bool = False,
-                 progress: bool = True, parallel: bool = True, entry: str = "") -> tuple[str, int]:
+                 progress: bool = True, parallel: bool = True, entry: str = "",
+                 perturb: "Perturbation | None" = None) -> tuple[str, int]:
     """The store entry of ``manifest`` under ``root`` (built if missing). Returns (its URI, the
     number of utterances this call extracted: 0 when the entry was there). With ``parallel`` and
     Ray up, shards are extracted by Ray tasks on the cluster's CPUs. ``entry``: the entry the
-    job's driver built (a trial's workers need not compute the key again)."""
+    job's driver built (a trial's workers need not compute the key again). ``perturb``: the
+    entry is that augmented copy of the manifest (``augment.py``)."""
     if entry and storage.is_file(storage.join(entry, INDEX_FILE)):
         return entry, 0
-    entry = storage.join(root, store_key(manifest, cfg))
+    entry = storage.join(root, store_key(manifest, cfg, perturb))
     local = not storage.is_remote(entry)
     lock = FileLock(entry + ".lock") if local else None
     if local:
@@ -207,9 +219,9 @@ def ensure_store(manifest: Manifest, cfg: FeatureConfig, root: str, *, skip_bad:
         ranges = _shards(len(utts), _cluster_cpus() if use_ray else 1)
         parts = [f"part-{i:05d}.arrow" for i in range(len(ranges))]
         args = [(utts[a:b], {u.id: manifest.where.get(u.id, manifest.path) for u in utts[a:b]}, cfg,
-                 storage.join(entry, p), skip_bad) for (a, b), p in zip(ranges, parts)]
-        bar = tqdm(total=len(utts), desc=f"features {Path(manifest.path.split(':')[-1]).name}", unit="utt",
-                   disable=not progress)
+                 storage.join(entry, p), skip_bad, perturb) for (a, b), p in zip(ranges, parts)]
+        name = Path(manifest.path.split(':')[-1]).name + (f" (augmented copy {perturb.copy})" if perturb else "")
+        bar = tqdm(total=len(utts), desc=f"features {name}", unit="utt", disable=not progress)
         results = _run_ray(args, bar) if use_ray else [_tick(bar, extract_shard(*a)) for a in args]
         bar.close()
         frames = sum(r["frames"] for r in results)
@@ -223,6 +235,9 @@ def ensure_store(manifest: Manifest, cfg: FeatureConfig, root: str, *, skip_bad:
         index = {"manifest": manifest.path, "n_mels": cfg.n_mels, "dtype": cfg.feature_dtype, "features": asdict(cfg),
                  "parts": [{"file": p, "utterances": r["utterances"]} for p, r in zip(parts, results)],
                  "utterances": sum(r["utterances"] for r in results), "frames": frames, "skipped": skipped}
+        if perturb is not None:  # the recipe and each utterance's draw: what the copy is, readable
+            index["perturbation"] = json.loads(perturb.key())
+            index["perturbations"] = {k: v for r in results for k, v in r["perturbations"].items()}
         storage.write_text(storage.join(entry, INDEX_FILE), json.dumps(index))  # last: the entry is complete
         return entry, sum(r["utterances"] for r in results)
 
@@ -297,7 +312,9 @@ class FeatureStore:
         stats = json.loads((path / STATS_FILE).read_text())
         self.mean = np.asarray(stats["mean"], dtype=np.float32)
         self.std = np.asarray(stats["std"], dtype=np.float32)
-        self.skipped: dict[str, str] = json.loads((path / INDEX_FILE).read_text()).get("skipped", {})
+        index = json.loads((path / INDEX_FILE).read_text())
+        self.skipped: dict[str, str] = index.get("skipped", {})
+        self.perturbations: dict[str, dict] = index.get("perturbations", {})  # an augmented copy's draws
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -9,7 +9,9 @@ Corpora:
   * ``demo-bilingual`` English and Persian, each utterance tagged with its ``language``.
 
 Splits are disjoint in both voice variant and sentence, so the test CER measures unseen voices
-saying unseen sentences. Output is deterministic for a given seed and sizes.
+saying unseen sentences. ``test_hard`` (when asked for) holds more of the test split's unseen voices
+saying other unseen sentences at speaking rates and noise levels outside every other split's
+range: robustness, measured. Output is deterministic for a given seed and sizes.
 """
 from __future__ import annotations
 
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
+HARD = "test_hard"
+# eSpeak rate (words a minute) and SNR (dB) of the splits above, and test_hard's beyond them
+RATE, SNR_DB = (140, 200), (25.0, 40.0)
+HARD_RATES, HARD_SNR_DB = ((100, 125), (210, 230)), (18.0, 24.0)
 
 # A fixed vocabulary; sentences are random word sequences drawn from it.
 EN_WORDS = """
@@ -71,9 +77,14 @@ class CorpusSpec:
     seed: int = 0
     min_words: int = 3
     max_words: int = 7
+    test_hard: int = 0
 
     def key(self) -> str:
-        return f"{self.name}-s{self.seed}-{self.train}-{self.dev}-{self.test}"
+        return f"{self.name}-s{self.seed}-{self.train}-{self.dev}-{self.test}" + \
+            (f"-h{self.test_hard}" if self.test_hard else "")
+
+    def splits(self) -> tuple[str, ...]:
+        return SPLITS + ((HARD,) if self.test_hard else ())
 
 
 CORPORA = {
@@ -169,6 +180,20 @@ def _sentences(spec: CorpusSpec, rng: random.Random) -> dict[str, list[tuple[str
     return out
 
 
+def _hard_sentences(spec: CorpusSpec, taken: dict[str, list[tuple[str, str]]], rng: random.Random) -> list:
+    """test_hard's sentences: unseen in every other split (drawn after them, from their own
+    generator, so asking for test_hard leaves the other splits byte for byte the same)."""
+    seen = {p for v in taken.values() for p in v}
+    out: list[tuple[str, str]] = []
+    while len(out) < spec.test_hard:
+        lang = spec.languages[len(out) % len(spec.languages)]
+        sent = " ".join(rng.choice(LANG_WORDS[lang]) for _ in range(rng.randint(spec.min_words, spec.max_words)))
+        if (lang, sent) not in seen:
+            seen.add((lang, sent))
+            out.append((lang, sent))
+    return out
+
+
 def synthesize_corpus(spec: CorpusSpec, out_dir: str | os.PathLike, progress: bool = True) -> dict[str, str]:
     """Write ``{split}.jsonl`` and audio under ``out_dir``; return split -> manifest path."""
     out_dir = Path(out_dir)
@@ -177,18 +202,28 @@ def synthesize_corpus(spec: CorpusSpec, out_dir: str | os.PathLike, progress: bo
     voice_split = _split_variants(engine.variants(), rng)
     sents = _sentences(spec, rng)
     noise_gen = torch.Generator().manual_seed(spec.seed)
+    hard_rng = random.Random(spec.seed + 7919)
+    if spec.test_hard:
+        sents[HARD] = _hard_sentences(spec, sents, hard_rng)
+        voice_split[HARD] = voice_split["test"]
     paths = {}
     total = sum(len(v) for v in sents.values())
     bar = tqdm(total=total, desc=f"synthesizing {spec.name}", unit="utt", disable=not progress)
-    for split in SPLITS:
+    for split in spec.splits():
         audio_dir = out_dir / "audio" / split
         audio_dir.mkdir(parents=True, exist_ok=True)
         utts = []
+        r = hard_rng if split == HARD else rng
         for i, (lang, text) in enumerate(sents[split]):
-            variant = rng.choice(voice_split[split])
-            rate = rng.randint(140, 200)
-            pitch = rng.randint(30, 70)
-            snr_db = rng.uniform(25.0, 40.0)
+            variant = r.choice(voice_split[split])
+            if split == HARD:  # slower or faster than any other split, and noisier
+                rate = r.randint(*r.choice(HARD_RATES))
+                pitch = r.randint(30, 70)
+                snr_db = r.uniform(*HARD_SNR_DB)
+            else:
+                rate = rng.randint(*RATE)
+                pitch = rng.randint(30, 70)
+                snr_db = rng.uniform(*SNR_DB)
             raw = engine.synth(text, lang, variant, rate, pitch)
             wav = torch.from_numpy(raw.astype(np.float32) / 32768.0)
             wav = AF.resample(wav, engine.sample_rate, SAMPLE_RATE)
@@ -233,4 +268,4 @@ def ensure_corpus(name: str, cache_dir: str | os.PathLike | None = None, progres
             with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
                 pool.submit(synthesize_corpus, spec, root, progress).result()
             done.write_text(json.dumps(asdict(spec)))
-    return {s: str(root / f"{s}.jsonl") for s in SPLITS}
+    return {s: str(root / f"{s}.jsonl") for s in spec.splits()}

@@ -3,7 +3,8 @@
 Parameter names are the seed's (ESPnet's): ``hidden_dim``, ``attention_heads``, ``linear_units``,
 ``eblocks``, ``edropout``, ``econformer_kernel_size`` (0 = plain Transformer encoder),
 ``eposition_embedding_type`` (absolute | relative), ``dblocks``, ``ddropout``, ``ctc_weight``
-(0 = attention only), ``label_smoothing``. SpecAugment masks frequency and time while training.
+(0 = attention only), ``label_smoothing``. SpecAugment (``specaug``, on by default for this family)
+masks frequency and time of the training batches (``asr_core.data.augment``).
 Decoding: greedy, attention beam search (``beam_size``), joint CTC/attention (``decode_ctc_weight``).
 Bilingual runs put the language tag first in the target, so the decoder predicts it first.
 """
@@ -16,9 +17,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchaudio
 
-from asr_core.decoding import CTCPrefixScorer, attention_beam_search, ctc_loss
+from asr_core.decoding import CTCPrefixScorer, attention_beam_search, ctc_loss, greedy_ctc
 from asr_core.models import Family
 from asr_core.models.seq_common import add_sos_eos, batched_greedy, beam_each, sinusoid, smoothed_ce, strip_eos
 from asr_core.errors import KeyProblem
@@ -37,12 +37,10 @@ class ConformerAEDConfig:
     ddropout: float = 0.1
     ctc_weight: float = 0.3  # 0 = attention only (no CTC head is built)
     label_smoothing: float = 0.1
-    specaug: bool = True
-    freq_mask: int = 10  # torchaudio FrequencyMasking parameter (bins)
-    time_mask: int = 40  # torchaudio TimeMasking parameter (frames)
-    num_masks: int = 2  # of each kind
     rel_clip: int = 64  # relative positions beyond +-rel_clip share one bias
-    decode_mode: Literal["greedy", "beam"] = "greedy"
+    # greedy / beam: the attention decoder (beam optionally joint with CTC, decode_ctc_weight);
+    # ctc: the CTC head alone, greedy (ESPnet's decoding with ctc_weight 1.0, without the prefix search)
+    decode_mode: Literal["greedy", "beam", "ctc"] = "greedy"
     beam_size: int = 4
     decode_ctc_weight: float = 0.0  # joint CTC/attention scoring in beam search
     # longest hypothesis, in tokens per encoder frame: fast demo speech reaches 26 characters/s
@@ -61,6 +59,8 @@ class ConformerAEDConfig:
             raise KeyProblem("decode_ctc_weight", "key 'decode_ctc_weight' needs a CTC head (ctc_weight > 0)")
         if self.ctc_weight == 1.0:
             raise KeyProblem("ctc_weight", "key 'ctc_weight' = 1 leaves the decoder untrained; use a CTC family")
+        if self.decode_mode == "ctc" and self.ctc_weight == 0:
+            raise KeyProblem("decode_mode", "key 'decode_mode': ctc needs a CTC head (ctc_weight > 0)")
 
 
 class Subsampling(nn.Module):
@@ -163,10 +163,6 @@ class ConformerAED(nn.Module):
         d = cfg.hidden_dim
         self.vocab = vocab_size
         self.sos = self.eos = vocab_size  # one extra output: <sos/eos> (ESPnet convention)
-        self.specaug = nn.Sequential(
-            *[torchaudio.transforms.FrequencyMasking(cfg.freq_mask, iid_masks=True) for _ in range(cfg.num_masks)],
-            *[torchaudio.transforms.TimeMasking(cfg.time_mask, iid_masks=True) for _ in range(cfg.num_masks)],
-        )
         self.subsample = Subsampling(feat_dim, d)
         self.enc = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.eblocks))
         self.enc_norm = nn.LayerNorm(d)
@@ -178,8 +174,6 @@ class ConformerAED(nn.Module):
         self.ctc = nn.Linear(d, vocab_size) if cfg.ctc_weight > 0 else None
 
     def encode(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training and self.cfg.specaug:
-            feats = self.specaug(feats.transpose(1, 2).unsqueeze(1)).squeeze(1).transpose(1, 2)  # (B, T, F)
         x, lens = self.subsample(feats, lens)  # (B, T', D)
         lens = lens.clamp(min=1, max=x.size(1))
         if self.cfg.eposition_embedding_type == "absolute":
@@ -231,6 +225,10 @@ def decode(model: ConformerAED, batch, tokenizer=None, **overrides) -> list[list
     memory, pad = model.encode(batch.feats, batch.feat_lens)
     enc_lens = (~pad).sum(1)
     max_len = max(4, int(memory.size(1) * cfg.max_len_ratio))
+    if mode == "ctc":
+        if model.ctc is None:
+            raise ValueError("decode_mode ctc needs a CTC head (ctc_weight > 0)")
+        return greedy_ctc(model.ctc(memory).log_softmax(-1), enc_lens)
     if mode == "greedy":
         return [strip_eos(h, model.eos) for h in batched_greedy(
             lambda ys: model.decode_step(memory, pad, ys)[:, -1], model.sos, model.eos, memory.size(0), max_len)]
@@ -292,6 +290,14 @@ PRESETS = {
                       econformer_kernel_size=15, eposition_embedding_type="relative", dblocks=2, ddropout=0.1,
                       batch_bins=300000, accum_grad=1, nepochs=20, lr=2e-3, warmup_steps=300,
                       label_smoothing=0.1),
+    # found by tune_jobs/jobs/conformer_bilingual_search.yaml on the 2-core CPU (README): small batches
+    # (more steps an epoch), a higher peak rate, CTC weight 0.3, no SpecAugment on this budget;
+    # decoded by its CTC head, which leads the attention decoder by tens of points for the first
+    # dozen CPU epochs (`make demo-bilingual`)
+    "cpu_bilingual": dict(hidden_dim=144, attention_heads=4, linear_units=576, eblocks=4, edropout=0.1,
+                          econformer_kernel_size=15, eposition_embedding_type="relative", dblocks=2, ddropout=0.1,
+                          ctc_weight=0.3, batch_bins=40000, accum_grad=1, lr=2.43e-3, warmup_steps=600,
+                          label_smoothing=0.1, specaug=False, decode_mode="ctc"),
     "tiny": dict(hidden_dim=96, attention_heads=4, linear_units=384, eblocks=2, edropout=0.0,
                  econformer_kernel_size=15, eposition_embedding_type="relative", dblocks=1, ddropout=0.0,
                  label_smoothing=0.0, specaug=False),
@@ -301,4 +307,4 @@ FAMILY = Family(name="conformer_aed", config_cls=ConformerAEDConfig, build=build
                 decode=decode, presets=PRESETS, default_metric="val_wer",
                 decode_keys=("decode_mode", "beam_size", "decode_ctc_weight"),
                 acoustic=acoustic, decode_cached=decode_cached, decode_space=DECODE_SPACE,
-                train_defaults={"schedule": "noam"})  # ESPnet's WarmupLR goes with warmup_steps
+                train_defaults={"schedule": "noam", "specaug": True})  # ESPnet's WarmupLR goes with warmup_steps

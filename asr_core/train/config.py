@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from asr_core.config import from_dict
+from asr_core.data.augment import WAVEFORM_KEYS, AugmentConfig
 from asr_core.data.features import FeatureConfig
 from asr_core.errors import InputError, KeyProblem
 from asr_core.models import get_family
@@ -79,6 +80,7 @@ class DataConfig:
     feature_store: str = ""  # where the job's features are stored (object storage, shared path); "" = the cache
     train_features: str = ""  # the store entries the job's driver built for the two manifests (set by
     dev_features: str = ""    # the runner: a trial's workers use them without computing keys again)
+    train_aug_features: list[str] = dataclasses.field(default_factory=list)  # ... and the augmented copies
     skip_bad: bool = False
     max_train_utts: int = 0  # 0 = all; a small number overfits a subset (tests)
     # longest utterance (seconds) a run accepts; 0 = the longest that fits batch_bins alone
@@ -101,11 +103,12 @@ class RunConfig:
     data: DataConfig
     features: FeatureConfig
     model: Any
+    augment: AugmentConfig
     params: dict  # the flat dict it came from, with presets and family defaults (recorded in checkpoints)
     given: dict = dataclasses.field(default_factory=dict)  # the flat dict as given (what a trial config carries)
 
 
-_GROUPS = (("train", TrainConfig), ("data", DataConfig), ("features", FeatureConfig))
+_GROUPS = (("train", TrainConfig), ("data", DataConfig), ("features", FeatureConfig), ("augment", AugmentConfig))
 RESERVED = {"family", "preset", "experiment"}  # experiment: a named trial's name (seed 001)
 
 
@@ -154,6 +157,11 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
         if name and name not in family.validation_metrics:
             raise InputError(where, f"key '{key}': '{name}' is not a validation metric of {family.name}; "
                                     f"it reports: {', '.join(sorted(family.validation_metrics))}", key=key)
+    augment = from_dict(AugmentConfig, groups["augment"], where)
+    if family.decode is None and not augment.is_default():
+        key = next(iter(groups["augment"]))
+        raise InputError(where, f"key '{key}': augmentation is for the ASR families; {family.name} learns to "
+                                "produce features, not to transcribe them", key=key)
     return RunConfig(
         family=family.name,
         preset=preset,
@@ -161,6 +169,7 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
         data=from_dict(DataConfig, groups["data"], where),
         features=from_dict(FeatureConfig, groups["features"], where),
         model=model_cfg,
+        augment=augment,
         params=dict(params),
         given=given,
     )
@@ -182,8 +191,10 @@ def fixed_in_run(params: dict, key: str, values: list, where: str = "<config>") 
     if key in FIXED_IN_RUN:
         return "it cannot change in a running trial"
     for group, cls in _GROUPS:
-        if group != "train" and key in {f.name for f in dataclasses.fields(cls)}:
+        if group in ("data", "features") and key in {f.name for f in dataclasses.fields(cls)}:
             return f"it is a {group} setting, fixed by the driver before the search"
+    if key in WAVEFORM_KEYS:
+        return "it sets the augmented copies of the training set, built by the driver before the search"
     if key not in family.config_keys():
         return ""
     shapes = set()

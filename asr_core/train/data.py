@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from asr_core import storage
+from asr_core.data.augment import AugmentConfig, Perturbation
 from asr_core.data.batching import SpeechDataset
 from asr_core.data.features import (INDEX_FILE, FeatureConfig, FeatureStore, default_root, ensure_store,
                                     open_store)
@@ -108,6 +109,7 @@ class CheckedData:
     tokenizer: CharTokenizer
     skipped: list[str]  # "file:line: why" of every row skip_bad dropped
     entries: dict[str, str]  # "train"/"dev" -> feature store entry
+    aug_entries: list[str]  # the training set's augmented copies (augment.py), in copy order
     utterances: dict[str, list[tuple[Utterance, str]]]  # "train"/"dev" -> (row, its file:line), usable ones
 
 
@@ -131,9 +133,9 @@ def select_rows(train_m: Manifest, dev_m: Manifest, train_skipped: dict[str, str
 
 
 def check_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, parallel: bool = True,
-               max_duration: float = 0.0) -> CheckedData:
-    """The driver's half: validate both manifests, build their feature stores, then choose the
-    rows as the workers will (``select_rows``)."""
+               max_duration: float = 0.0, augment: AugmentConfig | None = None) -> CheckedData:
+    """The driver's half: validate both manifests, build their feature stores (and the training
+    set's augmented copies), then choose the rows as the workers will (``select_rows``)."""
     root = store_root_of(data)
     manifests, store_skipped, skipped_msgs, entries = {}, {}, [], {}
     for name, spec in (("train", data.train_manifest), ("dev", data.dev_manifest)):
@@ -144,17 +146,25 @@ def check_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, pa
         skipped_msgs += [r for k, r in store_skipped[name].items() if k not in m.skipped_ids]
     tok, train, dev = select_rows(manifests["train"], manifests["dev"], store_skipped["train"], store_skipped["dev"],
                                   data, max_duration, skipped_msgs)
+    aug_entries = [ensure_store(manifests["train"], feats, root, skip_bad=True, progress=progress, parallel=parallel,
+                                perturb=p)[0] for p in perturbations(augment)]
     rows = {"train": train, "dev": dev}
-    return CheckedData(tok, skipped_msgs, entries,
+    return CheckedData(tok, skipped_msgs, entries, aug_entries,
                        {k: [(u, manifests[k].where.get(u.id, manifests[k].path)) for u in us] for k, us in rows.items()})
 
 
+def perturbations(augment: AugmentConfig | None) -> list[Perturbation]:
+    """The augmented copies of the training set ``augment`` asks for (none without waveform augmentation)."""
+    return [Perturbation.of(augment, k) for k in range(1, augment.aug_copies + 1)] if augment else []
+
+
 def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, check_audio: bool = True,
-                 max_duration: float = 0.0) -> RunData:
+                 max_duration: float = 0.0, augment: AugmentConfig | None = None) -> RunData:
     """Manifests, tokenizer (from the training texts) and memory-mapped features of a run.
     Raises InputError naming file and line for a bad row (unless ``skip_bad``), and for a dev
     character the training tokenizer cannot map. Utterances over ``max_duration`` seconds are
-    dropped under ``skip_bad`` (the driver refused them otherwise)."""
+    dropped under ``skip_bad`` (the driver refused them otherwise). ``augment``: the training set
+    carries its augmented copies and SpecAugment (``SpeechDataset.for_epoch``); dev never does."""
     train_m = read_manifest(data.train_manifest, skip_bad=data.skip_bad, check_audio=check_audio)
     dev_m = read_manifest(data.dev_manifest, skip_bad=data.skip_bad, check_audio=check_audio)
     train_store = features_of(train_m, feats, data, progress, entry=data.train_features)
@@ -163,9 +173,23 @@ def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, 
                                             max_duration, [])
     utts = train_utts[: data.max_train_utts] if data.max_train_utts else train_utts
     mean, std = train_store.mean, train_store.std  # global CMVN from the training set
-    train = SpeechDataset(utts, train_store, tok, mean, std, data.with_lang_tag, train_m.path)
+    given = data.train_aug_features
+    copies = [copy_store(train_m, feats, data, p, given[i] if i < len(given) else "", progress)
+              for i, p in enumerate(perturbations(augment))]
+    train = SpeechDataset(utts, train_store, tok, mean, std, data.with_lang_tag, train_m.path, variants=copies,
+                          augment=augment)
     dev = SpeechDataset(dev_utts, dev_store, tok, mean, std, data.with_lang_tag, dev_m.path)
     return RunData(tok, train, dev, train_m, dev_m)
+
+
+def copy_store(m: Manifest, feats: FeatureConfig, data: DataConfig, perturb: Perturbation, entry: str = "",
+               progress: bool = False) -> FeatureStore:
+    """An augmented copy of the training set ``m`` (``entry`` when the driver built it), mapped from
+    this node. A row the copy could not make is read clean (``SpeechDataset``), never an error here:
+    the clean store already judged every row."""
+    entry, extracted = ensure_store(m, feats, store_root_of(data), skip_bad=True, progress=progress, parallel=False,
+                                    entry=entry, perturb=perturb)
+    return open_store(entry, cache_dir_of(data), extracted)
 
 
 def features_of(m: Manifest, feats: FeatureConfig, data: DataConfig, progress: bool = False,

@@ -239,8 +239,9 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         mine = shard(train_batches, rank, world, cfg.seed, epoch)
+        epoch_data = data.train.for_epoch(cfg.seed, epoch)  # augmented versions and masks of this epoch
         try:
-            loss_sum, n = train_one_epoch(model, family, data.train, mine, optimizer, schedule, cfg, state, scaler)
+            loss_sum, n = train_one_epoch(model, family, epoch_data, mine, optimizer, schedule, cfg, state, scaler)
         except Diverged as d:
             # The trial ends here with status "diverged" (analysis.load reads these keys); no
             # checkpoint of a broken model is written, and the search goes on with other trials.
@@ -310,7 +311,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(run.train.seed)
     # no audio is opened here: this node may not see it; the driver checked it and built the features
     limit = duration_limit(run.data, run.features, run.train.batch_bins, run.train.batch_size)
-    data = prepare_data(run.data, run.features, progress=False, check_audio=False, max_duration=limit)
+    data = prepare_data(run.data, run.features, progress=False, check_audio=False, max_duration=limit,
+                        augment=run.augment)
     restored = ray.train.get_checkpoint()
     state = meta = None
     if restored is not None:
