@@ -14,7 +14,7 @@ from tests.factories import make_params
 
 KINDS = {
     "speed": {"aug_copies": 2, "speed_perturb": [0.8, 1.25]},
-    "noise": {"aug_copies": 1, "noise_snr": [5.0, 10.0]},
+    "noise": {"aug_copies": 1, "noise_snr": [5.0, 10.0], "noise_types": ["white", "pink"]},
     "reverb": {"aug_copies": 1, "reverb_prob": 1.0},
     "specaug": {"specaug": True},
 }
@@ -93,7 +93,8 @@ def test_augmentation_is_reproducible_under_its_seeds(corpus, cache_dir):
 def test_bad_augmentation_keys_are_named(corpus, cache_dir):
     for bad, key in (({"speed_perturb": [0.9, 1.1]}, "speed_perturb"), ({"noise_snr": [20, 5], "aug_copies": 1},
                      "noise_snr"), ({"aug_copies": 2}, "aug_copies"), ({"reverb_prob": 2.0, "aug_copies": 1},
-                                                                          "reverb_prob")):
+                                                                          "reverb_prob"),
+                     ({"noise_snr": [5, 10], "aug_copies": 1, "noise_types": ["grey"]}, "noise_types")):
         with pytest.raises(InputError, match=key):
             split_params(make_params(corpus, cache_dir, **bad))
     with pytest.raises(InputError, match="augmentation is for the ASR families"):

@@ -32,7 +32,9 @@ import torchaudio.functional as AF
 from asr_core.errors import KeyProblem
 
 # the keys that change the stored features (the driver builds the copies before the search)
-WAVEFORM_KEYS = ("aug_copies", "speed_perturb", "noise_snr", "noise_prob", "reverb_prob", "aug_seed")
+WAVEFORM_KEYS = ("aug_copies", "speed_perturb", "noise_snr", "noise_prob", "noise_types", "reverb_prob", "aug_seed")
+# noise colours: the exponent of the power spectrum's 1/f fall
+NOISE_TYPES = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 
 
 @dataclass
@@ -42,6 +44,7 @@ class AugmentConfig:
     speed_perturb: list[float] = field(default_factory=list)  # factors, one drawn per utterance and copy (0.9, 1.0, 1.1)
     noise_snr: list[float] = field(default_factory=list)  # [low, high] dB: noise at an SNR drawn from the range
     noise_prob: float = 1.0  # share of a copy's utterances that get noise (with noise_snr)
+    noise_types: list[str] = field(default_factory=lambda: list(NOISE_TYPES))  # drawn from, per utterance
     reverb_prob: float = 0.0  # share of a copy's utterances convolved with a synthetic room impulse response
     aug_seed: int = 0  # seeds the copies' draws
     # feature level (each training batch)
@@ -58,6 +61,9 @@ class AugmentConfig:
             raise KeyProblem("speed_perturb", f"key 'speed_perturb': factors must lie in [0.5, 2], got {self.speed_perturb}")
         if self.noise_snr and (len(self.noise_snr) != 2 or self.noise_snr[0] > self.noise_snr[1]):
             raise KeyProblem("noise_snr", f"key 'noise_snr': expected [low, high] in dB, got {self.noise_snr}")
+        bad = [t for t in self.noise_types if t not in NOISE_TYPES]
+        if bad or not self.noise_types:
+            raise KeyProblem("noise_types", f"key 'noise_types': {bad or 'empty'}; choose from {list(NOISE_TYPES)}")
         for key in ("noise_prob", "reverb_prob", "time_mask_ratio"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise KeyProblem(key, f"key '{key}' must be in [0, 1]")
@@ -90,13 +96,15 @@ class Perturbation:
     speeds: tuple[float, ...]
     noise_snr: tuple[float, ...]
     noise_prob: float
+    noise_types: tuple[str, ...]
     reverb_prob: float
     seed: int
     copy: int
 
     @classmethod
     def of(cls, cfg: AugmentConfig, copy: int) -> "Perturbation":
-        return cls(tuple(cfg.speed_perturb), tuple(cfg.noise_snr), cfg.noise_prob, cfg.reverb_prob, cfg.aug_seed, copy)
+        return cls(tuple(cfg.speed_perturb), tuple(cfg.noise_snr), cfg.noise_prob, tuple(cfg.noise_types),
+                   cfg.reverb_prob, cfg.aug_seed, copy)
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -119,9 +127,9 @@ class Perturbation:
             wav = reverberate(wav, sr, rt60, gen)
         if self.noise_snr and rng.random() < self.noise_prob:
             snr = rng.uniform(*self.noise_snr)
-            colour = rng.choice((0.0, 1.0, 2.0))  # white, pink, brown
-            drawn.update(snr_db=round(snr, 2), noise=("white", "pink", "brown")[int(colour)])
-            noise = coloured_noise(wav.numel(), colour, gen)
+            kind = rng.choice(self.noise_types)
+            drawn.update(snr_db=round(snr, 2), noise=kind)
+            noise = coloured_noise(wav.numel(), NOISE_TYPES[kind], gen)
             wav = AF.add_noise(wav[None], noise[None], torch.tensor([snr]))[0]
         peak = float(wav.abs().max()) if wav.numel() else 0.0
         return (wav / peak * 0.99 if peak > 0.99 else wav), drawn
