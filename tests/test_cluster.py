@@ -69,8 +69,9 @@ def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir,
         assert refused.returncode == 2 and "requires token authentication" in refused.stderr, refused.stderr
         # a job file that fails validation is refused before anything is sent
         bad = tmp_path / "bad.yaml"
-        bad.write_text((ROOT / "tune_jobs" / "jobs" / "demo.yaml").read_text().replace("num_trials: 8",
-                                                                                     "num_trails: 8"))
+        text = (ROOT / "tune_jobs" / "jobs" / "demo.yaml").read_text()
+        bad.write_text(re.sub(r"^num_trials:", "num_trails:", text, flags=re.M))
+        assert bad.read_text() != text
         b = _st("submit", str(bad), "--address", url, env={**bare, "RAY_AUTH_TOKEN_PATH": str(token_file)})
         assert b.returncode == 2 and "bad.yaml" in b.stderr and "num_trails" in b.stderr, b.stderr
         # an address where nothing listens
