@@ -16,6 +16,7 @@ KINDS = {
     "speed": {"aug_copies": 2, "speed_perturb": [0.8, 1.25]},
     "noise": {"aug_copies": 1, "noise_snr": [5.0, 10.0], "noise_types": ["white", "pink"]},
     "reverb": {"aug_copies": 1, "reverb_prob": 1.0},
+    "vtlp": {"aug_copies": 1, "vtlp": [0.85, 0.9]},
     "specaug": {"specaug": True},
 }
 
@@ -94,8 +95,46 @@ def test_bad_augmentation_keys_are_named(corpus, cache_dir):
     for bad, key in (({"speed_perturb": [0.9, 1.1]}, "speed_perturb"), ({"noise_snr": [20, 5], "aug_copies": 1},
                      "noise_snr"), ({"aug_copies": 2}, "aug_copies"), ({"reverb_prob": 2.0, "aug_copies": 1},
                                                                           "reverb_prob"),
-                     ({"noise_snr": [5, 10], "aug_copies": 1, "noise_types": ["grey"]}, "noise_types")):
+                     ({"noise_snr": [5, 10], "aug_copies": 1, "noise_types": ["grey"]}, "noise_types"),
+                     ({"vtlp": [1.1, 0.9], "aug_copies": 1}, "vtlp")):
         with pytest.raises(InputError, match=key):
             split_params(make_params(corpus, cache_dir, **bad))
     with pytest.raises(InputError, match="augmentation is for the ASR families"):
         split_params({"family": "tts_acoustic", "train_manifest": "a", "dev_manifest": "b", "specaug": True})
+
+
+def test_utterance_cmvn_takes_away_a_gain_the_training_set_never_had(corpus, cache_dir, tmp_path):
+    """cmvn: utterance removes each utterance's mean log-mel: a test set played 10 dB quieter reads
+    as the same features (global CMVN reads them shifted); the store is the same either way."""
+    import soundfile
+
+    from tests.factories import copy_manifest
+
+    def quieter(i, row):
+        wav, sr = soundfile.read(row["audio"], dtype="float32")
+        row["audio"] = str(tmp_path / f"q{i}.flac")
+        soundfile.write(row["audio"], wav * 10 ** (-10 / 20), sr, subtype="PCM_24")
+        return row
+
+    test_m = read_manifest(corpus["test"])
+    quiet_m = read_manifest(str(copy_manifest(corpus["test"], tmp_path / "quiet.jsonl", quieter)))
+    shift = {}
+    for cmvn in ("global", "utterance"):
+        run, data = _data(corpus, cache_dir, cmvn=cmvn)
+        assert data.train.cmvn == data.dev.cmvn == cmvn
+        kw = dict(tok=data.tokenizer, feats=run.features, cache_dir=str(cache_dir), mean=data.train.mean,
+                  std=data.train.std, with_lang_tag=False, progress=False)
+        a, b = _batches(dataset_for(test_m, **kw)), _batches(dataset_for(quiet_m, **kw))
+        diffs = [(x.feats - y.feats).abs()[x.feats != 0].mean().item() for x, y in zip(a, b)]
+        shift[cmvn] = max(diffs)
+        if cmvn == "utterance":  # every utterance's frames average to zero in every channel
+            f, n = a[0].feats[0], int(a[0].feat_lens[0])
+            assert f[:n].mean(0).abs().max().item() < 1e-3
+    assert shift["utterance"] < 0.02 < 0.2 < shift["global"], shift
+    # read-time normalisation: both settings read one store entry
+    assert _data(corpus, cache_dir, cmvn="utterance")[1].train.store.path == \
+        _data(corpus, cache_dir)[1].train.store.path
+    with pytest.raises(InputError, match="cmvn"):
+        split_params(make_params(corpus, cache_dir, cmvn="speaker"))
+    with pytest.raises(InputError, match="key 'cmvn'"):
+        split_params({"family": "tts_acoustic", "train_manifest": "a", "dev_manifest": "b", "cmvn": "utterance"})

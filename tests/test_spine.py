@@ -185,3 +185,24 @@ def test_loggers_are_checked_at_load(tmp_path, corpus, cache_dir):
         load_job(job)
     ok = load_job(tiny_job(tmp_path, corpus, cache_dir, "log2", "loggers: [mlflow]\n"))
     assert ok.loggers == ["tensorboard", "mlflow"]
+
+
+def test_a_search_or_trial_that_changes_what_the_driver_builds_is_refused_at_load(tmp_path, corpus, cache_dir):
+    """Features and augmented copies are built once by the driver; a trial may not ask for others
+    (it would silently read the driver's). Read-time settings (cmvn) may be searched."""
+    space = "search_space: {{{key}: {dist}}}\nsearcher: {{name: random}}\nnum_trials: 2\n"
+    for key, dist, why in (("n_mels", "{choice: [40, 80]}", "it is a features setting"),
+                           ("speed_perturb", "{choice: [[0.9, 1.1], [0.8, 1.2]]}", "augmented copies"),
+                           ("skip_bad", "{choice: [false, true]}", "it is a data setting")):
+        job = tiny_job(tmp_path, corpus, cache_dir, f"s_{key}", space.format(key=key, dist=dist),
+                       aug_copies=1, speed_perturb="[0.9, 1.1]")
+        with pytest.raises(InputError, match=rf"s_{key}.yaml:\d+ \(search_space.{key}\): '{key}' cannot be "
+                                             rf"searched: {why}.*one job \(or phase\) per value"):
+            load_job(job)
+    load_job(tiny_job(tmp_path, corpus, cache_dir, "cmvn", space.format(key="cmvn", dist="{choice: [global, utterance]}")))
+    # a named trial whose preset brings augmentation the job's driver would not build
+    job = tiny_job(tmp_path, corpus, cache_dir, "named", "trials:\n  plain: {lr: 0.003}\n  "
+                                                         "augmented: {preset: demo_small}\n")
+    with pytest.raises(InputError, match=r"named.yaml:\d+ \(trials.augmented.preset\): trial 'augmented' sets "
+                                         r"'aug_copies' to another value than the job's"):
+        load_job(job)

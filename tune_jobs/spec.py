@@ -348,6 +348,42 @@ def resolve_opt(value: str, key: str, carried: dict) -> object:
     return expr.evaluate(expr.substitute_opt(value, key), env)
 
 
+def _check_driver_settings(fixed: dict, probe: dict, space_raw: dict, trials: dict, loc, where: str) -> None:
+    """A searched key or a named trial may not change what the driver builds once for every trial
+    (features, augmented copies, the checked data: ``asr_core.train.config.set_by_driver``): each
+    trial would silently read the driver's features, not its own."""
+    from asr_core.train.config import driver_settings, set_by_driver, split_params
+
+    base = {k: v for k, v in probe.items() if k in fixed or k in ("family", "preset", "train_manifest",
+                                                                    "dev_manifest")}
+    try:
+        want = driver_settings(split_params(base, where=where))
+    except (InputError, ValueError):  # the driver's own config fails: reported when it runs
+        return
+    fix = "every trial reads the features and augmented copies the driver built: run one job (or phase) per value"
+
+    def differs(params: dict) -> list[str]:
+        try:
+            got = driver_settings(split_params(params, where=where))
+        except (InputError, ValueError):
+            return []
+        return [k for k in want if want[k] != got[k]]
+
+    for k, dist in space_raw.items():
+        for v in extremes(dist):
+            diff = differs({**probe, k: v})
+            if diff:
+                why = set_by_driver(k) or f"its value {v!r} sets '{diff[0]}', fixed by the driver before the search"
+                raise InputError(loc(f"search_space.{k}"), f"'{k}' cannot be searched: {why}; {fix}", key=k)
+    for tname, tparams in trials.items():
+        diff = differs({**probe, **{k: v for k, v in tparams.items() if v is not None}})
+        if diff:
+            key = next((k for k in diff if k in tparams), "preset" if "preset" in tparams else diff[0])
+            raise InputError(loc(f"trials.{tname}.{key}"),
+                             f"trial '{tname}' sets '{diff[0]}' to another value than the job's: "
+                             f"{set_by_driver(diff[0])}; {fix}", key=key)
+
+
 def expand_trials(spec: dict, carried: dict | None, family: str | None = None) -> dict[str, dict]:
     """``{expand: {k: [values]}, set: {k: expression}}`` -> named trials, one per combination.
     Expanded keys that are no run parameter (``lr_mult``) only feed the expressions and the name.
@@ -521,6 +557,7 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
             split_params({**probe, **{k: v for k, v in tparams.items() if v is not None}}, where=str(path))
         except (InputError, ValueError) as e:
             raise InputError(loc(f"trials.{tname}"), getattr(e, "message", str(e))) from None
+    _check_driver_settings(fixed, probe, space_raw, trials, loc, str(path))
     constraints = data.get("constraints") or []
     if not isinstance(constraints, list):
         raise InputError(loc("constraints"), "'constraints' is a list of expressions")

@@ -1,5 +1,6 @@
 """Training-data augmentation: speed perturbation, additive noise and reverberation of the waveform,
-SpecAugment of the features. Seeded, for the training set only: dev and test never see it.
+vocal tract length perturbation of the filterbank, SpecAugment of the features. Seeded, for the
+training set only: dev and test never see it.
 
 **Waveform augmentation lives in the feature store.** Features are extracted once per job and
 memory-mapped by every worker (``features.py``); a worker never opens audio (its node may not see
@@ -32,7 +33,8 @@ import torchaudio.functional as AF
 from asr_core.errors import KeyProblem
 
 # the keys that change the stored features (the driver builds the copies before the search)
-WAVEFORM_KEYS = ("aug_copies", "speed_perturb", "noise_snr", "noise_prob", "noise_types", "reverb_prob", "aug_seed")
+WAVEFORM_KEYS = ("aug_copies", "speed_perturb", "noise_snr", "noise_prob", "noise_types", "reverb_prob", "vtlp",
+                 "aug_seed")
 # noise colours: the exponent of the power spectrum's 1/f fall
 NOISE_TYPES = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 
@@ -46,6 +48,8 @@ class AugmentConfig:
     noise_prob: float = 1.0  # share of a copy's utterances that get noise (with noise_snr)
     noise_types: list[str] = field(default_factory=lambda: list(NOISE_TYPES))  # drawn from, per utterance
     reverb_prob: float = 0.0  # share of a copy's utterances convolved with a synthetic room impulse response
+    vtlp: list[float] = field(default_factory=list)  # [low, high]: a copy's filterbank warped by a factor drawn
+    # from the range (vocal tract length perturbation, Jaitly & Hinton 2013: another speaker's formants)
     aug_seed: int = 0  # seeds the copies' draws
     # feature level (each training batch)
     specaug: bool = False
@@ -59,6 +63,8 @@ class AugmentConfig:
             raise KeyProblem("aug_copies", "key 'aug_copies' must be >= 0")
         if any(not 0.5 <= s <= 2.0 for s in self.speed_perturb):
             raise KeyProblem("speed_perturb", f"key 'speed_perturb': factors must lie in [0.5, 2], got {self.speed_perturb}")
+        if self.vtlp and (len(self.vtlp) != 2 or not 0.7 <= self.vtlp[0] <= self.vtlp[1] <= 1.3):
+            raise KeyProblem("vtlp", f"key 'vtlp': expected [low, high] warp factors within [0.7, 1.3], got {self.vtlp}")
         if self.noise_snr and (len(self.noise_snr) != 2 or self.noise_snr[0] > self.noise_snr[1]):
             raise KeyProblem("noise_snr", f"key 'noise_snr': expected [low, high] in dB, got {self.noise_snr}")
         bad = [t for t in self.noise_types if t not in NOISE_TYPES]
@@ -69,14 +75,14 @@ class AugmentConfig:
                 raise KeyProblem(key, f"key '{key}' must be in [0, 1]")
         if min(self.freq_mask, self.time_mask, self.num_masks) < 0:
             raise KeyProblem("freq_mask", "keys 'freq_mask', 'time_mask' and 'num_masks' must be >= 0")
-        wants = [k for k in ("speed_perturb", "noise_snr") if getattr(self, k)] + \
+        wants = [k for k in ("speed_perturb", "noise_snr", "vtlp") if getattr(self, k)] + \
             (["reverb_prob"] if self.reverb_prob > 0 else [])
         if wants and not self.aug_copies:
             raise KeyProblem(wants[0], f"key '{wants[0]}' needs 'aug_copies' >= 1: the augmented versions are "
                                        "copies of the training set in the feature store")
         if self.aug_copies and not wants:
             raise KeyProblem("aug_copies", "key 'aug_copies' needs something to apply: 'speed_perturb', "
-                                           "'noise_snr' or 'reverb_prob'")
+                                           "'noise_snr', 'reverb_prob' or 'vtlp'")
 
     @property
     def waveform(self) -> bool:
@@ -100,17 +106,22 @@ class Perturbation:
     reverb_prob: float
     seed: int
     copy: int
+    vtlp: tuple[float, ...] = ()
+
+    def key(self) -> str:
+        d = asdict(self)
+        if not self.vtlp:  # the key of a copy made before vtlp existed: its store entry stays valid
+            del d["vtlp"]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def of(cls, cfg: AugmentConfig, copy: int) -> "Perturbation":
         return cls(tuple(cfg.speed_perturb), tuple(cfg.noise_snr), cfg.noise_prob, tuple(cfg.noise_types),
-                   cfg.reverb_prob, cfg.aug_seed, copy)
-
-    def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+                   cfg.reverb_prob, cfg.aug_seed, copy, tuple(cfg.vtlp))
 
     def __call__(self, wav: torch.Tensor, sr: int, uid: str) -> tuple[torch.Tensor, dict]:
-        """(samples,) float waveform -> its perturbed version and what was drawn."""
+        """(samples,) float waveform -> its perturbed version and what was drawn (``drawn["vtlp"]``:
+        the warp factor the copy's filterbank is computed with, ``features.compute_fbank``)."""
         rng = random.Random(_seed(self.seed, self.copy, uid))
         gen = torch.Generator().manual_seed(_seed(self.seed, self.copy, uid, "torch"))
         drawn: dict = {}
@@ -131,6 +142,8 @@ class Perturbation:
             drawn.update(snr_db=round(snr, 2), noise=kind)
             noise = coloured_noise(wav.numel(), NOISE_TYPES[kind], gen)
             wav = AF.add_noise(wav[None], noise[None], torch.tensor([snr]))[0]
+        if self.vtlp:
+            drawn["vtlp"] = round(rng.uniform(*self.vtlp), 4)
         peak = float(wav.abs().max()) if wav.numel() else 0.0
         return (wav / peak * 0.99 if peak > 0.99 else wav), drawn
 

@@ -110,7 +110,7 @@ class SpeechDataset:
 
     def __init__(self, utts: list[Utterance], store: FeatureStore, tokenizer: CharTokenizer,
                  mean: np.ndarray, std: np.ndarray, with_lang_tag: bool, where: str,
-                 variants: Sequence[FeatureStore] = (), augment=None):
+                 variants: Sequence[FeatureStore] = (), augment=None, cmvn: str = "global"):
         self.utts = utts
         self.store = store
         self.rows = [store.index[u.id] for u in utts]
@@ -118,6 +118,7 @@ class SpeechDataset:
         lang = (lambda u: u.language) if with_lang_tag else (lambda u: None)
         self.tokens = [tokenizer.encode(u.text, lang(u), where=f"{where}: utterance '{u.id}'") for u in utts]
         self.mean, self.std = mean, std
+        self.cmvn = cmvn  # FeatureConfig.cmvn
         # (store, row, frames) of each utterance in each version; version 0 is the clean store. An
         # utterance a copy lacks (its extraction skipped it) is read clean in that version.
         self.versions = [list(zip([store] * len(utts), self.rows, self.frames))]
@@ -162,7 +163,8 @@ class SpeechDataset:
         feats = np.zeros((len(idx), T, self.store.n_mels), np.float32)
         targets = np.zeros((len(idx), S), np.int64)
         for b, (i, (store, row, n)) in enumerate(zip(idx, src)):
-            feats[b, :n] = (store.feats(row) - self.mean) / self.std
+            x = store.feats(row).astype(np.float32)  # (n, F)
+            feats[b, :n] = (x - (x.mean(0) if self.cmvn == "utterance" else self.mean)) / self.std
             targets[b, : len(self.tokens[i])] = self.tokens[i]
         lens = [n for _, _, n in src]
         ids = [self.utts[i].id for i in idx]

@@ -66,6 +66,12 @@ class FeatureConfig:
     sample_rate: int = 16000
     # how the store keeps the values: float16 (half the bytes; see the module doc) or float32
     feature_dtype: Literal["float16", "float32"] = "float16"
+    # how features are normalised as they are read (not stored: the store keeps the raw log-mels):
+    # "global", ESPnet's GlobalMVN (the training set's mean and std); "utterance", each utterance's
+    # own mean removed (ESPnet's UtteranceMVN with norm_vars=False, Kaldi's per-utterance CMN), then
+    # the training set's std: a channel or a noise floor the training set never had shifts the
+    # log-mels of a whole utterance, and the utterance's mean takes that shift away
+    cmvn: Literal["global", "utterance"] = "global"
 
     def validate(self) -> None:
         if self.n_mels <= 0:
@@ -74,8 +80,9 @@ class FeatureConfig:
             raise KeyProblem("frame_length_ms", "keys 'frame_length_ms'/'frame_shift_ms': need 0 < shift <= length")
 
 
-def compute_fbank(wav: torch.Tensor, sr: int, cfg: FeatureConfig) -> torch.Tensor:
-    """(samples,) float waveform -> (T, n_mels) log-mel filterbank (Kaldi-compatible, as ESPnet/icefall)."""
+def compute_fbank(wav: torch.Tensor, sr: int, cfg: FeatureConfig, vtln_warp: float = 1.0) -> torch.Tensor:
+    """(samples,) float waveform -> (T, n_mels) log-mel filterbank (Kaldi-compatible, as ESPnet/icefall);
+    ``vtln_warp``: Kaldi's VTLN warp of the mel bins (an augmented copy's ``vtlp``)."""
     if sr != cfg.sample_rate:
         wav = AF.resample(wav, sr, cfg.sample_rate)
     return kaldi.fbank(
@@ -86,6 +93,7 @@ def compute_fbank(wav: torch.Tensor, sr: int, cfg: FeatureConfig) -> torch.Tenso
         dither=0.0,
         energy_floor=1e-10,
         sample_frequency=cfg.sample_rate,
+        vtln_warp=vtln_warp,
     )
 
 
@@ -115,6 +123,10 @@ def load_audio(u: Utterance, cached: dict | None = None) -> tuple[np.ndarray, in
     return data.mean(axis=1), sr
 
 
+# FeatureConfig keys applied as features are read, not as they are stored: not in the store's key
+READ_TIME_KEYS = ("cmvn",)
+
+
 def store_key(manifest: Manifest, cfg: FeatureConfig, perturb: "Perturbation | None" = None) -> str:
     """Content key: the manifest's source bytes and location (``Manifest.key``), the size and
     modification time of every audio file it names (a repaired or replaced file is extracted
@@ -123,7 +135,8 @@ def store_key(manifest: Manifest, cfg: FeatureConfig, perturb: "Perturbation | N
     files = sorted({u.audio for u in manifest.utterances})
     for uri, (size, mtime) in sorted(storage.stats(files).items()):
         h.update(f"{uri}\t{size}\t{mtime}\n".encode())
-    h.update(json.dumps({**asdict(cfg), "version": FORMAT_VERSION}, sort_keys=True).encode())
+    stored = {k: v for k, v in asdict(cfg).items() if k not in READ_TIME_KEYS}
+    h.update(json.dumps({**stored, "version": FORMAT_VERSION}, sort_keys=True).encode())
     if perturb is not None:
         h.update(perturb.key().encode())
     return h.hexdigest()[:20]
@@ -159,7 +172,7 @@ def extract_shard(utts: list[Utterance], where: dict[str, str], cfg: FeatureConf
             wav = torch.from_numpy(wav)
             if perturb is not None:
                 wav, drawn[u.id] = perturb(wav, sr, u.id)
-            fb = compute_fbank(wav, sr, cfg).numpy()  # (T, F)
+            fb = compute_fbank(wav, sr, cfg, drawn.get(u.id, {}).get("vtlp", 1.0)).numpy()  # (T, F)
         except Exception as e:  # a missing or unreadable file, from libsndfile or the object store
             err = InputError(where.get(u.id, u.id), str(e) if isinstance(e, _TooShort) else
                              f"audio of utterance '{u.id}' unreadable: {u.audio} ({type(e).__name__}: {e})")

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from asr_core.config import from_dict
 from asr_core.data.augment import WAVEFORM_KEYS, AugmentConfig
-from asr_core.data.features import FeatureConfig
+from asr_core.data.features import READ_TIME_KEYS, FeatureConfig
 from asr_core.errors import InputError, KeyProblem
 from asr_core.models import get_family
 
@@ -162,12 +162,16 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
         key = next(iter(groups["augment"]))
         raise InputError(where, f"key '{key}': augmentation is for the ASR families; {family.name} learns to "
                                 "produce features, not to transcribe them", key=key)
+    features = from_dict(FeatureConfig, groups["features"], where)
+    if family.decode is None and features.cmvn != "global":
+        raise InputError(where, f"key 'cmvn': {family.name} predicts the features, which it must learn at the "
+                                "training set's scale; only 'global' applies", key="cmvn")
     return RunConfig(
         family=family.name,
         preset=preset,
         train=train,
         data=from_dict(DataConfig, groups["data"], where),
-        features=from_dict(FeatureConfig, groups["features"], where),
+        features=features,
         model=model_cfg,
         augment=augment,
         params=dict(params),
@@ -183,6 +187,30 @@ FIXED_IN_RUN = {"epochs", "nepochs", "optimizer", "schedule", "finetune", "selec
                 "target_metric", "target_value"}
 
 
+# DataConfig keys each worker applies itself (not what the driver extracted and checked)
+WORKER_DATA_KEYS = ("max_train_utts",)
+
+
+def set_by_driver(key: str) -> str:
+    """Why ``key`` is the same for every trial of a job ('' when a trial may set its own): the job's
+    driver extracts the features, builds the augmented copies and checks the data once, before the
+    search, and every trial reads what it built."""
+    for group, cls in _GROUPS:
+        if group in ("data", "features") and key in {f.name for f in dataclasses.fields(cls)} \
+                and key not in READ_TIME_KEYS + WORKER_DATA_KEYS:
+            return f"it is a {group} setting, fixed by the driver before the search"
+    if key in WAVEFORM_KEYS:
+        return "it sets the augmented copies of the training set, built by the driver before the search"
+    return ""
+
+
+def driver_settings(run: RunConfig) -> dict:
+    """The settings of ``run`` that the job's driver fixes for every trial (``set_by_driver``)."""
+    groups = {"data": run.data, "features": run.features, "augment": run.augment}
+    return {f.name: getattr(groups[g], f.name) for g, cls in _GROUPS if g in groups
+            for f in dataclasses.fields(cls) if set_by_driver(f.name)}
+
+
 def fixed_in_run(params: dict, key: str, values: list, where: str = "<config>") -> str:
     """Why a running trial of ``params`` cannot take ``key`` changed to one of ``values`` ('' when
     it can). A model key is fixed when its values build models whose parameter shapes differ
@@ -190,11 +218,9 @@ def fixed_in_run(params: dict, key: str, values: list, where: str = "<config>") 
     family = get_family(params["family"])
     if key in FIXED_IN_RUN:
         return "it cannot change in a running trial"
-    for group, cls in _GROUPS:
-        if group in ("data", "features") and key in {f.name for f in dataclasses.fields(cls)}:
-            return f"it is a {group} setting, fixed by the driver before the search"
-    if key in WAVEFORM_KEYS:
-        return "it sets the augmented copies of the training set, built by the driver before the search"
+    why = set_by_driver(key)
+    if why:
+        return why
     if key not in family.config_keys():
         return ""
     shapes = set()

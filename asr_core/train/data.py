@@ -177,8 +177,8 @@ def prepare_data(data: DataConfig, feats: FeatureConfig, progress: bool = True, 
     copies = [copy_store(train_m, feats, data, p, given[i] if i < len(given) else "", progress)
               for i, p in enumerate(perturbations(augment))]
     train = SpeechDataset(utts, train_store, tok, mean, std, data.with_lang_tag, train_m.path, variants=copies,
-                          augment=augment)
-    dev = SpeechDataset(dev_utts, dev_store, tok, mean, std, data.with_lang_tag, dev_m.path)
+                          augment=augment, cmvn=feats.cmvn)
+    dev = SpeechDataset(dev_utts, dev_store, tok, mean, std, data.with_lang_tag, dev_m.path, cmvn=feats.cmvn)
     return RunData(tok, train, dev, train_m, dev_m)
 
 
@@ -212,4 +212,4 @@ def dataset_for(manifest: Manifest, tok: CharTokenizer, feats: FeatureConfig, ca
     store = features_of(manifest, feats, data, progress)
     utts = encodable(usable(manifest, store.skipped, skip_bad), tok, with_lang_tag, lambda u: manifest.path,
                      skip_bad, skipped if skipped is not None else [])
-    return SpeechDataset(utts, store, tok, mean, std, with_lang_tag, manifest.path)
+    return SpeechDataset(utts, store, tok, mean, std, with_lang_tag, manifest.path, cmvn=feats.cmvn)
