@@ -230,14 +230,20 @@ def baseline_items(a: Analysis) -> list:
         p = sc[f"p_best_improves_{unit}"]
         diff = base_i.rate - b.rate
         rel = diff / base_i.rate if base_i.rate else math.nan
-        if p >= conf.SURE:
+        if base.get("short"):
+            head = (f"**no equal-budget comparison with the baseline**: the scheduler stopped the baseline after "
+                    f"{base.get('epochs_run')} of {base.get('epochs_planned')} epochs (it was behind at that point "
+                    f"on dev), so its test {unit.upper()} {base_i.text()} is that of a model trained for less; "
+                    f"the best's is {b.text()}. How much tuning gained at equal budget is not measured here")
+        elif p >= conf.SURE:
             head = (f"**tuning beat the baseline**: test {unit.upper()} {b.text()} against {base_i.text()} for the "
                     f"baseline ({100 * diff:+.2f} points, {rel:.0%} fewer errors)")
         else:
             head = (f"**tuning did not beat the baseline beyond the noise**: test {unit.upper()} {b.text()} against "
                     f"{base_i.text()} for the baseline ({100 * diff:+.2f} points)")
-        items.append(f"{head}; probability that the best improves on the baseline {p:.3f} "
-                     f"(paired bootstrap, {sc['utterances']} test utterances; 95% intervals in brackets)")
+        items.append(head + (f" ({sc['utterances']} test utterances; 95% intervals in brackets)" if base.get("short")
+                             else f"; probability that the best improves on the baseline {p:.3f} (paired bootstrap, "
+                                  f"{sc['utterances']} test utterances; 95% intervals in brackets)"))
         items.append(f"baseline: trial `{base['trial_id']}`, {sc.get('baseline_source', '')}: "
                      + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in (base.get("params") or {}).items()))
     h = sc.get("test_hard")

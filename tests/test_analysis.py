@@ -336,3 +336,23 @@ def test_intervals_ties_and_findings_at_equal_budget_on_a_hand_built_experiment(
     assert "at epoch 1 (every trial)" in effects[0].text and "at epoch 3 (the 3 trials that reached it)" in effects[1].text
     # two scored trials of three per value at most: grouped findings would be anecdotal
     assert all(not f.anecdotal for f in effects)
+
+
+def test_a_baseline_the_scheduler_stopped_early_is_not_called_beaten():
+    """ASHA may stop the baseline at its first rung; its test score then belongs to a model trained
+    for less, and the report's first line says there is no equal-budget comparison."""
+    from types import SimpleNamespace
+
+    from analysis.report import baseline_items
+
+    iv = lambda r: {"rate": r, "low": r - 0.01, "high": r + 0.01, "n": 600}  # noqa: E731
+    scores = {"utterances": 600, "best_cer": iv(0.045), "baseline_cer": iv(0.66), "p_best_improves_cer": 1.0,
+              "baseline_source": "the untuned values",
+              "baseline": {"trial_id": "b1", "params": {"lr": 0.004}, "status": "early-stopped",
+                           "epochs_run": 2, "epochs_planned": 18, "short": True}}
+    a = SimpleNamespace(test_scores=scores, metric="val_cer", record={})
+    first = baseline_items(a)[0]
+    assert first.startswith("**no equal-budget comparison with the baseline**") and "after 2 of 18 epochs" in first
+    assert "beat" not in first and "probability" not in first
+    scores["baseline"].update(status="finished", epochs_run=18, short=False)
+    assert baseline_items(a)[0].startswith("**tuning beat the baseline**")

@@ -152,7 +152,16 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
     if base is not None:
         bck = best_checkpoint(local, *job.selection(), trial=base.trial)
         out["baseline"] = {"checkpoint": str(bck), "trial": base.trial, "trial_id": base.trial_id,
-                           "params": (record.get("baseline") or {}).get("params")}
+                           "params": (record.get("baseline") or {}).get("params"),
+                           "status": base.status, "epochs_run": _int(base.epochs_run),
+                           "epochs_planned": _int(base.epochs_planned)}
+        best_row = trials[trials.trial == Path(best).parent.name]
+        best_run = _int(best_row.epochs_run.iloc[0]) if len(best_row) else None
+        # the scheduler stopped the baseline before the best's budget: its test score is not an
+        # equal-budget comparison, and the verdict says so rather than crediting tuning with it
+        out["baseline"]["short"] = bool(base.status == "early-stopped" or (
+            best_run is not None and out["baseline"]["epochs_run"] is not None
+            and out["baseline"]["epochs_run"] < best_run))
         if Path(bck) == Path(best):
             out["baseline"]["is_best"] = True
         else:
@@ -175,9 +184,18 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
         line = (f"tuned best {verdict} the baseline on test: {unit.upper()} {100 * b['rate']:.2f}% "
                 f"[{100 * max(b['low'], 0):.2f}, {100 * b['high']:.2f}] against {100 * a['rate']:.2f}% "
                 f"[{100 * max(a['low'], 0):.2f}, {100 * a['high']:.2f}], P(improvement) = {p:.3f}")
+        if out["baseline"]["short"]:
+            bl = out["baseline"]
+            line = (f"no equal-budget comparison: the scheduler stopped the baseline after {bl['epochs_run']} of "
+                    f"{bl['epochs_planned']} epochs; on test the best's {unit.upper()} is {100 * b['rate']:.2f}%, "
+                    f"the baseline's (at epoch {bl['epochs_run']}) {100 * a['rate']:.2f}%")
     out["line"] = line
     store.write_text(store.join(exp_dir, "test_scores.json"), json.dumps(out, indent=1))
     return out
+
+
+def _int(v) -> int | None:
+    return None if v is None or v != v else int(v)
 
 
 def _interrupt_before_tune(signum, frame) -> None:
