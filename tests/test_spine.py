@@ -192,7 +192,7 @@ def test_a_search_or_trial_that_changes_what_the_driver_builds_is_refused_at_loa
     (it would silently read the driver's). Read-time settings (cmvn) may be searched."""
     space = "search_space: {{{key}: {dist}}}\nsearcher: {{name: random}}\nnum_trials: 2\n"
     for key, dist, why in (("n_mels", "{choice: [40, 80]}", "it is a features setting"),
-                           ("speed_perturb", "{choice: [[0.9, 1.1], [0.8, 1.2]]}", "augmented copies"),
+                           ("speed_perturb", "{choice: [[0.9, 1.1], [0.8, 1.2]]}", "it sets the augmented copies"),
                            ("skip_bad", "{choice: [false, true]}", "it is a data setting")):
         job = tiny_job(tmp_path, corpus, cache_dir, f"s_{key}", space.format(key=key, dist=dist),
                        aug_copies=1, speed_perturb="[0.9, 1.1]")
