@@ -241,9 +241,9 @@ def baseline_items(a: Analysis) -> list:
         else:
             head = (f"**tuning did not beat the baseline beyond the noise**: test {unit.upper()} {b.text()} against "
                     f"{base_i.text()} for the baseline ({100 * diff:+.2f} points)")
-        items.append(head + (f" ({sc['utterances']} test utterances; 95% intervals in brackets)" if base.get("short")
-                             else f"; probability that the best improves on the baseline {p:.3f} (paired bootstrap, "
-                                  f"{sc['utterances']} test utterances; 95% intervals in brackets)"))
+        odds, how = ("", "") if base.get("short") else \
+            (f"; probability that the best improves on the baseline {p:.3f}", "paired bootstrap, ")
+        items.append(f"{head}{odds} ({how}{sc['utterances']} test utterances; 95% intervals in brackets)")
         items.append(f"baseline: trial `{base['trial_id']}`, {sc.get('baseline_source', '')}: "
                      + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in (base.get("params") or {}).items()))
     h = sc.get("test_hard")

@@ -179,16 +179,16 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
     elif out["baseline"].get("is_best"):
         line = "the baseline configuration itself was the best checkpoint: tuning found nothing better"
     else:
-        a, p = out[f"baseline_{unit}"], out[f"p_best_improves_{unit}"]
-        verdict = "better than" if p >= SURE else "not shown to be better than"
-        line = (f"tuned best {verdict} the baseline on test: {unit.upper()} {100 * b['rate']:.2f}% "
-                f"[{100 * max(b['low'], 0):.2f}, {100 * b['high']:.2f}] against {100 * a['rate']:.2f}% "
-                f"[{100 * max(a['low'], 0):.2f}, {100 * a['high']:.2f}], P(improvement) = {p:.3f}")
-        if out["baseline"]["short"]:
-            bl = out["baseline"]
+        a, p, bl = out[f"baseline_{unit}"], out[f"p_best_improves_{unit}"], out["baseline"]
+        if bl["short"]:
             line = (f"no equal-budget comparison: the scheduler stopped the baseline after {bl['epochs_run']} of "
                     f"{bl['epochs_planned']} epochs; on test the best's {unit.upper()} is {100 * b['rate']:.2f}%, "
                     f"the baseline's (at epoch {bl['epochs_run']}) {100 * a['rate']:.2f}%")
+        else:
+            verdict = "better than" if p >= SURE else "not shown to be better than"
+            line = (f"tuned best {verdict} the baseline on test: {unit.upper()} {100 * b['rate']:.2f}% "
+                    f"[{100 * max(b['low'], 0):.2f}, {100 * b['high']:.2f}] against {100 * a['rate']:.2f}% "
+                    f"[{100 * max(a['low'], 0):.2f}, {100 * a['high']:.2f}], P(improvement) = {p:.3f}")
     out["line"] = line
     store.write_text(store.join(exp_dir, "test_scores.json"), json.dumps(out, indent=1))
     return out

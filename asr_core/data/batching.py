@@ -163,8 +163,9 @@ class SpeechDataset:
         feats = np.zeros((len(idx), T, self.store.n_mels), np.float32)
         targets = np.zeros((len(idx), S), np.int64)
         for b, (i, (store, row, n)) in enumerate(zip(idx, src)):
-            x = store.feats(row).astype(np.float32)  # (n, F)
-            feats[b, :n] = (x - (x.mean(0) if self.cmvn == "utterance" else self.mean)) / self.std
+            x = store.feats(row)  # (n, F) float16 view
+            centre = x.mean(0, dtype=np.float32) if self.cmvn == "utterance" else self.mean
+            feats[b, :n] = (x - centre) / self.std
             targets[b, : len(self.tokens[i])] = self.tokens[i]
         lens = [n for _, _, n in src]
         ids = [self.utts[i].id for i in idx]

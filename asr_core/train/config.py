@@ -189,26 +189,26 @@ FIXED_IN_RUN = {"epochs", "nepochs", "optimizer", "schedule", "finetune", "selec
 
 # DataConfig keys each worker applies itself (not what the driver extracted and checked)
 WORKER_DATA_KEYS = ("max_train_utts",)
+# what the job's driver builds once for every trial: the checked data, the stored features and the
+# augmented copies (read-time feature keys such as cmvn excluded)
+DRIVER_KEYS = {group: [f.name for f in dataclasses.fields(cls) if f.name not in READ_TIME_KEYS + WORKER_DATA_KEYS]
+               for group, cls in _GROUPS if group in ("data", "features")}
+DRIVER_KEYS["augment"] = list(WAVEFORM_KEYS)
 
 
 def set_by_driver(key: str) -> str:
     """Why ``key`` is the same for every trial of a job ('' when a trial may set its own): the job's
     driver extracts the features, builds the augmented copies and checks the data once, before the
     search, and every trial reads what it built."""
-    for group, cls in _GROUPS:
-        if group in ("data", "features") and key in {f.name for f in dataclasses.fields(cls)} \
-                and key not in READ_TIME_KEYS + WORKER_DATA_KEYS:
-            return f"it is a {group} setting, fixed by the driver before the search"
-    if key in WAVEFORM_KEYS:
+    if key in DRIVER_KEYS["augment"]:
         return "it sets the augmented copies of the training set, built by the driver before the search"
-    return ""
+    group = next((g for g, keys in DRIVER_KEYS.items() if key in keys), None)
+    return f"it is a {group} setting, fixed by the driver before the search" if group else ""
 
 
 def driver_settings(run: RunConfig) -> dict:
-    """The settings of ``run`` that the job's driver fixes for every trial (``set_by_driver``)."""
-    groups = {"data": run.data, "features": run.features, "augment": run.augment}
-    return {f.name: getattr(groups[g], f.name) for g, cls in _GROUPS if g in groups
-            for f in dataclasses.fields(cls) if set_by_driver(f.name)}
+    """The settings of ``run`` that the job's driver fixes for every trial (``DRIVER_KEYS``)."""
+    return {k: getattr(getattr(run, g), k) for g, keys in DRIVER_KEYS.items() for k in keys}
 
 
 def fixed_in_run(params: dict, key: str, values: list, where: str = "<config>") -> str:
