@@ -1,20 +1,35 @@
-"""Shared fixtures: one tiny synthesized corpus per session, a real local 2-CPU Ray, a real S3 server
-(factories live in tests/factories.py)."""
+"""Shared fixtures: one tiny synthesized corpus per session, one real S3 server (moto) on 127.0.0.1,
+and one real local Ray head with 2 CPUs for the whole session (factories live in tests/factories.py).
+
+The Ray head runs as its own processes (``ray start --head``), as Ray's own suite shares one
+cluster (``ray_start_regular_shared``): the test process connects to it as a driver, and the
+``speechtune`` processes a test starts join it with ``--address``, so no test pays for a Ray
+start of its own. Only tests that kill a node, bring up a cluster through ``speechtune cluster
+up`` or need nodes with private file systems start another cluster."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import tune_jobs  # noqa: F401  (Train/Tune integration env before ray.train loads)
+from tests.factories import free_port, stop_process_tree, wait_for
+
+RAY = str(Path(sys.executable).parent / "ray")
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
+    """The session's feature and corpus cache; SPEECHTUNE_CACHE points at it while the session
+    runs (a job naming a corpus synthesizes it here) and is restored afterwards."""
     d = tmp_path_factory.mktemp("cache")
-    os.environ["SPEECHTUNE_CACHE"] = str(d)
-    return d
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEECHTUNE_CACHE", str(d))
+        yield d
 
 
 @pytest.fixture(scope="session")
@@ -26,54 +41,29 @@ def corpus(cache_dir) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def _ray_session():
-    """Shuts down at the end whatever local Ray the tests left running."""
-    import ray
-
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def ray_start_2_cpus(_ray_session):
-    """A real local Ray with 2 CPUs (Ray's own test fixture name). Started once and kept across
-    modules (each start costs seconds); a test that needs Ray down shuts it down itself, and the
-    next module that asks for it starts a fresh one."""
-    import ray
-
-    from cluster.local import init_ray
-
-    if not ray.is_initialized():
-        init_ray(num_cpus=2)
-    yield ray
-
-
-@pytest.fixture(scope="module")
 def s3_server():
     """A real S3-compatible server (moto) on 127.0.0.1 with a bucket ``speech``; yields the
     environment a client needs (endpoint and dummy credentials) and a boto3 client."""
     import socket
-    import subprocess
-    import sys
-    import time
 
     import boto3
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def accepts() -> bool:
+        assert server.poll() is None, "moto server exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
     try:
-        for _ in range(300):  # until it accepts connections
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for(accepts, 60, "the S3 server accepting connections")
         client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                               aws_access_key_id="testing", aws_secret_access_key="testing")
         client.create_bucket(Bucket="speech")
@@ -83,12 +73,74 @@ def s3_server():
         server.wait()
 
 
-RAY_FIXTURES = {"ray_start_2_cpus", "asha_run"}
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory, cache_dir, s3_server):
+    """One local Ray head with 2 CPUs for the session: ``(address, env)``, where ``env`` is the
+    environment a ``speechtune`` process needs to join it. The head's processes (and so every Ray
+    worker) have the S3 server's endpoint and credentials, as a cluster's nodes have their object
+    storage's. Loopback test cluster: Ray's token authentication is off for its processes and its
+    clients (DEVELOPERS.md); ``speechtune cluster up`` is tested with tokens on."""
+    s3_env, _ = s3_server
+    port = free_port()
+    # its own temp dir: the default one would leave /tmp/ray/ray_current_cluster behind, which a
+    # plain ray.init() on this machine (Ray's Cluster utility, another test's) would try to join
+    temp = tempfile.mkdtemp(prefix="st-shared-", dir="/tmp")
+    env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled", "SPEECHTUNE_CACHE": str(cache_dir)}
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    head = subprocess.Popen([RAY, "start", "--head", "--num-cpus", "2", "--port", str(port), "--block",
+                             "--include-dashboard", "false", "--node-ip-address", "127.0.0.1",
+                             # ports of their own: a test's own cluster (cluster up, two nodes) runs beside it
+                             "--ray-client-server-port", str(free_port()), "--dashboard-port", str(free_port()),
+                             f"--temp-dir={temp}", "--disable-usage-stats"],
+                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def started() -> bool:
+        assert head.poll() is None, log.read_text()[-3000:]
+        return "Ray runtime started" in log.read_text()
+
+    try:
+        wait_for(started, 120, "the shared Ray head starting")
+        with pytest.MonkeyPatch.context() as mp:  # this process joins it as a client, without a token
+            mp.setenv("RAY_AUTH_MODE", "disabled")
+            yield f"127.0.0.1:{port}", env
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        stop_process_tree(head)
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_address(ray_cluster) -> str:
+    """The shared head's address, for ``speechtune ... --address`` (a driver of its own)."""
+    return ray_cluster[0]
+
+
+@pytest.fixture(scope="module")
+def ray_start_2_cpus(ray_cluster):
+    """This process as a driver of the shared 2-CPU head (Ray's own test fixture name). A test
+    that disconnects (``ray.shutdown()``, to drive another cluster) leaves it to the next module
+    that asks, which connects again."""
+    import ray
+
+    from cluster.local import init_ray
+
+    if not ray.is_initialized():
+        init_ray(address=ray_cluster[0])
+    yield ray
+
+
+RAY_FIXTURES = {"ray_start_2_cpus", "ray_cluster", "ray_address", "asha_run"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """``ray``: the test starts Ray (the fixture, a CLI process or a cluster of its own); ``slow``:
-    it trains in-process for tens of seconds. ``make test-fast`` runs the rest (-m "not ray and not slow")."""
+    """``ray``: the test starts or joins Ray (the shared head, a CLI process or a cluster of its
+    own); ``slow``: it trains in-process for tens of seconds. ``make test-fast`` runs the rest
+    (-m "not ray and not slow")."""
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)

@@ -2,6 +2,7 @@
 a free port, and a trial's reports (one module, so that no test module imports another)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import yaml
 
 
 def make_params(corpus: dict, cache_dir, **overrides) -> dict:
@@ -33,23 +36,52 @@ def copy_manifest(src: str, dst: Path, edit=None) -> Path:
     return dst
 
 
-def tiny_job(tmp_path: Path, corpus, cache_dir, name: str, body: str, epochs: int = 3, **params) -> Path:
-    """A crnn_ctc tiny job file; ``body`` adds search, scheduler, phases...; ``params`` adds run keys."""
+def _flow(value) -> str:
+    """One YAML line: a mapping or list in flow style, a path or number as itself."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip().removesuffix("\n...")
+
+
+def tiny_job(tmp_path: Path, corpus, cache_dir, name: str, body: str = "", epochs: int = 3,
+             edit: dict | None = None, **params) -> Path:
+    """A crnn_ctc tiny job file: one line a top-level key (lines 1-10), then ``body``, a YAML
+    fragment that adds search, scheduler, phases... ``params`` adds run keys. ``edit`` changes
+    the file's own keys by dotted name (``{"metric": "val_cer", "data.test_manifest": ...}``):
+    a name whose parent is not there is an error, never a silently different file."""
+    base = {"name": name, "family": "crnn_ctc", "preset": "tiny",
+            "data": {"train_manifest": corpus["train"], "dev_manifest": corpus["dev"]},
+            "params": {"epochs": epochs, "n_mels": 40, "batch_bins": 200000, "cache_dir": str(cache_dir),
+                       "lr": 3.0e-3, **params},
+            "metric": "val_loss", "mode": "min", "test_eval": False,
+            "resources": {"num_workers": 1, "cpus_per_worker": 1},
+            "storage_path": str(tmp_path / "exp")}
+    for key, value in (edit or {}).items():
+        _set(base, key, value, "tiny_job")
     f = tmp_path / f"{name}.yaml"
-    more = "".join(f", {k}: {v}" for k, v in params.items())
-    f.write_text(textwrap.dedent(f"""\
-        name: {name}
-        family: crnn_ctc
-        preset: tiny
-        data: {{train_manifest: {corpus['train']}, dev_manifest: {corpus['dev']}}}
-        params: {{epochs: {epochs}, n_mels: 40, batch_bins: 200000, cache_dir: {cache_dir}, lr: 3.0e-3{more}}}
-        metric: val_loss
-        mode: min
-        test_eval: false
-        resources: {{num_workers: 1, cpus_per_worker: 1}}
-        storage_path: {tmp_path / 'exp'}
-        """) + textwrap.dedent(body))
+    f.write_text("".join(f"{k}: {_flow(v)}\n" for k, v in base.items()) + textwrap.dedent(body))
     return f
+
+
+def _set(mapping: dict, dotted: str, value, where: str, must_exist: bool = False) -> None:
+    *parents, leaf = dotted.split(".")
+    node = mapping
+    for i, part in enumerate(parents):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"{where}: no key {'.'.join(parents[:i + 1])!r} to set {dotted!r} under")
+        node = node[part]
+    if not isinstance(node, dict) or (must_exist and leaf not in node):
+        raise KeyError(f"{where}: no key {dotted!r} to change")
+    node[leaf] = value
+
+
+def edited_job(src: Path, dst: Path, changes: dict) -> Path:
+    """A copy of job file ``src`` at ``dst`` with ``changes`` (dotted key -> new value) applied to
+    its parsed YAML: each key must already be there (a KeyError names one that is not), so an
+    edit cannot silently miss and leave the test checking another job."""
+    job = yaml.safe_load(Path(src).read_text())
+    for key, value in changes.items():
+        _set(job, key, value, str(src), must_exist=True)
+    dst.write_text(yaml.safe_dump(job, sort_keys=False))
+    return dst
 
 
 def history_of(exp_dir) -> dict[str, list[dict]]:
@@ -73,18 +105,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_while_running(p: subprocess.Popen, ready, timeout: float, what: str, poll: float = 0.2) -> None:
-    """Until ``ready()`` holds, while process ``p`` still runs (its output is the failure message if it
-    ends first); after ``timeout`` seconds ``p`` is killed and the test fails naming ``what``."""
+def wait_for(ready, timeout: float, what: str, poll: float = 0.2) -> None:
+    """Until ``ready()`` holds (it may assert what must stay true meanwhile); after ``timeout``
+    seconds the test fails naming ``what``."""
     import time
 
     import pytest
 
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if ready():
-            return
-        assert p.poll() is None, p.stdout.read()
+    while not ready():
+        if time.time() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:.0f} s")
         time.sleep(poll)
-    p.kill()
-    pytest.fail(f"{what} did not happen within {timeout:.0f} s")
+
+
+def stop_process_tree(p: subprocess.Popen) -> None:
+    """SIGKILL a process and everything it started (a ``ray start --block`` and its Ray processes)."""
+    import psutil
+
+    try:
+        procs = psutil.Process(p.pid).children(recursive=True) + [psutil.Process(p.pid)]
+    except psutil.NoSuchProcess:
+        return
+    for q in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            q.kill()
+    psutil.wait_procs(procs, timeout=30)
+    p.wait()
+
+
+def wait_while_running(p: subprocess.Popen, ready, timeout: float, what: str, poll: float = 0.2) -> None:
+    """Until ``ready()`` holds, while process ``p`` still runs (its output is the failure message if it
+    ends first); after ``timeout`` seconds ``p`` is killed and the test fails naming ``what``."""
+    def check() -> bool:
+        if ready():
+            return True
+        assert p.poll() is None, p.stdout.read()
+        return False
+
+    try:
+        wait_for(check, timeout, what, poll)
+    except BaseException:  # pytest.fail's exception too
+        p.kill()
+        raise

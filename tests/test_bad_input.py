@@ -12,7 +12,7 @@ from asr_core.data.manifest import read_manifest
 from asr_core.errors import InputError
 from asr_core.train.config import split_params
 from asr_core.train.data import prepare_data
-from tests.factories import copy_manifest, make_params
+from tests.factories import copy_manifest, make_params, speechtune, tiny_job
 from tune_jobs.spec import load_job
 
 
@@ -106,15 +106,16 @@ def test_malformed_search_space_names_line_and_key(tmp_path, space, message):
         load_job(p)
 
 
-def test_bad_input_stops_tune_before_any_trial(corpus, tmp_path):
+SEARCH = "search_space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+
+
+def test_bad_input_stops_tune_before_any_trial(corpus, cache_dir, tmp_path):
     """The CLI refuses the job (exit 2, message names file:line) and no experiment is created."""
     from tune_jobs.cli import main
 
     dev = copy_manifest(corpus["dev"], tmp_path / "dev.jsonl",
                         lambda i, r: {**r, "audio": "/nonexistent.flac"} if i == 7 else r)
-    job = _job(tmp_path, BASE.replace("data: {corpus: demo-mono}",
-                                      f"data: {{train_manifest: {corpus['train']}, dev_manifest: {dev}}}")
-               + f"storage_path: {tmp_path / 'exp'}\n")
+    job = tiny_job(tmp_path, corpus, cache_dir, "job", SEARCH, edit={"data.dev_manifest": str(dev)})
     assert main(["tune", str(job)]) == 2
     assert not (tmp_path / "exp").exists()
 
@@ -129,18 +130,15 @@ def _with_audio(corpus, tmp_path, i: int, wav) -> Path:
                          lambda j, r: {**r, "audio": str(path), "duration": len(wav) / 16000} if j == i else r)
 
 
-@pytest.mark.ray
-def test_audio_shorter_than_one_window_names_file_and_line_before_any_trial(corpus, cache_dir, tmp_path):
+def test_audio_shorter_than_one_window_names_file_and_line_before_any_trial(corpus, cache_dir, tmp_path,
+                                                                            ray_address):
     import numpy as np
 
-    from tests.factories import speechtune
     from asr_core.train.data import check_data
 
     dev = _with_audio(corpus, tmp_path, 5, np.zeros(160, np.float32) + 0.01)  # 0.01 s
-    job = _job(tmp_path, BASE.replace("data: {corpus: demo-mono}",
-                                      f"data: {{train_manifest: {corpus['train']}, dev_manifest: {dev}}}")
-               + f"storage_path: {tmp_path / 'exp'}\n")
-    p = speechtune("tune", str(job), "--num-cpus", "2")
+    job = tiny_job(tmp_path, corpus, cache_dir, "job", SEARCH, edit={"data.dev_manifest": str(dev)})
+    p = speechtune("tune", str(job), "--address", ray_address)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 2, out[-3000:]
     assert f"error: {dev}:6: audio of utterance 'dev-00005' is 10 ms long, shorter than one analysis window" in out
@@ -160,10 +158,7 @@ def test_utterance_longer_than_max_duration_names_file_and_line_before_any_trial
 
     x, _ = soundfile.read(str(Path(corpus["dev"]).parent / "audio" / "dev" / "dev-00000.flac"), dtype="float32")
     dev = _with_audio(corpus, tmp_path, 2, np.tile(x, int(60 * 16000 / len(x)) + 1))  # over a minute
-    job = _job(tmp_path, BASE.replace("data: {corpus: demo-mono}",
-                                      f"data: {{train_manifest: {corpus['train']}, dev_manifest: {dev}}}")
-               .replace("  epochs: 2", "  epochs: 2\n  n_mels: 40\n  batch_bins: 200000")
-               + f"storage_path: {tmp_path / 'exp'}\n")
+    job = tiny_job(tmp_path, corpus, cache_dir, "job", SEARCH, edit={"data.dev_manifest": str(dev)})
     assert main(["tune", str(job)]) == 2
     assert not (tmp_path / "exp").exists()
     run = split_params(make_params(corpus, cache_dir, dev_manifest=str(dev), skip_bad=True))
@@ -246,11 +241,8 @@ def test_report_or_check_on_a_folder_that_is_no_experiment_writes_nothing(tmp_pa
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
-@pytest.mark.ray
 def test_skip_bad_covers_every_row_error_prints_each_reason_grouped_and_the_report_lists_them(corpus, cache_dir,
-                                                                                            tmp_path):
-    from tests.factories import speechtune, tiny_job
-
+                                                                                            tmp_path, ray_address):
     def edit(i, r):
         if i in (1, 2):
             return {**r, "audio": f"/nonexistent/{i}.flac"}
@@ -262,10 +254,10 @@ def test_skip_bad_covers_every_row_error_prints_each_reason_grouped_and_the_repo
 
     dev = copy_manifest(corpus["dev"], tmp_path / "dev.jsonl", edit)
     job = tiny_job(tmp_path, {**corpus, "dev": str(dev)}, cache_dir, "skips", "num_trials: 1\n", epochs=1)
-    p = speechtune("tune", str(job), "--num-cpus", "2")
+    p = speechtune("tune", str(job), "--address", ray_address)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 2 and f"{dev}:2: audio file not found" in out, out[-2000:]
-    p = speechtune("tune", str(job), "--num-cpus", "2", "--skip-bad")
+    p = speechtune("tune", str(job), "--address", ray_address, "--skip-bad")
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out[-3000:]
     assert "--skip-bad: skipped 5 bad row(s):" in out
@@ -297,18 +289,15 @@ def test_evaluate_skip_bad_skips_an_unknown_language_tag(corpus, cache_dir, tmp_
     assert len(data) == 23 and len(skipped) == 1 and "language 'xx'" in skipped[0]
 
 
-@pytest.mark.ray
-def test_train_resolves_relative_manifests_like_tune(corpus, cache_dir, tmp_path):
+def test_train_resolves_relative_manifests_like_tune(corpus, cache_dir, tmp_path, ray_address):
     """`speechtune train` with manifests relative to where it runs: made absolute before any
     worker starts (a worker's working directory is not the user's)."""
-    from tests.factories import speechtune
-
     (tmp_path / "data").mkdir()
     copy_manifest(corpus["train"], tmp_path / "data" / "train.jsonl")
     copy_manifest(corpus["dev"], tmp_path / "data" / "dev.jsonl")
     p = speechtune("train", "crnn_ctc", "--preset", "tiny", "--train-manifest", "data/train.jsonl",
                     "--dev-manifest", "data/dev.jsonl", "--set", "epochs=1", "--set", "n_mels=40",
-                    "--storage", str(tmp_path / "exp"), "--num-cpus", "2", cwd=tmp_path)
+                    "--storage", str(tmp_path / "exp"), "--address", ray_address, cwd=tmp_path)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out[-3000:]
     assert "checkpoint: " in out and "manifest not found" not in out

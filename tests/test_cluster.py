@@ -28,8 +28,16 @@ def _st(*args, env, cwd=None, timeout=300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def _gcs_servers() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"}
+def _gcs_servers(home: Path) -> set[int]:
+    """GCS servers started for this SPEECHTUNE_HOME (not another test's, or another pytest worker's)."""
+    found = set()
+    for p in psutil.process_iter(["name"]):
+        try:
+            if p.info["name"] == "gcs_server" and p.environ().get("SPEECHTUNE_HOME") == str(home):
+                found.add(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
 
 
 @pytest.mark.ray
@@ -38,7 +46,7 @@ def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir,
     ray = ray_start_2_cpus  # another Ray on this machine (this test process's): `down` must leave it alone
     home, port = tmp_path / "home", free_port()
     env = {**os.environ, "SPEECHTUNE_HOME": str(home), "SPEECHTUNE_CACHE": str(cache_dir)}
-    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS"):
+    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE"):
         env.pop(k, None)
     url = f"http://127.0.0.1:{port}"
     p = _st("cluster", "up", "--num-cpus", "2", "--dashboard-port", str(port), env=env)
@@ -46,10 +54,11 @@ def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir,
     state = json.loads((home / "cluster" / "cluster.json").read_text())
     try:
         # a second `up` says so and starts nothing
-        before = _gcs_servers()
+        before = _gcs_servers(home)
+        assert len(before) == 1, before
         again = _st("cluster", "up", "--num-cpus", "2", "--dashboard-port", str(free_port()), env=env)
         assert again.returncode == 1 and "already running" in again.stderr, again.stderr
-        assert _gcs_servers() == before
+        assert _gcs_servers(home) == before
         s = _st("cluster", "status", env=env)
         assert s.returncode == 0 and url in s.stdout and re.search(r"head ALIVE: .*CPU 2", s.stdout), s.stdout
 
@@ -69,9 +78,9 @@ def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir,
         assert refused.returncode == 2 and "requires token authentication" in refused.stderr, refused.stderr
         # a job file that fails validation is refused before anything is sent
         bad = tmp_path / "bad.yaml"
-        text = (ROOT / "tune_jobs" / "jobs" / "demo.yaml").read_text()
-        bad.write_text(re.sub(r"^num_trials:", "num_trails:", text, flags=re.M))
-        assert bad.read_text() != text
+        job = yaml.safe_load((ROOT / "tune_jobs" / "jobs" / "demo.yaml").read_text())
+        job["num_trails"] = job.pop("num_trials")  # a KeyError if the demo had no num_trials
+        bad.write_text(yaml.safe_dump(job, sort_keys=False))
         b = _st("submit", str(bad), "--address", url, env={**bare, "RAY_AUTH_TOKEN_PATH": str(token_file)})
         assert b.returncode == 2 and "bad.yaml" in b.stderr and "num_trails" in b.stderr, b.stderr
         # an address where nothing listens
@@ -140,10 +149,8 @@ def test_two_nodes_spread_ddp_workers_and_a_removed_node_is_survived(corpus, cac
             search_space: {lr: {grid: [3.0e-3, 4.0e-3]}}
             searcher: {name: grid}
             storage_shared: true     # both nodes run on this machine: they do share its disk
-            """, epochs=8)
-        job.write_text(job.read_text().replace("resources: {num_workers: 1, cpus_per_worker: 1}",
-                                               "resources: {num_workers: 2, cpus_per_worker: 1, "
-                                               "placement_strategy: SPREAD}"))
+            """, epochs=8, edit={"resources": {"num_workers": 2, "cpus_per_worker": 1,
+                                                "placement_strategy": "SPREAD"}})
         exp = tmp_path / "exp" / "nodes"
         box: dict = {}
         t = threading.Thread(target=lambda: box.update(out=run_tune(load_job(job), address=cluster.address,

@@ -14,7 +14,6 @@ from asr_core.data.synth import ensure_corpus
 from asr_core.data.tokenizer import CharTokenizer
 from asr_core.data.batching import make_batches, shard
 from asr_core.errors import InputError
-from asr_core.metrics import cer, wer
 
 
 def _rows(path):
@@ -90,12 +89,31 @@ def test_tokenizer_round_trip_with_language_tags():
     assert CharTokenizer.from_dict(tok.to_dict()).tokens == tok.tokens
 
 
-def test_error_rates_equal_hand_computed_values():
-    # "the cat sat" -> "the bat sat down": 1 substitution + 1 insertion over 3 words
-    assert wer(["the cat sat"], ["the bat sat down"]) == pytest.approx(2 / 3)
-    # "abcd" -> "abxd": 1 substitution over 4 chars; "hello" -> "helo": 1 deletion over 5
-    assert cer(["abcd", "hello"], ["abxd", "helo"]) == pytest.approx(2 / 9)
-    assert cer(["same"], ["same"]) == 0.0
+def test_validation_error_counts_equal_hand_computed_values():
+    """asr_counts and asr_metrics, what every ASR family's validation reports (and evaluate
+    prints), on transcripts whose edits are counted by hand."""
+    from types import SimpleNamespace
+
+    from asr_core.metrics import asr_counts, asr_metrics
+
+    refs = ["the cat sat", "abcd", "hello"]
+    hyps = ["the bat sat down", "abxd", "helo"]
+    tok = CharTokenizer.build(refs + hyps, ["en"] * 6)
+    batch = SimpleNamespace(ids=["u0", "u1", "u2"], texts=refs, languages=["en"] * 3)
+    edits: list = []
+    c = asr_counts([tok.encode(h) for h in hyps], batch, tok, with_lang_tag=False, edits=edits)
+    # "the cat sat" -> "the bat sat down": 1 substitution + 5 inserted characters (" down") over 11;
+    # "abcd" -> "abxd": 1 substitution over 4; "hello" -> "helo": 1 deletion over 5
+    assert (c["char_errors"], c["chars"]) == (1 + 5 + 1 + 1, 11 + 4 + 5)
+    # words: 1 substitution + 1 insertion over 3; 1 substitution over 1; 1 substitution over 1
+    assert (c["word_errors"], c["words"]) == (2 + 1 + 1, 3 + 1 + 1)
+    assert edits == [("u0", 6, 11, 2, 3), ("u1", 1, 4, 1, 1), ("u2", 1, 5, 1, 1)]
+    m = asr_metrics(c)
+    assert m["val_cer"] == pytest.approx(8 / 20) and m["val_wer"] == pytest.approx(4 / 5)
+    assert m["val_seq_acc"] == 0.0 and m["val_levenshtein"] == pytest.approx(8 / 3)
+    assert m["val_lid_acc"] != m["val_lid_acc"]  # NaN: no language tags predicted, never 0
+    same = asr_counts([tok.encode(r) for r in refs], batch, tok, with_lang_tag=False)
+    assert asr_metrics(same)["val_cer"] == 0.0 and asr_metrics(same)["val_seq_acc"] == 1.0
 
 
 def test_batches_respect_batch_bins_and_shards_are_even():

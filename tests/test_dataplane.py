@@ -14,8 +14,7 @@ import pytest
 from asr_core.data.features import FeatureConfig, compute_fbank, ensure_store, load_audio, open_store
 from asr_core.data.manifest import read_manifest
 from asr_core.errors import InputError
-from tests.factories import make_params
-from tests.factories import speechtune, tiny_job
+from tests.factories import make_params, speechtune, tiny_job
 
 
 def test_input_error_keeps_type_and_message_across_ray(ray_start_2_cpus, tmp_path):
@@ -28,22 +27,12 @@ def test_input_error_keeps_type_and_message_across_ray(ray_start_2_cpus, tmp_pat
     assert info.value.where == missing and info.value.message == "manifest not found"
 
 
-@pytest.mark.ray
-def test_feature_store_is_built_by_ray_tasks_once_and_read_back_from_s3(corpus, tmp_path, s3_server, monkeypatch):
-    import ray
-
-    from cluster.local import init_ray
-
-    env, s3 = s3_server
-    for k, v in env.items():  # credentials in the environment of every Ray process, as on a cluster's nodes
+def test_feature_store_is_built_by_ray_tasks_once_and_read_back_from_s3(corpus, tmp_path, s3_server,
+                                                                        ray_start_2_cpus, monkeypatch):
+    env, s3 = s3_server  # the shared head's processes (so every Ray task) have these too, as nodes do
+    for k, v in env.items():
         monkeypatch.setenv(k, v)
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(num_cpus=2)
-    try:
-        _store_round_trip(corpus, tmp_path, s3)
-    finally:
-        ray.shutdown()
+    _store_round_trip(corpus, tmp_path, s3)
 
 
 def _store_round_trip(corpus, tmp_path, s3):
@@ -78,8 +67,8 @@ def _store_round_trip(corpus, tmp_path, s3):
     assert len(stats["mean"]) == 40 and stats["frames"] == int(store.num_frames.sum())
 
 
-@pytest.mark.ray
-def test_search_in_which_every_trial_fails_exits_nonzero_with_the_first_error(corpus, cache_dir, tmp_path):
+def test_search_in_which_every_trial_fails_exits_nonzero_with_the_first_error(corpus, cache_dir, tmp_path,
+                                                                              ray_address):
     """Every sampled lstm_dropout is >= 1, which the family refuses in the trial's worker: the
     InputError reaches the driver with its type and message, and the CLI exits 1 saying so."""
     job = tiny_job(tmp_path, corpus, cache_dir, "allfail", """\
@@ -88,7 +77,7 @@ def test_search_in_which_every_trial_fails_exits_nonzero_with_the_first_error(co
         search_space: {lstm_dropout: {uniform: [0.0, 1000.0]}}
         searcher: {name: random, seed: 3, points_to_evaluate: [{lstm_dropout: 500.0}]}   # not the preset's 0
         """, epochs=1)
-    p = speechtune("tune", str(job), "--num-cpus", "2")
+    p = speechtune("tune", str(job), "--address", ray_address)
     out, _ = p.communicate(timeout=400)
     assert p.returncode == 1, out[-3000:]
     last = out.strip().splitlines()[-2:]

@@ -11,7 +11,7 @@ import pytest
 
 from analysis.load import load_experiment
 from analysis.raycheck import compare_with_ray
-from tests.factories import history_of, speechtune, wait_while_running
+from tests.factories import edited_job, history_of, speechtune, wait_while_running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,11 +28,9 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
 
     # the demo's smoke profile with 3 epochs and no early stop: after a trial's first report at
     # least 2 epochs of each trial remain, so the search is still running when it is frozen below
-    demo = tmp_path / "demo.yaml"
-    text = (ROOT / "tune_jobs" / "jobs" / "demo.yaml").read_text()
-    demo.write_text(text.replace("    params: {epochs: 2}\n    scheduler: {max_t: 2, grace_period: 1}",
-                                 "    params: {epochs: 3}\n    scheduler: {max_t: 3, grace_period: 3}"))
-    assert demo.read_text() != text
+    demo = edited_job(ROOT / "tune_jobs" / "jobs" / "demo.yaml", tmp_path / "demo.yaml",
+                      {"profiles.smoke.params.epochs": 3, "profiles.smoke.scheduler.max_t": 3,
+                       "profiles.smoke.scheduler.grace_period": 3})
     exp = tmp_path / "exp" / "demo"
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "SPEECHTUNE_CACHE": str(cache_dir)}
     p = speechtune("tune", str(demo), "--profile", "smoke", "--storage", str(tmp_path / "exp"), "--num-cpus", "2",

@@ -15,7 +15,7 @@ import torch
 
 from analysis.load import load_experiment
 from analysis.raycheck import compare_with_ray
-from tests.factories import free_port, history_of, speechtune, tiny_job, wait_while_running
+from tests.factories import edited_job, history_of, speechtune, tiny_job, wait_while_running
 from tune_jobs.spec import load_job
 
 JOBS = sorted(glob.glob(str(Path(__file__).parents[1] / "tune_jobs" / "jobs" / "*.yaml")))
@@ -179,13 +179,10 @@ def _state_saved_after_checkpoints(exp: Path) -> bool:
     return bool(states and ckpts) and max(p.stat().st_mtime for p in states) > max(p.stat().st_mtime for p in ckpts)
 
 
-@pytest.mark.ray
 @pytest.mark.timeout(420)
-def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_dir, tmp_path):
-    import ray
-
-    if ray.is_initialized():  # this test's searches run in their own driver processes
-        ray.shutdown()
+def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_dir, tmp_path, ray_address):
+    """The search's driver (a `speechtune tune` process on the shared cluster) is SIGKILLed; Ray
+    ends what that driver owned, and `tune --resume` from another process finishes the search."""
     job = tiny_job(tmp_path, corpus, cache_dir, "killme", """\
         search_space: {lr: {loguniform: [1.0e-3, 1.0e-2]}, lstm_hidden: {choice: [32, 48, 64]}}
         searcher: {name: hyperopt, seed: 5}
@@ -194,7 +191,7 @@ def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_
         """, epochs=2)
     exp = tmp_path / "exp" / "killme"
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its experiment state every second
-    p = speechtune("tune", str(job), "--num-cpus", "2", env=env, start_new_session=True)
+    p = speechtune("tune", str(job), "--address", ray_address, env=env, start_new_session=True)
     def one_trial_done_and_state_saved() -> bool:
         done = [rows for rows in history_of(exp).values() if rows[-1]["epoch"] == 2] if exp.is_dir() else []
         return len(done) >= 1 and len(history_of(exp)) >= 2 and _state_saved_after_checkpoints(exp)
@@ -205,7 +202,7 @@ def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_
     p.wait()
     before = history_of(exp)
     assert len(before) < 3
-    r = speechtune("tune", "--resume", str(exp), "--num-cpus", "2", env=env)
+    r = speechtune("tune", "--resume", str(exp), "--address", ray_address, env=env)
     out, _ = r.communicate(timeout=300)
     assert r.returncode == 0, out[-3000:]
     after = history_of(exp)
@@ -280,21 +277,15 @@ def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir,
     assert compare_with_ray(exp_dir).ok
 
 
-@pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path, s3_server):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    env, s3 = s3_server
+def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path, s3_server, ray_address):
+    env, s3 = s3_server  # the shared head's workers have the same endpoint and credentials
     job = tiny_job(tmp_path, corpus, cache_dir, "ons3", """\
         search_space: {lr: {grid: [1.0e-3, 3.0e-3]}}
         searcher: {name: grid}
         max_concurrent: 2
-        """, epochs=2)
-    job.write_text(job.read_text().replace(f"storage_path: {tmp_path / 'exp'}", "storage_path: s3://speech/exps"))
-    p = speechtune("tune", str(job), "--num-cpus", "2", env=env)
+        """, epochs=2, edit={"storage_path": "s3://speech/exps"})
+    p = speechtune("tune", str(job), "--address", ray_address, env=env)
     out, _ = p.communicate(timeout=240)
     assert p.returncode == 0, out[-3000:]
     assert not (tmp_path / "exp").exists()
@@ -318,8 +309,9 @@ def test_a_preset_point_outside_the_search_space_is_an_error_naming_its_line(tmp
     from asr_core.errors import InputError
 
     src = Path(JOBS[0]).parent / "seed000_mono.yaml"
-    bad = tmp_path / "seed000_mono.yaml"
-    bad.write_text(src.read_text().replace("points_to_evaluate: [{lr: 2.0e-3", "points_to_evaluate: [cpu_small, {lr: 2.0e-3"))
+    points = __import__("yaml").safe_load(src.read_text())["profiles"]["cpu"]["searcher"]["points_to_evaluate"]
+    bad = edited_job(src, tmp_path / "seed000_mono.yaml",
+                     {"profiles.cpu.searcher.points_to_evaluate": ["cpu_small", *points]})
     with pytest.raises(InputError, match=r"seed000_mono.yaml:\d+ .*preset cpu_small.*econformer_kernel_size=15"):
         load_job(bad, "cpu")
 

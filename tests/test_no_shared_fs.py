@@ -18,7 +18,7 @@ import psutil
 import pytest
 import soundfile
 
-from tests.factories import free_port
+from tests.factories import edited_job, free_port, stop_process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -32,19 +32,6 @@ def _unshare_works() -> str:
     p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /mnt"],
                        capture_output=True, text=True)
     return "" if p.returncode == 0 else f"unshare -m is not permitted here: {p.stderr.strip()}"
-
-
-def _stop(p: subprocess.Popen) -> None:
-    try:
-        procs = psutil.Process(p.pid).children(recursive=True) + [psutil.Process(p.pid)]
-    except psutil.NoSuchProcess:
-        return
-    for q in procs:
-        try:
-            q.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +81,8 @@ def two_nodes(tmp_path_factory, s3_server):
             pytest.fail("the worker node did not join: " + (logs / "worker.log").read_text()[-2000:])
         yield f"127.0.0.1:{port}", env, s3
     finally:
-        _stop(worker)
-        _stop(head)
+        stop_process_tree(worker)
+        stop_process_tree(head)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -189,8 +176,7 @@ storage_path: s3://speech/exps
 
     # (c) the same job with a local storage path: refused before any trial, naming the key
     local = tmp_path / "local.yaml"
-    local.write_text(job.read_text().replace("name: kaldi_s3", "name: kaldi_local")
-                     .replace("storage_path: s3://speech/exps", f"storage_path: {tmp_path / 'exp'}"))
+    edited_job(job, local, {"name": "kaldi_local", "storage_path": str(tmp_path / "exp")})
     c = _tune(str(local), "--address", address, env=env, cwd=tmp_path)
     assert c.returncode == 2, c.stdout[-3000:] + c.stderr[-3000:]
     assert f"{local}: storage_path" in c.stderr and "object storage" in c.stderr, c.stderr

@@ -36,8 +36,7 @@ def test_each_family_declares_the_metrics_it_computes_with_their_direction():
 
 
 def test_unknown_metric_names_are_load_errors_listing_the_familys_metrics(tmp_path, corpus, cache_dir):
-    bad = tiny_job(tmp_path, corpus, cache_dir, "m", "")
-    bad.write_text(bad.read_text().replace("metric: val_loss", "metric: val_acc"))
+    bad = tiny_job(tmp_path, corpus, cache_dir, "m", "", edit={"metric": "val_acc"})
     with pytest.raises(InputError, match=r"m.yaml:\d+ .*does not report 'val_acc'.*val_cer"):
         load_job(bad)
     with pytest.raises(InputError, match="select_metric.*'val_accuracy' is not a validation metric.*val_seq_acc"):
@@ -195,7 +194,7 @@ def test_a_search_or_trial_that_changes_what_the_driver_builds_is_refused_at_loa
                            ("speed_perturb", "{choice: [[0.9, 1.1], [0.8, 1.2]]}", "it sets the augmented copies"),
                            ("skip_bad", "{choice: [false, true]}", "it is a data setting")):
         job = tiny_job(tmp_path, corpus, cache_dir, f"s_{key}", space.format(key=key, dist=dist),
-                       aug_copies=1, speed_perturb="[0.9, 1.1]")
+                       aug_copies=1, speed_perturb=[0.9, 1.1])
         with pytest.raises(InputError, match=rf"s_{key}.yaml:\d+ \(search_space.{key}\): '{key}' cannot be "
                                              rf"searched: {why}.*one job \(or phase\) per value"):
             load_job(job)

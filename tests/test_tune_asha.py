@@ -2,7 +2,10 @@
 
 On 2 CPUs each trial needs both CPUs, so a stopped trial that kept its workers' placement group
 would leave every later trial waiting forever (Train V2: "timed out after 60.0 seconds waiting for
-2 workers"). Here every trial must end and all CPUs must be free again at the end.
+2 workers"); pytest's timeout is what catches that hang. Here every trial must end and all CPUs
+must be free again at the end. The grid is ordered so that ASHA must stop two trials at its first
+rung: a well-set rate runs first, then two rates 1,000 times too small, whose first-epoch loss
+cannot reach it.
 """
 from __future__ import annotations
 
@@ -25,34 +28,31 @@ def asha_run(corpus, cache_dir, tmp_path_factory, ray_start_2_cpus):
         family: crnn_ctc
         preset: tiny
         data: {{train_manifest: {corpus['train']}, dev_manifest: {corpus['dev']}}}
-        params: {{epochs: 4, n_mels: 40, batch_bins: 200000, cache_dir: {cache_dir}}}
+        params: {{epochs: 3, n_mels: 40, batch_bins: 200000, cache_dir: {cache_dir}}}
         search_space:
-          lr: {{loguniform: [1.0e-5, 1.0e-2]}}
-        searcher: {{name: random, seed: 3}}
-        scheduler: {{name: asha, grace_period: 1, max_t: 4, reduction_factor: 3}}
+          lr: {{grid: [3.0e-3, 1.0e-6, 2.0e-6]}}
+        searcher: {{name: grid}}
+        scheduler: {{name: asha, grace_period: 1, max_t: 3, reduction_factor: 3}}
         metric: val_loss
-        num_trials: 6
         max_concurrent: 1
         resources: {{num_workers: 2, cpus_per_worker: 1}}
         storage_path: {tmp_path / 'exp'}
         loggers: [tensorboard, mlflow, wandb]
         """))
     job = load_job(job_file)
-    t0 = time.time()
-    results, exp_dir, manifests = run_tune(job, cache_dir=str(cache_dir), progress=False)
-    return results, exp_dir, manifests, time.time() - t0
+    return run_tune(job, cache_dir=str(cache_dir), progress=False)
 
 
-@pytest.mark.timeout(300)  # the whole search must finish in under 5 minutes
+@pytest.mark.timeout(300)  # a trial waiting for resources a stopped one holds would wait forever
 def test_asha_stops_trials_and_none_waits_for_held_resources(asha_run, ray_start_2_cpus):
     ray = ray_start_2_cpus
-    results, exp_dir, _, elapsed = asha_run
-    assert len(results) == 6 and not [r.error for r in results if r.error]
+    results, exp_dir, _ = asha_run
+    assert len(results) == 3 and not [r.error for r in results if r.error]
     trials, _ = load_experiment(exp_dir)
-    assert len(trials) == 6
-    assert set(trials.status) <= {"finished", "early-stopped"}
-    assert (trials.status == "early-stopped").sum() >= 2, trials[["trial_id", "status", "epochs_run"]]
-    assert (trials.status == "finished").sum() >= 1
+    by_lr = trials.set_index("config/lr")
+    assert by_lr.loc[3.0e-3].status == "finished" and by_lr.loc[3.0e-3].epochs_run == 3
+    assert list(by_lr.loc[[1.0e-6, 2.0e-6]].status) == ["early-stopped"] * 2, trials[["trial_id", "status"]]
+    assert list(by_lr.loc[[1.0e-6, 2.0e-6]].epochs_run) == [1, 1]
     # every stopped trial's workers and placement group are gone: the node is whole again
     deadline = time.time() + 30
     while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
@@ -62,7 +62,6 @@ def test_asha_stops_trials_and_none_waits_for_held_resources(asha_run, ray_start
 
     live = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
     assert not live, live
-    assert elapsed < 300
 
 
 def test_report_equals_result_files_and_ray_result_grid(asha_run, tmp_path):
@@ -74,7 +73,7 @@ def test_report_equals_result_files_and_ray_result_grid(asha_run, tmp_path):
 
     from analysis.report import write_report
 
-    results, exp_dir, _, _ = asha_run
+    results, exp_dir, _ = asha_run
     report = write_report(exp_dir, tmp_path)
     text = report.read_text()
     trials = pd.read_parquet(tmp_path / "trials.parquet")
@@ -99,14 +98,14 @@ def test_report_equals_result_files_and_ray_result_grid(asha_run, tmp_path):
     from analysis.raycheck import compare_with_ray
 
     check = compare_with_ray(exp_dir)
-    assert check.ok and check.trials_ray == 6 and check.compared >= 6 * 5, check.summary()
+    assert check.ok and check.trials_ray == 3 and check.compared >= 3 * 5, check.summary()
     assert (tmp_path / "plots" / "asha_rungs.png").is_file() and "ASHA rung survival" in text
 
 
 def test_evaluate_cli_scores_the_best_checkpoint(asha_run, capsys):
     from tune_jobs.cli import main
 
-    results, exp_dir, manifests, _ = asha_run
+    results, exp_dir, manifests = asha_run
     assert main(["evaluate", exp_dir, "--manifest", manifests["dev"]]) == 0
     out = capsys.readouterr().out
     assert "24 utterances" in out and "CER" in out and "WER" in out
@@ -116,7 +115,7 @@ def test_evaluate_uses_this_machines_cache_not_the_one_recorded(asha_run, tmp_pa
     """SPEECHTUNE_CACHE first, then the cache the run recorded (as train and tune resolve it)."""
     from tune_jobs.cli import main
 
-    results, exp_dir, manifests, _ = asha_run
+    results, exp_dir, manifests = asha_run
     monkeypatch.setenv("SPEECHTUNE_CACHE", str(tmp_path / "here"))
     assert main(["evaluate", exp_dir, "--manifest", manifests["dev"]]) == 0
     assert "24 utterances" in capsys.readouterr().out
@@ -130,7 +129,7 @@ def test_evaluate_out_writes_one_row_per_utterance_whose_errors_sum_to_the_print
 
     from tune_jobs.cli import main
 
-    results, exp_dir, manifests, _ = asha_run
+    results, exp_dir, manifests = asha_run
     out_file = tmp_path / "hyps.jsonl"
     assert main(["evaluate", exp_dir, "--manifest", manifests["dev"], "--out", str(out_file)]) == 0
     out = capsys.readouterr().out
@@ -157,14 +156,14 @@ def test_every_trial_logs_tensorboard_events_an_mlflow_run_and_a_wandb_offline_r
 
     from mlflow.tracking import MlflowClient
 
-    results, exp_dir, _, _ = asha_run
+    results, exp_dir, _ = asha_run
     trials, history = load_experiment(exp_dir)
     for t in trials.trial:
         assert list((Path(exp_dir) / t).glob("events.out.tfevents.*")), t
     client = MlflowClient(tracking_uri=f"file:{Path(exp_dir) / 'mlruns'}")
     (exp,) = [e for e in client.search_experiments() if e.name == "asha_trap"]
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == len(trials) == 6
+    assert len(runs) == len(trials) == 3
     by_name = {r.info.run_name: r for r in runs}
     for tid in trials.trial_id:
         run = next(r for n, r in by_name.items() if tid in n)

@@ -118,11 +118,7 @@ def test_a_search_starts_from_its_baseline_reports_the_test_gain_and_decode_tune
         searcher: {name: random, seed: 3}
         num_trials: 2
         max_concurrent: 2
-        """, epochs=2)
-    job.write_text(job.read_text().replace("metric: val_loss", "metric: val_cer")
-                   .replace("test_eval: false", "test_eval: true")
-                   .replace(f"dev_manifest: {corpus['dev']}", f"dev_manifest: {corpus['dev']}, "
-                                                              f"test_manifest: {corpus['test']}"))
+        """, epochs=2, edit={"metric": "val_cer", "test_eval": True, "data.test_manifest": corpus["test"]})
     assert tune_job(load_job(job)) == 0
     exp = next((tmp_path / "exp").glob("value*"))
     trials, _ = load_experiment(exp)
