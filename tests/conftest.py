@@ -9,6 +9,7 @@ up`` or need nodes with private file systems start another cluster."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,8 +76,7 @@ def s3_server():
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory, cache_dir, s3_server):
-    """One local Ray head with 2 CPUs for the session: ``(address, env)``, where ``env`` is the
-    environment a ``speechtune`` process needs to join it. The head's processes (and so every Ray
+    """One local Ray head with 2 CPUs for the session; yields its address. The head's processes (and so every Ray
     worker) have the S3 server's endpoint and credentials, as a cluster's nodes have their object
     storage's. Loopback test cluster: Ray's token authentication is off for its processes and its
     clients (DEVELOPERS.md); ``speechtune cluster up`` is tested with tokens on."""
@@ -102,22 +102,20 @@ def ray_cluster(tmp_path_factory, cache_dir, s3_server):
         wait_for(started, 120, "the shared Ray head starting")
         with pytest.MonkeyPatch.context() as mp:  # this process joins it as a client, without a token
             mp.setenv("RAY_AUTH_MODE", "disabled")
-            yield f"127.0.0.1:{port}", env
+            yield f"127.0.0.1:{port}"
     finally:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
         stop_process_tree(head)
-        import shutil
-
         shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
 def ray_address(ray_cluster) -> str:
     """The shared head's address, for ``speechtune ... --address`` (a driver of its own)."""
-    return ray_cluster[0]
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +128,7 @@ def ray_start_2_cpus(ray_cluster):
     from cluster.local import init_ray
 
     if not ray.is_initialized():
-        init_ray(address=ray_cluster[0])
+        init_ray(address=ray_cluster)
     yield ray
 
 

@@ -29,7 +29,7 @@ def _st(*args, env, cwd=None, timeout=300) -> subprocess.CompletedProcess:
 
 
 def _gcs_servers(home: Path) -> set[int]:
-    """GCS servers started for this SPEECHTUNE_HOME (not another test's, or another pytest worker's)."""
+    """GCS servers started for this SPEECHTUNE_HOME (not the shared test head's, nor another test's)."""
     found = set()
     for p in psutil.process_iter(["name"]):
         try:
