@@ -61,8 +61,11 @@ $(CHROMIUM):
 	$$(command -v sudo) apt-get install -y -q chromium >/dev/null || \
 	  { $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q chromium >/dev/null; }
 
+# two pytest-xdist workers, each with its own shared Ray head; tests that start Rays of their own run
+# in one of them, one after the other, and the order units are handed out in is set in tests/conftest.py
+TEST_WORKERS ?= 2
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q --durations=10 -n $(TEST_WORKERS) --no-loadscope-reorder
 
 # the tests that start no Ray and train nothing for long (markers in tests/conftest.py): about 2 minutes
 test-fast: $(STAMP) $(CHROMIUM)

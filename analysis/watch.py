@@ -92,7 +92,8 @@ def snapshot(exp_dir: str | os.PathLike, copy_to: str | os.PathLike | None = Non
     tuned = [k for k in dict.fromkeys([*(record.get("search_space") or {}), *(record.get("tuned") or [])])
              if f"config/{k}" in trials]
     for _, r in trials.iterrows():
-        h = history[history.trial_id == r.trial_id]
+        # a search's first seconds: trials started, none has reported yet (no history columns)
+        h = history[history.trial_id == r.trial_id] if "trial_id" in history else history
         name = r.get("config/experiment")
         if not isinstance(name, str) or not name:
             values = ", ".join(f"{k}={_short(r[f'config/{k}'])}" for k in tuned)

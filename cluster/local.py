@@ -21,6 +21,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
             kwargs.pop("runtime_env")                      # env (code, requirements, RAY_ENV) applies
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+        # address="local": a Ray of its own even when another runs here (ray.init() with no
+        # address would join the one /tmp/ray/ray_current_cluster names, and then refuse num_cpus)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", **kwargs)
     return ray

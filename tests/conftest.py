@@ -5,7 +5,12 @@ The Ray head runs as its own processes (``ray start --head``), as Ray's own suit
 cluster (``ray_start_regular_shared``): the test process connects to it as a driver, and the
 ``speechtune`` processes a test starts join it with ``--address``, so no test pays for a Ray
 start of its own. Only tests that kill a node, bring up a cluster through ``speechtune cluster
-up`` or need nodes with private file systems start another cluster."""
+up`` or need nodes with private file systems start another cluster.
+
+``make test`` runs the suite in two pytest-xdist workers (``-n 2``): each worker
+has its own session fixtures (its own head, S3 server and Ray), the corpus and feature cache is
+one for both (built under a file lock), and the tests that start Rays of their own run one after
+the other in one worker (unit ``own-ray``, see ``work_unit``), longest first."""
 from __future__ import annotations
 
 import os
@@ -14,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -27,7 +33,11 @@ RAY = str(Path(sys.executable).parent / "ray")
 def cache_dir(tmp_path_factory) -> Path:
     """The session's feature and corpus cache; SPEECHTUNE_CACHE points at it while the session
     runs (a job naming a corpus synthesizes it here) and is restored afterwards."""
-    d = tmp_path_factory.mktemp("cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one for every worker: pytest-N/cache beside popen-gwK
+        d = tmp_path_factory.getbasetemp().parent / "cache"
+        d.mkdir(exist_ok=True)
+    else:
+        d = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPEECHTUNE_CACHE", str(d))
         yield d
@@ -74,9 +84,26 @@ def s3_server():
         server.wait()
 
 
+class RayHead(NamedTuple):
+    address: str
+    pid: int  # the ``ray start --block`` process: every process of this head descends from it
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads():
+    """With several pytest workers on this machine, in-process training uses its share of the cores
+    (torch's default, one thread per core in every worker, oversubscribes them)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    yield
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory, cache_dir, s3_server):
-    """One local Ray head with 2 CPUs for the session; yields its address. The head's processes (and so every Ray
+def ray_cluster(tmp_path_factory, cache_dir, s3_server) -> RayHead:
+    """One local Ray head with 2 CPUs for the session; yields its address and process. The head's processes (and so every Ray
     worker) have the S3 server's endpoint and credentials, as a cluster's nodes have their object
     storage's. Loopback test cluster: Ray's token authentication is off for its processes and its
     clients (DEVELOPERS.md); ``speechtune cluster up`` is tested with tokens on."""
@@ -102,7 +129,7 @@ def ray_cluster(tmp_path_factory, cache_dir, s3_server):
         wait_for(started, 120, "the shared Ray head starting")
         with pytest.MonkeyPatch.context() as mp:  # this process joins it as a client, without a token
             mp.setenv("RAY_AUTH_MODE", "disabled")
-            yield f"127.0.0.1:{port}"
+            yield RayHead(f"127.0.0.1:{port}", head.pid)
     finally:
         import ray
 
@@ -115,7 +142,7 @@ def ray_cluster(tmp_path_factory, cache_dir, s3_server):
 @pytest.fixture
 def ray_address(ray_cluster) -> str:
     """The shared head's address, for ``speechtune ... --address`` (a driver of its own)."""
-    return ray_cluster
+    return ray_cluster.address
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +155,61 @@ def ray_start_2_cpus(ray_cluster):
     from cluster.local import init_ray
 
     if not ray.is_initialized():
-        init_ray(address=ray_cluster)
+        init_ray(address=ray_cluster.address)
     yield ray
 
 
 RAY_FIXTURES = {"ray_start_2_cpus", "ray_cluster", "ray_address", "asha_run"}
+# Tests that start Rays of their own (`speechtune cluster up`, Ray's Cluster utility, nodes in mount
+# namespaces): one after the other, in one pytest worker, so that no two of them compete for the
+# ports and /tmp/ray files a default Ray uses.
+OWN_RAY = ("tests/test_cluster.py::test_cluster_up", "tests/test_cluster.py::test_two_nodes",
+           "tests/test_no_shared_fs.py::")
+# modules whose module-scoped fixture trains or searches: all their tests in one worker, which
+# builds it once
+MODULE_GROUPS = ("tests/test_tune_asha.py", "tests/test_decoding.py")
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit pytest-xdist hands a test out in: ``own-ray``, its module (MODULE_GROUPS), or itself."""
+    if nodeid.startswith(OWN_RAY):
+        return "own-ray"
+    if nodeid.startswith(MODULE_GROUPS):
+        return nodeid.split("::")[0]
+    return nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's load-scope scheduler with our units as its scopes. (Its ``--dist loadgroup``
+    and ``xdist_group`` marks do nothing with pytest 9: xdist 3.8 renames a grouped test through
+    ``item._nodeid``, which pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByUnit(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     """``ray``: the test starts or joins Ray (the shared head, a CLI process or a cluster of its
     own); ``slow``: it trains in-process for tens of seconds. ``make test-fast`` runs the rest
-    (-m "not ray and not slow")."""
+    (-m "not ray and not slow").
+
+    In a pytest-xdist worker, the order in which the controller hands the units out (``make test``
+    keeps it: --no-loadscope-reorder): the own-Ray unit first (the longest), then the other Ray
+    tests, then in-process training, then the rest, so that no long test starts last."""
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank: dict[str, int] = {}
+        first: dict[str, int] = {}
+        for i, item in enumerate(items):
+            u = work_unit(item.nodeid)
+            r = 0 if u == "own-ray" else 1 if "ray" in item.keywords else 2 if "slow" in item.keywords else 3
+            rank[u] = min(r, rank.get(u, r))
+            first.setdefault(u, i)
+        items.sort(key=lambda it: (rank[work_unit(it.nodeid)], first[work_unit(it.nodeid)]))  # a unit stays together

@@ -134,6 +134,20 @@ def stop_process_tree(p: subprocess.Popen) -> None:
     p.wait()
 
 
+def ray_processes(root: int, title: str) -> list:
+    """The Ray workers under process ``root`` (a ``ray start --block``, or a driver that started a
+    Ray of its own) whose process title starts with ``title`` (``ray::RayTrainWorker``): never
+    another test's, nor another pytest worker's."""
+    import psutil
+
+    found = []
+    for q in psutil.Process(root).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if any(c.startswith(title) for c in q.cmdline()):
+                found.append(q)
+    return found
+
+
 def wait_while_running(p: subprocess.Popen, ready, timeout: float, what: str, poll: float = 0.2) -> None:
     """Until ``ready()`` holds, while process ``p`` still runs (its output is the failure message if it
     ends first); after ``timeout`` seconds ``p`` is killed and the test fails naming ``what``."""

@@ -356,3 +356,20 @@ def test_a_baseline_the_scheduler_stopped_early_is_not_called_beaten():
     assert "beat" not in first and "probability" not in first
     scores["baseline"].update(status="finished", epochs_run=18, short=False)
     assert baseline_items(a)[0].startswith("**tuning beat the baseline**")
+
+
+def test_watch_lists_trials_that_have_not_reported_yet(tmp_path, capsys, monkeypatch):
+    """A search's first seconds: both trials have started (Tune state RUNNING), neither has
+    written a report. The live view lists them, running at epoch 0 with no value, instead of
+    failing on the empty history (it did: no trial_id column)."""
+    from tune_jobs.cli import main
+
+    exp = write_experiment(tmp_path / "starting", [FakeTrial("first000", {"lr": 1e-3}, [], status="RUNNING"),
+                                                   FakeTrial("second00", {"lr": 2e-3}, [], status="RUNNING")],
+                           {**RECORD, "num_trials": 2, "search_space": {"lr": {}}})
+    monkeypatch.setenv("COLUMNS", "200")
+    capsys.readouterr()
+    assert main(["watch", str(exp), "--once"]) == 0
+    view = capsys.readouterr().out
+    lines = [l for l in view.splitlines() if "first000" in l or "second00" in l]
+    assert len(lines) == 2 and all("running" in l and "0/2" in l for l in lines), view

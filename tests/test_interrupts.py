@@ -11,7 +11,7 @@ import pytest
 
 from analysis.load import load_experiment
 from analysis.raycheck import compare_with_ray
-from tests.factories import edited_job, history_of, speechtune, wait_while_running
+from tests.factories import edited_job, history_of, ray_processes, speechtune, wait_while_running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,29 +19,33 @@ pytestmark = pytest.mark.ray  # every test here starts Ray (a process, a cluster
 
 
 @pytest.mark.timeout(600)
-def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp_path, caplog, capsys, monkeypatch):
-    import ray
-
-    if ray.is_initialized():  # the searches run in their own driver processes
-        ray.shutdown()
+def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp_path, caplog, capsys, monkeypatch,
+                                                                 ray_cluster):
     import psutil
 
-    # the demo's smoke profile with 3 epochs and no early stop: after a trial's first report at
+    # the demo's smoke profile with 3 epochs and no early stop: after a trial's first checkpoint at
     # least 2 epochs of each trial remain, so the search is still running when it is frozen below
     demo = edited_job(ROOT / "tune_jobs" / "jobs" / "demo.yaml", tmp_path / "demo.yaml",
                       {"profiles.smoke.params.epochs": 3, "profiles.smoke.scheduler.max_t": 3,
                        "profiles.smoke.scheduler.grace_period": 3})
     exp = tmp_path / "exp" / "demo"
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "SPEECHTUNE_CACHE": str(cache_dir)}
-    p = speechtune("tune", str(demo), "--profile", "smoke", "--storage", str(tmp_path / "exp"), "--num-cpus", "2",
-                   env=env)
-    wait_while_running(p, lambda: exp.is_dir() and any(rows for rows in history_of(exp).values()), 300,
-                       "a trial's first reported epoch")
-    # the training workers are frozen (SIGSTOP) while the live view is read and Ctrl-C is sent, so
-    # that no epoch, and no end of the search, can overtake the test on a loaded machine
-    workers = [w for w in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(w.info["cmdline"] or [])]
-    for w in workers:
-        w.suspend()
+    p = speechtune("tune", str(demo), "--profile", "smoke", "--storage", str(tmp_path / "exp"),
+                   "--address", ray_cluster.address, env=env)
+    # the training workers are frozen (SIGSTOP) once a trial has checkpointed its first epoch (the
+    # worker writes it; result.json is written later, by the driver), while the live view is read
+    # and Ctrl-C is sent, so that no epoch, and no end of the search, can overtake the test
+    workers: list = []
+
+    def frozen_mid_search() -> bool:
+        if not list(exp.glob("*/checkpoint_000000")):
+            return False
+        workers[:] = ray_processes(ray_cluster.pid, "ray::RayTrainWorker")  # this head's: this search's
+        for w in workers:
+            w.suspend()
+        return bool(workers)  # none between two trials: wait for the next
+
+    wait_while_running(p, frozen_mid_search, 300, "a trial's first checkpoint while its worker runs", poll=0.05)
     try:
         assert workers and p.poll() is None, "the search ended before it could be interrupted"
         # the live view of the running search: every trial so far, its status and the job's metric
@@ -72,7 +76,7 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
     record = json.loads((exp / "speechtune_job.json").read_text())
     assert "interrupted" in record["outcome"]["status"]
 
-    r = speechtune("tune", "--resume", str(exp), "--num-cpus", "2", env=env)
+    r = speechtune("tune", "--resume", str(exp), "--address", ray_cluster.address, env=env)
     out, _ = r.communicate(timeout=300)
     assert r.returncode == 0, out[-3000:]
     trials, history = load_experiment(exp)

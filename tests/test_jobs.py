@@ -15,7 +15,7 @@ import torch
 
 from analysis.load import load_experiment
 from analysis.raycheck import compare_with_ray
-from tests.factories import edited_job, history_of, speechtune, tiny_job, wait_while_running
+from tests.factories import edited_job, history_of, ray_processes, speechtune, tiny_job, wait_for, wait_while_running
 from tune_jobs.spec import load_job
 
 JOBS = sorted(glob.glob(str(Path(__file__).parents[1] / "tune_jobs" / "jobs" / "*.yaml")))
@@ -223,17 +223,21 @@ def test_killed_driver_resumes_with_every_planned_trial_done_once(corpus, cache_
     hs = HyperOptSearch(metric="val_loss", mode="min")
     hs.restore_from_dir(str(exp))
     assert len(hs._hpopt_trials.trials) == 3
-    configs = {json.dumps(json.loads((d / "params.json").read_text())["train_loop_config"], sort_keys=True)
-               for d in exp.glob("TorchTrainer_*")}
+    # each trial's own directory (a trial the killed driver had only begun to create can leave an
+    # empty directory behind; the resumed search runs it in a new one)
+    configs = {json.dumps(json.loads((exp / t / "params.json").read_text())["train_loop_config"], sort_keys=True)
+               for t in trials.trial}
     assert len(configs) == 3
     check = compare_with_ray(exp)  # Ray keeps the re-run epochs twice; ours once (explained, not a disagreement)
     assert check.ok and check.trials_ray == 3, check.summary()
 
 
 @pytest.mark.timeout(300)
-def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir, tmp_path, ray_start_2_cpus):
-    import psutil
-
+def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir, tmp_path, ray_cluster,
+                                                              ray_start_2_cpus):
+    """The trial's training worker is frozen (SIGSTOP) as soon as its second checkpoint is on disk,
+    checked to have epochs left, and killed (SIGKILL) while frozen: the kill lands mid-run however
+    long an epoch takes."""
     from tune_jobs.runner import run_tune
 
     job = tiny_job(tmp_path, corpus, cache_dir, "worker", """\
@@ -245,19 +249,20 @@ def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir,
     t = threading.Thread(target=lambda: box.update(
         out=run_tune(load_job(job), cache_dir=str(cache_dir), progress=False)))
     t.start()
-    killed = None
-    deadline = time.time() + 180
-    while time.time() < deadline and killed is None and t.is_alive():
-        # the worker writes its checkpoints itself (result.json is written by the driver)
-        if exp.is_dir() and list(exp.glob("*/checkpoint_000001")):  # epoch 2 done; an epoch takes ~0.5 s
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if any(c.startswith("ray::RayTrainWorker") for c in proc.info["cmdline"] or []):
-                    proc.kill()  # SIGKILL: the worker process dies mid-epoch
-                    killed = proc.info["pid"]
-                    break
-        time.sleep(0.05)
-    t.join(timeout=240)
-    assert killed, "no training worker process found"
+
+    def second_checkpoint() -> bool:  # the worker writes its checkpoints itself (result.json: the driver)
+        assert t.is_alive(), "the search ended before its second checkpoint was seen"
+        return bool(list(exp.glob("*/checkpoint_000001")))
+
+    try:
+        wait_for(second_checkpoint, 180, "the trial's second checkpoint", poll=0.02)
+        (worker,) = ray_processes(ray_cluster.pid, "ray::RayTrainWorker")  # this head's only trial's
+        worker.suspend()
+        saved = sorted(c.name for c in exp.glob("*/checkpoint_*"))
+        worker.kill()  # SIGKILL while frozen: the worker dies mid-run, its next epoch unfinished
+        assert saved[-1] < "checkpoint_000015", f"the run had reached its last epoch: {saved}"
+    finally:
+        t.join(timeout=240)
     results, exp_dir, _ = box["out"]
     assert not [r.error for r in results if r.error]
     (rows,) = history_of(exp_dir).values()
