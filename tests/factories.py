@@ -148,6 +148,24 @@ def ray_processes(root: int, title: str) -> list:
     return found
 
 
+def freeze_ray_workers(roots: list[int], title: str, count: int, timeout: float = 60) -> list:
+    """SIGSTOP ``count`` Ray workers titled ``title`` under the processes ``roots``; returns them. It
+    looks again until it has them all: a Ray worker retitles itself at every method call, and for
+    a moment its command line can read empty (seen: a DDP worker missed by a single look)."""
+    found: dict = {}
+
+    def all_frozen() -> bool:
+        for root in roots:
+            for q in ray_processes(root, title):
+                if q.pid not in found:
+                    q.suspend()
+                    found[q.pid] = q
+        return len(found) >= count
+
+    wait_for(all_frozen, timeout, f"{count} {title} process(es) to freeze", poll=0.01)
+    return list(found.values())
+
+
 def wait_while_running(p: subprocess.Popen, ready, timeout: float, what: str, poll: float = 0.2) -> None:
     """Until ``ready()`` holds, while process ``p`` still runs (its output is the failure message if it
     ends first); after ``timeout`` seconds ``p`` is killed and the test fails naming ``what``."""
