@@ -12,7 +12,7 @@ from asr_core.data.manifest import read_manifest
 from asr_core.errors import InputError
 from asr_core.train.config import split_params
 from asr_core.train.data import prepare_data
-from tests.factories import copy_manifest, make_params, speechtune, tiny_job
+from tests.factories import _flow, _set, copy_manifest, make_params, speechtune, tiny_job
 from tune_jobs.spec import load_job
 
 
@@ -76,13 +76,33 @@ search_space:
 """
 
 
+def _base_with(changes: dict) -> str:
+    """BASE with ``changes`` (dotted key -> value) applied to its parsed YAML (a key to change must be
+    there, a new key's parent too: _set raises KeyError otherwise), written in BASE's own layout
+    (``params`` and ``search_space`` one line per entry, the rest one line per key), so that the
+    line numbers the errors name stay those of BASE."""
+    import yaml
+
+    job = yaml.safe_load(BASE)
+    for key, value in changes.items():
+        new_key = key.endswith("+")
+        _set(job, key.rstrip("+"), value, "BASE", must_exist=not new_key)
+    lines = []
+    for k, v in job.items():
+        if k in ("params", "search_space"):
+            lines += [f"{k}:", *(f"  {kk}: {_flow(vv)}" for kk, vv in v.items())]
+        else:
+            lines.append(f"{k}: {_flow(v)}")
+    return "\n".join(lines) + "\n"
+
+
 def test_valid_job_loads(tmp_path):
     job = load_job(_job(tmp_path, BASE))
     assert job.family == "crnn_ctc" and "lr" in job.tune_space()
 
 
 def test_unknown_key_in_job_names_line_and_key(tmp_path):
-    p = _job(tmp_path, BASE.replace("  epochs: 2", "  epochs: 2\n  lstm_hiden: 128"))
+    p = _job(tmp_path, _base_with({"params.lstm_hiden+": 128}))  # "+": a key BASE does not have
     with pytest.raises(InputError, match=rf"{p}:6 \(params.lstm_hiden\): unknown key 'lstm_hiden'"):
         load_job(p)
     p = _job(tmp_path, BASE + "shceduler: {name: asha}\n")
@@ -100,8 +120,10 @@ def test_unknown_key_in_job_names_line_and_key(tmp_path):
     ("lsmt_layers: {choice: [1, 2]}", r"unknown key 'lsmt_layers'"),
 ])
 def test_malformed_search_space_names_line_and_key(tmp_path, space, message):
-    p = _job(tmp_path, BASE.replace("  lr: {loguniform: [1.0e-4, 1.0e-2]}", "  " + space))
-    name = space.split(":")[0]
+    import yaml
+
+    ((name, value),) = yaml.safe_load(space).items()
+    p = _job(tmp_path, _base_with({"search_space": {name: value}}))
     with pytest.raises(InputError, match=rf"{p}:7 \(search_space.{name}\): .*{message}"):
         load_job(p)
 
@@ -223,7 +245,7 @@ def test_job_values_are_checked_at_load_naming_line_and_key(tmp_path, line, key,
 
 
 def test_a_preset_typo_names_the_preset_line(tmp_path):
-    p = _job(tmp_path, BASE.replace("preset: tiny", "preset: tinyy"))
+    p = _job(tmp_path, _base_with({"preset": "tinyy"}))
     with pytest.raises(InputError, match=rf"{p}:2 \(preset\): unknown preset for crnn_ctc: tinyy"):
         load_job(p)
 
