@@ -17,7 +17,8 @@ import psutil
 import pytest
 import yaml
 
-from tests.factories import free_port, freeze_ray_workers, tiny_job
+from tests.factories import (free_port, freeze_ray_workers, speechtune, stop_process_tree, tiny_job,
+                             wait_while_running)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,8 +137,6 @@ def test_two_nodes_spread_ddp_workers_and_a_removed_node_is_survived(corpus, cac
 
     from analysis.load import load_experiment
     from analysis.raycheck import compare_with_ray
-    from tests.factories import speechtune, stop_process_tree, wait_while_running
-
     if ray.is_initialized():  # this process drives nothing here: a test that fails cannot take a driver down
         ray.shutdown()
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # loopback test cluster (DEVELOPERS.md)

@@ -11,7 +11,7 @@ import pytest
 
 from analysis.load import load_experiment
 from analysis.raycheck import compare_with_ray
-from tests.factories import edited_job, history_of, ray_processes, speechtune, wait_while_running
+from tests.factories import edited_job, ray_processes, speechtune, wait_while_running
 
 ROOT = Path(__file__).resolve().parents[1]
 

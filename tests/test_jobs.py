@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -314,7 +313,9 @@ def test_a_preset_point_outside_the_search_space_is_an_error_naming_its_line(tmp
     from asr_core.errors import InputError
 
     src = Path(JOBS[0]).parent / "seed000_mono.yaml"
-    points = __import__("yaml").safe_load(src.read_text())["profiles"]["cpu"]["searcher"]["points_to_evaluate"]
+    import yaml
+
+    points = yaml.safe_load(src.read_text())["profiles"]["cpu"]["searcher"]["points_to_evaluate"]
     bad = edited_job(src, tmp_path / "seed000_mono.yaml",
                      {"profiles.cpu.searcher.points_to_evaluate": ["cpu_small", *points]})
     with pytest.raises(InputError, match=r"seed000_mono.yaml:\d+ .*preset cpu_small.*econformer_kernel_size=15"):
