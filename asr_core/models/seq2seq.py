@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from asr_core.decoding import ctc_loss, greedy_ctc
 from asr_core.models import Family
@@ -49,13 +50,16 @@ class Encoder(nn.Module):
     def __init__(self, cfg: Seq2SeqConfig, feat_dim: int):
         super().__init__()
         h = cfg.encoder_dim
-        self.front = nn.Sequential(nn.Conv1d(feat_dim, h, 3, stride=2, padding=1), nn.BatchNorm1d(h), nn.GELU())
+        self.conv = nn.Conv1d(feat_dim, h, 3, stride=2, padding=1)
+        # LayerNorm, not BatchNorm: batch statistics taken over padded frames, and running ones in
+        # eval, made validation on the training set itself drop sequences that training had learned
+        self.norm = nn.LayerNorm(h)
         self.lstms = nn.ModuleList(
             BiLSTM(h if i == 0 else 4 * h, h) for i in range(cfg.encoder_layers))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.front(feats.transpose(1, 2)).transpose(1, 2)  # (B, T/2, H)
+        x = F.gelu(self.norm(self.conv(feats.transpose(1, 2)).transpose(1, 2)))  # (B, T/2, H)
         lens = ((lens - 1) // 2 + 1).clamp(max=x.size(1))
         for i, lstm in enumerate(self.lstms):
             if i > 0:  # pyramid: (B, T, 2H) -> (B, T/2, 4H)
