@@ -139,12 +139,15 @@ def parallel_coordinates(trials: pd.DataFrame, params: list[str], metric: str, l
 
 
 def asha_rungs(trials: pd.DataFrame, scheduler: dict):
-    """How many trials reached each ASHA rung (grace_period x reduction_factor^k epochs)."""
-    if (scheduler or {}).get("name") != "asha" or trials.empty:
+    """How many trials reached each ASHA rung (grace_period x reduction_factor^k epochs), for
+    Ray's stopping ASHA and our promotion (pause-and-resume) one."""
+    name = (scheduler or {}).get("name")
+    if name not in ("asha", "promotion") or trials.empty:
         return None
     plt = _plt()
     g = int(scheduler.get("grace_period", 1))
-    rf = float(scheduler.get("reduction_factor", 4))
+    # the classes' defaults: Ray's ASHAScheduler 4, tune_jobs.schedulers.PromotionASHA 3
+    rf = float(scheduler.get("reduction_factor", 4 if name == "asha" else 3))
     max_t = int(scheduler.get("max_t", trials.epochs_run.max() or 1))
     rungs = []
     r = g

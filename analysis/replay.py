@@ -24,6 +24,7 @@ import pandas as pd
 
 # scheduler options of a replay (epochs are Tune's training iterations); the recorded epochs set max_t
 SCHEDULER_OPTIONS = {"asha": {"grace_period": 1, "reduction_factor": 3},
+                     "promotion": {"grace_period": 1, "reduction_factor": 3},
                      "hyperband": {"grace_period": 1, "reduction_factor": 3, "brackets": 3},
                      "median": {"grace_period": 1}, "fifo": {}}
 
@@ -153,14 +154,29 @@ class _Trial:
 
 
 class _Controller:
-    def __init__(self):
+    """What Tune's controller offers a scheduler: the trials, ``stop_trial`` (promotion ASHA ends
+    a paused trial it will never promote) and the search algorithm (whose ``searcher`` hears of
+    pauses, as under Tune)."""
+
+    def __init__(self, policy=None):
         self.trials: list[_Trial] = []
+        self.policy = policy
 
     def get_trials(self) -> list[_Trial]:
         return self.trials
 
     def get_live_trials(self) -> list[_Trial]:
         return [t for t in self.trials if t.status != _Trial.TERMINATED]
+
+    @property
+    def search_alg(self):
+        return self.policy  # its ``searcher`` is the job's searcher
+
+    def stop_trial(self, trial: _Trial) -> None:
+        """A paused or pending trial, ended without running again."""
+        self.policy.scheduler.on_trial_remove(self, trial)
+        self.policy.searcher.on_trial_complete(trial.trial_id, trial.last_result or None)
+        trial.status = _Trial.TERMINATED
 
 
 @dataclass
@@ -229,7 +245,7 @@ def replay(curves: Curves, scheduler: str = "asha", searcher: str = "random", se
     budget_s = budget_s if budget_s is not None else curves.total_seconds()
     lower = curves.mode == "min"
     run = Run(scheduler, searcher, seed)
-    ctl, events, now, running, finished = _Controller(), [], 0.0, 0, False
+    ctl, events, now, running, finished = _Controller(pol), [], 0.0, 0, False
     order = itertools.count()
 
     def start_more() -> None:

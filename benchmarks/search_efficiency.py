@@ -8,6 +8,8 @@ curves with 2 trials at a time, as the recorded search ran, once per seed:
 
 - ASHA + TPE (HyperOpt), ASHA + random, random (FIFO), the grid in a random order (FIFO): Ray
   Tune's own schedulers and our searchers (tune_jobs.registry), exactly as a real search;
+- promotion ASHA + TPE, + random: our pause-and-resume scheduler (tune_jobs.schedulers), a
+  resumed trial paying only the epochs it had not run;
 - the peer: Optuna's TPE sampler with its Hyperband pruner (ask/tell; ``pip install optuna``,
   the ``bench`` extra: a benchmark-only dependency).
 
@@ -131,6 +133,10 @@ def main() -> int:
     methods = {
         "ASHA + TPE (HyperOpt)": lambda s: replay(curves, "asha", "hyperopt", seed=s, max_trials=a.max_trials),
         "ASHA + random": lambda s: replay(curves, "asha", "random", seed=s, max_trials=a.max_trials),
+        "promotion ASHA + TPE (ours)": lambda s: replay(curves, "promotion", "hyperopt", seed=s,
+                                                        max_trials=a.max_trials),
+        "promotion ASHA + random (ours)": lambda s: replay(curves, "promotion", "random", seed=s,
+                                                           max_trials=a.max_trials),
         "random (FIFO)": lambda s: replay(curves, "fifo", "random", seed=s, max_trials=a.max_trials),
         "grid, random order (FIFO)": lambda s: replay(shuffled(curves, s), "fifo", "grid", seed=s),
         "Optuna TPE + Hyperband (peer)": lambda s: replay(curves, "optuna", "tpe", seed=s, max_trials=a.max_trials,

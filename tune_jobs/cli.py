@@ -294,10 +294,11 @@ def cmd_replay(a) -> int:
         return 2
     methods = [(s, q) for s in a.scheduler.split(",") for q in a.searcher.split(",")]
     for s, q in methods:
-        from tune_jobs.registry import SCHEDULERS, SEARCHERS
+        from analysis.replay import SCHEDULER_OPTIONS
+        from tune_jobs.registry import SEARCHERS
 
-        if s not in SCHEDULERS or s == "pbt" or q not in SEARCHERS:
-            print(f"error: cannot replay {s} with {q}: schedulers asha, hyperband, median, fifo; "
+        if s not in SCHEDULER_OPTIONS or q not in SEARCHERS:
+            print(f"error: cannot replay {s} with {q}: schedulers {', '.join(SCHEDULER_OPTIONS)}; "
                   f"searchers {', '.join(SEARCHERS)}", file=sys.stderr)
             return 2
     options = {}
@@ -498,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "schedulers and searchers (nothing trains): compute spent and best found")
     rp.add_argument("exp", help="experiment directory (every trial run to the end: a grid or FIFO search), "
                                 "or a recorded curves CSV (benchmarks/data/)")
-    rp.add_argument("--scheduler", default="asha,hyperband,median,fifo",
-                    help="comma-separated: asha, hyperband, median, fifo (default: all four)")
+    rp.add_argument("--scheduler", default="asha,promotion,hyperband,median,fifo",
+                    help="comma-separated: asha, promotion, hyperband, median, fifo (default: all five)")
     rp.add_argument("--searcher", default="random", help="comma-separated: random, hyperopt, grid")
     rp.add_argument("--repeats", type=int, default=10, help="replays per method, one searcher seed each")
     rp.add_argument("--slots", type=int, default=2, help="trials running at a time (the search's max_concurrent)")

@@ -8,11 +8,10 @@ def make_searcher(name: str, *, metric: str, mode: str, seed: int | None, space:
                   trials: dict, points: list[dict], constraints: list[str], fixed: dict, max_concurrent: int,
                   repeats: int = 1, **kwargs: Any):
     """A Tune ``Searcher`` for the job: HyperOpt TPE, random or grid, under ``JobSearcher``
-    (constraints) and a ``ConcurrencyLimiter``. ``space`` holds Tune domains, ``grid`` the
-    values of grid dimensions, ``trials`` named trials (name -> params), ``points`` first configs."""
-    from ray.tune.search import ConcurrencyLimiter
-
-    from tune_jobs.searchers import NS, GridSearcher, JobSearcher, RandomSearcher
+    (constraints) and a ``SlotLimiter`` (Tune's ConcurrencyLimiter; a paused trial holds no
+    slot). ``space`` holds Tune domains, ``grid`` the values of grid dimensions, ``trials`` named
+    trials (name -> params), ``points`` first configs."""
+    from tune_jobs.searchers import NS, GridSearcher, JobSearcher, RandomSearcher, SlotLimiter
 
     if name == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
@@ -25,7 +24,7 @@ def make_searcher(name: str, *, metric: str, mode: str, seed: int | None, space:
         inner = GridSearcher(space, grid, trials, points, seed, metric, mode, repeats, **kwargs)
     else:
         raise ValueError(f"unknown searcher: {name} (known: {', '.join(SEARCHERS)})")
-    return ConcurrencyLimiter(JobSearcher(inner, constraints, fixed), max_concurrent=max_concurrent)
+    return SlotLimiter(JobSearcher(inner, constraints, fixed), max_concurrent=max_concurrent)
 
 
 # name -> Tune scheduler class, imported when first used
@@ -36,14 +35,17 @@ SCHEDULER_CLASSES = {
     "pbt": "ray.tune.schedulers.PopulationBasedTraining",
     "median": "ray.tune.schedulers.MedianStoppingRule",
     "fifo": "ray.tune.schedulers.FIFOScheduler",
+    # pause-and-resume successive halving (ASHA's promotion variant; Ray has only the stopping one)
+    "promotion": "tune_jobs.schedulers.PromotionASHA",
 }
 SCHEDULERS = tuple(SCHEDULER_CLASSES)
 SEARCHERS = ("hyperopt", "random", "grid")
 # which searchers a scheduler runs with (PBT samples its population itself: random only)
 SEARCHERS_FOR = {"asha": SEARCHERS, "hyperband": SEARCHERS, "median": SEARCHERS, "fifo": SEARCHERS,
-                 "pbt": ("random",)}
-# options we set from the job (metric, mode) or that a YAML file cannot hold (a function)
-_SET_HERE = {"self", "metric", "mode", "time_attr", "custom_explore_fn", "stop_last_trials"}
+                 "pbt": ("random",), "promotion": SEARCHERS}
+# options we set from the job (metric, mode, its slots and trials) or that a YAML file cannot hold (a function)
+_SET_HERE = {"self", "metric", "mode", "time_attr", "custom_explore_fn", "stop_last_trials",
+             "max_concurrent", "num_samples"}
 
 
 def scheduler_class(name: str) -> type:
@@ -62,11 +64,17 @@ def scheduler_options(name: str) -> set[str]:
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - _SET_HERE
 
 
-def make_scheduler(name: str, *, metric: str, mode: str, **kwargs: Any):
-    """Scheduler ``name`` for the job's metric and mode; epochs are Tune's training iterations."""
+def make_scheduler(name: str, *, metric: str, mode: str, epochs: int = 0, max_concurrent: int = 0,
+                   num_samples: int = 0, **kwargs: Any):
+    """Scheduler ``name`` for the job's metric and mode; epochs are Tune's training iterations.
+    A pausing scheduler (promotion) also gets the job's slots, trials and epochs (its ``max_t``)."""
     if name not in SCHEDULER_CLASSES:
         raise ValueError(f"unknown scheduler: {name} (known: {', '.join(SCHEDULERS)})")
     cls = scheduler_class(name)
+    if name == "promotion":
+        if epochs:  # no rung at or past the last epoch: a trial paused there would have nothing left to run
+            kwargs["max_t"] = min(int(kwargs.get("max_t", epochs)), epochs)
+        kwargs.update(max_concurrent=max_concurrent, num_samples=num_samples)
     if name == "fifo":
         if kwargs:
             raise ValueError(f"the fifo scheduler takes no options, got {sorted(kwargs)}")

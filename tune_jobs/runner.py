@@ -238,11 +238,12 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
             space = {"train_loop_config": {**{k: job.params.get(k, dom)
                                               for k, dom in job.scheduler.mutations.domains.items()},
                                            **job.tune_space()}}
+        scheduler = job.scheduler.make(job.metric, job.mode, epochs=run.train.epochs,
+                                       max_concurrent=job.max_concurrent, num_samples=job.num_trials)
         searcher = searcher or make_searcher(job.searcher.name, metric=job.metric, mode=job.mode, seed=job.searcher.seed,
                                  space=job.tune_space(), grid=job.grid_values(), trials=trials, points=job.first_points(),
                                  constraints=job.constraints, fixed=fixed, max_concurrent=job.max_concurrent,
                                  repeats=job.repeats)
-        scheduler = job.scheduler.make(job.metric, job.mode)
         tuner = Tuner(
             trainer,
             param_space=space,

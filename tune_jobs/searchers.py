@@ -16,7 +16,7 @@ import pickle
 from typing import Any
 
 import numpy as np
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from tune_jobs.expr import evaluate
 
@@ -146,3 +146,33 @@ def grid_size(grid: dict[str, list], trials: dict[str, Any], points: list) -> in
     for v in grid.values():
         n *= len(v)
     return len(points) + n * max(1, len(trials))
+
+
+class SlotLimiter(ConcurrencyLimiter):
+    """Tune's ``ConcurrencyLimiter``, but a trial a scheduler has paused holds no slot: with
+    promotion ASHA every slot can be free while all started trials wait at their rungs, and the
+    plain limiter would then suggest nothing more (the search would stall). Schedulers say so
+    through the searcher's ``on_pause``/``on_unpause``, as Ray's ``HyperBandForBOHB`` does."""
+
+    def __init__(self, searcher: Searcher, max_concurrent: int):
+        super().__init__(searcher, max_concurrent=max_concurrent)
+        self.paused: set[str] = set()
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if len(self.live_trials - self.paused) >= self.max_concurrent:
+            return None
+        suggestion = self.searcher.suggest(trial_id)
+        if suggestion not in (None, Searcher.FINISHED):
+            self.live_trials.add(trial_id)
+            self.num_unfinished_live_trials += 1
+        return suggestion
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.paused.discard(trial_id)
+        super().on_trial_complete(trial_id, result, error)
+
+    def on_pause(self, trial_id: str) -> None:
+        self.paused.add(trial_id)
+
+    def on_unpause(self, trial_id: str) -> None:
+        self.paused.discard(trial_id)

@@ -100,14 +100,15 @@ class SchedulerSpec:
         muts = {"hyperparam_mutations": self.mutations.written} if self.mutations is not None else {}
         return {"name": self.name, **self.options, **muts}
 
-    def make(self, metric: str, mode: str):
-        """The Tune scheduler, ranking by the job's metric and mode."""
+    def make(self, metric: str, mode: str, **job):
+        """The Tune scheduler, ranking by the job's metric and mode (``job``: epochs, max_concurrent
+        and num_samples, which a pausing scheduler needs)."""
         from tune_jobs.registry import make_scheduler
 
         opts = dict(self.options)
         if self.mutations is not None:
             opts["hyperparam_mutations"] = self.mutations.domains
-        return make_scheduler(self.name, metric=metric, mode=mode, **opts)
+        return make_scheduler(self.name, metric=metric, mode=mode, **job, **opts)
 
 
 PHASE = {"phase": True}  # a key a phase of a staged study may set over the job's

@@ -238,6 +238,10 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
     cpu0 = time.process_time()  # this worker's CPU seconds (all threads) since the last report
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
+        # each epoch's random draws (dropout) from (seed, epoch), as fairseq seeds each update: a
+        # run restored from a checkpoint (a paused trial resumed, a retried worker) draws what the
+        # same run straight through would have drawn
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         mine = shard(train_batches, rank, world, cfg.seed, epoch)
         epoch_data = data.train.for_epoch(cfg.seed, epoch)  # augmented versions and masks of this epoch
         try:
