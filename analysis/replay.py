@@ -161,6 +161,8 @@ class _Controller:
     def __init__(self, policy=None):
         self.trials: list[_Trial] = []
         self.policy = policy
+        self.searcher = getattr(policy, "searcher", None)
+        self.search_done = False  # the replay's loop says when no new configuration will come
 
     def get_trials(self) -> list[_Trial]:
         return self.trials
@@ -170,12 +172,16 @@ class _Controller:
 
     @property
     def search_alg(self):
-        return self.policy  # its ``searcher`` is the job's searcher
+        return self  # as Tune's SearchGenerator: ``searcher`` and ``is_finished``
+
+    def is_finished(self) -> bool:
+        return self.search_done
 
     def stop_trial(self, trial: _Trial) -> None:
-        """A paused or pending trial, ended without running again."""
+        """A paused or pending trial, ended without running again; as Tune's ``stop_trial``, the
+        searcher is told without a result."""
         self.policy.scheduler.on_trial_remove(self, trial)
-        self.policy.searcher.on_trial_complete(trial.trial_id, trial.last_result or None)
+        self.policy.searcher.on_trial_complete(trial.trial_id, None)
         trial.status = _Trial.TERMINATED
 
 
@@ -221,7 +227,7 @@ class RayPolicy:
         space = {} if searcher == "grid" else {p: tune.choice(v) for p, v in levels.items()}
         self.searcher = make_searcher(searcher, metric=curves.metric, mode=curves.mode, seed=seed, space=space,
                                       grid=levels if searcher == "grid" else {}, trials={}, points=[],
-                                      constraints=[], fixed={}, max_concurrent=slots)
+                                      constraints=[], fixed={}, max_concurrent=slots, scheduler=self.scheduler)
 
     def index(self, config: dict) -> int:
         from tune_jobs.searchers import NS
@@ -262,6 +268,7 @@ def replay(curves: Curves, scheduler: str = "asha", searcher: str = "random", se
                     ctl.trials.append(trial)
                     pol.scheduler.on_trial_add(ctl, trial)
                     run.trials += 1
+            ctl.search_done = finished or run.trials >= max_trials or run.seconds >= budget_s
             trial = pol.scheduler.choose_trial_to_run(ctl)
             if trial is None:
                 return

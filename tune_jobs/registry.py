@@ -6,11 +6,12 @@ from typing import Any
 
 def make_searcher(name: str, *, metric: str, mode: str, seed: int | None, space: dict, grid: dict,
                   trials: dict, points: list[dict], constraints: list[str], fixed: dict, max_concurrent: int,
-                  repeats: int = 1, **kwargs: Any):
+                  repeats: int = 1, scheduler=None, **kwargs: Any):
     """A Tune ``Searcher`` for the job: HyperOpt TPE, random or grid, under ``JobSearcher``
     (constraints) and a ``SlotLimiter`` (Tune's ConcurrencyLimiter; a paused trial holds no
     slot). ``space`` holds Tune domains, ``grid`` the values of grid dimensions, ``trials`` named
-    trials (name -> params), ``points`` first configs."""
+    trials (name -> params), ``points`` first configs. A ``scheduler`` that pauses trials
+    (``may_start_new``) decides when a new configuration may be drawn."""
     from tune_jobs.searchers import NS, GridSearcher, JobSearcher, RandomSearcher, SlotLimiter
 
     if name == "hyperopt":
@@ -24,7 +25,8 @@ def make_searcher(name: str, *, metric: str, mode: str, seed: int | None, space:
         inner = GridSearcher(space, grid, trials, points, seed, metric, mode, repeats, **kwargs)
     else:
         raise ValueError(f"unknown searcher: {name} (known: {', '.join(SEARCHERS)})")
-    return SlotLimiter(JobSearcher(inner, constraints, fixed), max_concurrent=max_concurrent)
+    return SlotLimiter(JobSearcher(inner, constraints, fixed), max_concurrent=max_concurrent,
+                       gate=getattr(scheduler, "may_start_new", None))
 
 
 # name -> Tune scheduler class, imported when first used
@@ -45,7 +47,7 @@ SEARCHERS_FOR = {"asha": SEARCHERS, "hyperband": SEARCHERS, "median": SEARCHERS,
                  "pbt": ("random",), "promotion": SEARCHERS}
 # options we set from the job (metric, mode, its slots and trials) or that a YAML file cannot hold (a function)
 _SET_HERE = {"self", "metric", "mode", "time_attr", "custom_explore_fn", "stop_last_trials",
-             "max_concurrent", "num_samples"}
+             "max_concurrent"}
 
 
 def scheduler_class(name: str) -> type:
@@ -65,16 +67,16 @@ def scheduler_options(name: str) -> set[str]:
 
 
 def make_scheduler(name: str, *, metric: str, mode: str, epochs: int = 0, max_concurrent: int = 0,
-                   num_samples: int = 0, **kwargs: Any):
+                   **kwargs: Any):
     """Scheduler ``name`` for the job's metric and mode; epochs are Tune's training iterations.
-    A pausing scheduler (promotion) also gets the job's slots, trials and epochs (its ``max_t``)."""
+    A pausing scheduler (promotion) also gets the job's slots and epochs (its ``max_t``)."""
     if name not in SCHEDULER_CLASSES:
         raise ValueError(f"unknown scheduler: {name} (known: {', '.join(SCHEDULERS)})")
     cls = scheduler_class(name)
     if name == "promotion":
         if epochs:  # no rung at or past the last epoch: a trial paused there would have nothing left to run
             kwargs["max_t"] = min(int(kwargs.get("max_t", epochs)), epochs)
-        kwargs.update(max_concurrent=max_concurrent, num_samples=num_samples)
+        kwargs["max_concurrent"] = max_concurrent
     if name == "fifo":
         if kwargs:
             raise ValueError(f"the fifo scheduler takes no options, got {sorted(kwargs)}")

@@ -239,11 +239,11 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
                                               for k, dom in job.scheduler.mutations.domains.items()},
                                            **job.tune_space()}}
         scheduler = job.scheduler.make(job.metric, job.mode, epochs=run.train.epochs,
-                                       max_concurrent=job.max_concurrent, num_samples=job.num_trials)
+                                       max_concurrent=job.max_concurrent)
         searcher = searcher or make_searcher(job.searcher.name, metric=job.metric, mode=job.mode, seed=job.searcher.seed,
                                  space=job.tune_space(), grid=job.grid_values(), trials=trials, points=job.first_points(),
                                  constraints=job.constraints, fixed=fixed, max_concurrent=job.max_concurrent,
-                                 repeats=job.repeats)
+                                 repeats=job.repeats, scheduler=scheduler)
         tuner = Tuner(
             trainer,
             param_space=space,

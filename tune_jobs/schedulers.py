@@ -10,6 +10,14 @@ values its rung has collected; a new configuration starts only when nothing can 
 Ray has no such scheduler (its ``HyperBandScheduler`` pauses too, but synchronously, in brackets
 filled before any is judged), and syne-tune's cannot drive Ray Tune trials: hence this one.
 
+A rung cuts only once it is shown to judge (``agreement``): over the trials that have both its
+value and a final one (at ``max_t``), Spearman's rank correlation must reach the bar (0.8 by
+default, over at least ``min_pairs`` such trials). Until then every trial that reaches the rung
+goes on, and a trial paused there is resumed. On a recorded grid under a cosine schedule the rank
+correlation with the final value was 0.35 after epoch 1 of 8 and 0.90 after epoch 4: a rung at
+epoch 1 would cut the eventual winner (9th of 36 there). ``agreement: -1`` judges at every rung
+from the start (the paper's rule).
+
 A finite search ends as the paper's does not (it samples forever): once every configuration has
 started and none is waiting, a free slot goes to the best paused trial of the highest rung (the
 top ``max(1, n // eta)``), so the last trials of a search are judged by the same rule on what
@@ -26,18 +34,27 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 class PromotionASHA(FIFOScheduler):
     """``grace_period`` epochs to the first rung, ``reduction_factor`` (eta) between rungs, up to
     ``max_t`` epochs; ``max_concurrent`` trials run at once (a paused trial holds no slot, so the
-    searcher's concurrency limit cannot be what caps them); ``num_samples`` configurations in all."""
+    searcher's concurrency limit cannot be what caps them).
+
+    Tune asks the searcher for a new trial before it asks the scheduler which trial to run, and
+    starts every pending trial: so the job's ``SlotLimiter`` asks ``may_start_new`` first, and no
+    new configuration is drawn while a paused trial can be promoted."""
 
     def __init__(self, metric: str | None = None, mode: str | None = None, time_attr: str = "training_iteration",
                  max_t: int = 100, grace_period: int = 1, reduction_factor: float = 3,
-                 max_concurrent: int = 0, num_samples: int = 0):
+                 max_concurrent: int = 0, agreement: float = 0.8, min_pairs: int = 6):
         super().__init__()
         if grace_period < 1 or reduction_factor <= 1 or max_t < grace_period:
             raise ValueError("promotion ASHA needs grace_period >= 1, reduction_factor > 1 and "
                              f"max_t >= grace_period (got {grace_period}, {reduction_factor}, {max_t})")
         self._metric, self._mode, self._time_attr = metric, mode, time_attr
         self._max_t, self._eta = int(max_t), float(reduction_factor)
-        self._max_concurrent, self._num_samples = int(max_concurrent), int(num_samples)
+        self._max_concurrent = int(max_concurrent)
+        if not -1 <= agreement <= 1 or min_pairs < 3:
+            raise ValueError(f"promotion ASHA needs agreement in [-1, 1] and min_pairs >= 3 "
+                             f"(got {agreement}, {min_pairs})")
+        self._bar, self._min_pairs = float(agreement), int(min_pairs)
+        self.final: dict[str, float] = {}  # trial id -> value at max_t (lower is better)
         # rung milestones: grace, grace*eta, ... below max_t (reaching max_t ends the trial)
         self.milestones: list[int] = []
         r = int(grace_period)
@@ -48,6 +65,7 @@ class PromotionASHA(FIFOScheduler):
         self.promoted: list[set[str]] = [set() for _ in self.milestones]
         self.paused_at: dict[str, int] = {}  # trial id -> the rung it waits at
         self._chosen: set[str] = set()  # trials handed to Tune to start, not yet running
+        self._owed: dict[str, int] = {}  # trial id -> the rung it was pausing at when it failed (retried)
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         if self._metric and metric and metric != self._metric or self._mode and mode and mode != self._mode:
@@ -62,9 +80,30 @@ class PromotionASHA(FIFOScheduler):
             return math.inf
         return -v if self._mode == "max" else v
 
+    def rank_agreement(self, rung: int) -> tuple[float, int]:
+        """Spearman's rho between rung ``rung``'s values and the final ones, over the trials that
+        have both (NaN below 3 of them or when either side is constant), and how many they are."""
+        both = [t for t in self.rungs[rung] if t in self.final
+                and math.isfinite(self.rungs[rung][t]) and math.isfinite(self.final[t])]
+        if len(both) < 3:
+            return math.nan, len(both)
+        from scipy.stats import spearmanr
+
+        rho = spearmanr([self.rungs[rung][t] for t in both], [self.final[t] for t in both]).statistic
+        return float(rho), len(both)
+
+    def judges(self, rung: int) -> bool:
+        """Whether rung ``rung`` may cut: its ranking is shown to predict the final one."""
+        if self._bar <= -1:
+            return True
+        rho, n = self.rank_agreement(rung)
+        return n >= self._min_pairs and rho >= self._bar
+
     def _promotable(self, trial_id: str, rung: int, relaxed: bool) -> bool:
         if trial_id in self.promoted[rung]:
             return False
+        if not self.judges(rung):
+            return True
         rec = self.rungs[rung]
         k = len(rec) // int(self._eta) if self._eta == int(self._eta) else int(len(rec) / self._eta)
         if relaxed:
@@ -76,18 +115,23 @@ class PromotionASHA(FIFOScheduler):
         self._chosen.discard(trial.trial_id)
         t = int(result.get(self._time_attr, 0))
         if t >= self._max_t:
+            self.final[trial.trial_id] = self._score(result)
             return TrialScheduler.STOP
-        if t not in self.milestones:
+        if result.get("done") or result.get("early_stop") or result.get("diverged"):
+            return TrialScheduler.CONTINUE  # its last report: the run ends by itself
+        tid = trial.trial_id
+        if tid in self._owed:  # it failed while pausing and was retried: the pause still stands
+            rung = self._owed.pop(tid)
+        elif t in self.milestones and tid not in self.rungs[self.milestones.index(t)]:
+            rung = self.milestones.index(t)
+            self.rungs[rung][tid] = self._score(result)
+        else:  # between rungs, or a rung reported again by a retried worker (judged once)
             return TrialScheduler.CONTINUE
-        rung = self.milestones.index(t)
-        if trial.trial_id in self.rungs[rung]:  # reported again (a retried worker): judged once
+        if self._promotable(tid, rung, relaxed=False):
+            self.promoted[rung].add(tid)
             return TrialScheduler.CONTINUE
-        self.rungs[rung][trial.trial_id] = self._score(result)
-        if self._promotable(trial.trial_id, rung, relaxed=False):
-            self.promoted[rung].add(trial.trial_id)
-            return TrialScheduler.CONTINUE
-        self.paused_at[trial.trial_id] = rung
-        _searcher(tune_controller, "on_pause", trial.trial_id)
+        self.paused_at[tid] = rung
+        _searcher(tune_controller, "on_pause", tid)
         return TrialScheduler.PAUSE
 
     def _forget(self, trial: Trial) -> None:
@@ -95,12 +139,26 @@ class PromotionASHA(FIFOScheduler):
         self.paused_at.pop(trial.trial_id, None)
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        if result and int(result.get(self._time_attr, 0)) >= self._max_t:
+            self.final[trial.trial_id] = self._score(result)
         self._forget(trial)
+        self._owed.pop(trial.trial_id, None)
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
         self._forget(trial)
+        self._owed.pop(trial.trial_id, None)
+
+    def may_start_new(self) -> bool:
+        """Whether a new configuration may be drawn: not while a paused trial can be promoted."""
+        return not any(self._promotable(tid, rung, relaxed=False) for tid, rung in self.paused_at.items())
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
+        # called when a trial fails, retried or not; one that failed while its pause was being
+        # saved runs again from its checkpoint and owes that pause (a final error removes it)
+        rung = self.paused_at.get(trial.trial_id)
+        if rung is not None and trial.status != Trial.PAUSED:
+            self._owed[trial.trial_id] = rung
+            _searcher(tune_controller, "on_unpause", trial.trial_id)
         self._forget(trial)
 
     def _promote(self, tune_controller, trials: list[Trial], relaxed: bool) -> Trial | None:
@@ -122,13 +180,18 @@ class PromotionASHA(FIFOScheduler):
         self._chosen = {i for i in self._chosen if i in by_id and by_id[i].status in (Trial.PENDING, Trial.PAUSED)}
         for i in sorted(self._chosen):  # one Tune has not started yet: the same one again
             return by_id[i]
+        # Tune starts every pending trial (a retried one, or one the searcher was allowed to add)
+        pending = [t for t in trials if t.status == Trial.PENDING]
+        if pending:
+            self._chosen.add(pending[0].trial_id)
+            return pending[0]
         running = sum(t.status == Trial.RUNNING for t in trials)
         if self._max_concurrent and running >= self._max_concurrent:
             return None
-        pending = [t for t in trials if t.status == Trial.PENDING]
-        pick = self._promote(tune_controller, trials, relaxed=False) or (pending[0] if pending else None)
-        if pick is None and (not self._num_samples or len(trials) >= self._num_samples):
-            # every configuration has started: the end of the search (see the module's note)
+        pick = self._promote(tune_controller, trials, relaxed=False)
+        search = getattr(tune_controller, "search_alg", None)
+        if pick is None and (search is None or search.is_finished()):
+            # every configuration has been drawn: the end of the search (see the module's note)
             pick = self._promote(tune_controller, trials, relaxed=True)
             if pick is None and not running:
                 for t in trials:
@@ -140,8 +203,12 @@ class PromotionASHA(FIFOScheduler):
         return pick
 
     def debug_string(self) -> str:
-        return "Promotion ASHA: " + ", ".join(
-            f"rung {m}: {len(r)} judged, {len(p)} promoted" for m, r, p in zip(self.milestones, self.rungs, self.promoted))
+        parts = []
+        for i, m in enumerate(self.milestones):
+            rho, n = self.rank_agreement(i)
+            parts.append(f"rung {m}: {len(self.rungs[i])} reached, {len(self.promoted[i])} promoted, "
+                         f"rank agreement {rho:.2f} over {n} ({'cuts' if self.judges(i) else 'does not cut yet'})")
+        return "Promotion ASHA: " + "; ".join(parts)
 
 
 def _searcher(tune_controller, event: str, trial_id: str) -> None:

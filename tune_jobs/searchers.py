@@ -152,14 +152,19 @@ class SlotLimiter(ConcurrencyLimiter):
     """Tune's ``ConcurrencyLimiter``, but a trial a scheduler has paused holds no slot: with
     promotion ASHA every slot can be free while all started trials wait at their rungs, and the
     plain limiter would then suggest nothing more (the search would stall). Schedulers say so
-    through the searcher's ``on_pause``/``on_unpause``, as Ray's ``HyperBandForBOHB`` does."""
+    through the searcher's ``on_pause``/``on_unpause``, as Ray's ``HyperBandForBOHB`` does.
+    ``gate()`` (the scheduler's ``may_start_new``) is asked before each new configuration: Tune
+    asks the searcher before the scheduler, and starts every pending trial."""
 
-    def __init__(self, searcher: Searcher, max_concurrent: int):
+    def __init__(self, searcher: Searcher, max_concurrent: int, gate=None):
         super().__init__(searcher, max_concurrent=max_concurrent)
         self.paused: set[str] = set()
+        self.gate = gate
 
     def suggest(self, trial_id: str) -> dict | None:
         if len(self.live_trials - self.paused) >= self.max_concurrent:
+            return None
+        if self.gate is not None and not self.gate():
             return None
         suggestion = self.searcher.suggest(trial_id)
         if suggestion not in (None, Searcher.FINISHED):
@@ -170,6 +175,19 @@ class SlotLimiter(ConcurrencyLimiter):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.paused.discard(trial_id)
         super().on_trial_complete(trial_id, result, error)
+
+    def get_state(self) -> dict:
+        gate, self.gate = self.gate, None  # the scheduler's method: not the searcher's state
+        try:
+            return super().get_state()
+        finally:
+            self.gate = gate
+
+    def set_state(self, state: dict) -> None:
+        gate = self.gate
+        super().set_state(state)
+        # Tune restores a paused trial as pending, to run again: it holds a slot again
+        self.gate, self.paused = gate, set()
 
     def on_pause(self, trial_id: str) -> None:
         self.paused.add(trial_id)

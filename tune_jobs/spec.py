@@ -101,8 +101,8 @@ class SchedulerSpec:
         return {"name": self.name, **self.options, **muts}
 
     def make(self, metric: str, mode: str, **job):
-        """The Tune scheduler, ranking by the job's metric and mode (``job``: epochs, max_concurrent
-        and num_samples, which a pausing scheduler needs)."""
+        """The Tune scheduler, ranking by the job's metric and mode (``job``: epochs and
+        max_concurrent, which a pausing scheduler needs)."""
         from tune_jobs.registry import make_scheduler
 
         opts = dict(self.options)
