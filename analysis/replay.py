@@ -218,7 +218,8 @@ class RayPolicy:
         opts = {**SCHEDULER_OPTIONS[scheduler], **(options or {})}
         if scheduler not in ("fifo", "median"):
             opts["max_t"] = curves.epochs
-        self.scheduler = make_scheduler(scheduler, metric=curves.metric, mode=curves.mode, **opts)
+        self.scheduler = make_scheduler(scheduler, metric=curves.metric, mode=curves.mode, max_concurrent=slots,
+                                        **opts)
         levels = curves.levels()
         if not curves.is_product() or searcher == "grid":
             # the recorded configurations themselves (a grid runs them in the order recorded)

@@ -172,11 +172,26 @@ def test_staged_study_carries_the_winner_and_a_rerun_runs_nothing(corpus, cache_
 
 
 def _state_saved_after_checkpoints(exp: Path) -> bool:
-    """Tune's experiment state was saved after every trial's newest checkpoint (so a driver
-    killed now resumes each trial from its checkpoint, not from scratch)."""
-    states = list(exp.glob("experiment_state-*.json"))
-    ckpts = list(exp.glob("*/checkpoint_*"))
-    return bool(states and ckpts) and max(p.stat().st_mtime for p in states) > max(p.stat().st_mtime for p in ckpts)
+    """Tune's newest experiment state names every trial's newest checkpoint as its last result's
+    (so a driver killed now resumes each trial from its checkpoint, not from scratch). A state
+    file newer than the checkpoint directories is not enough: the checkpoint is written before
+    the driver takes in the result that carries it (a fresh-clone run was killed in between)."""
+    states = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return False
+    try:
+        data = json.loads(states[-1].read_text())
+    except ValueError:  # being written
+        return False
+    saved = {}
+    for trial_json, meta_json in data["trial_data"]:
+        last = json.loads(meta_json).get("last_result") or {}
+        saved[json.loads(trial_json)["trial_id"]] = last.get("checkpoint_dir_name")
+    newest = {}
+    for c in exp.glob("*/checkpoint_*"):
+        tid = c.parent.name.split("_")[1]  # TorchTrainer_<trial id>_<n>_...
+        newest[tid] = max(newest.get(tid, ""), c.name)
+    return bool(newest) and all(saved.get(tid) == name for tid, name in newest.items())
 
 
 @pytest.mark.timeout(420)

@@ -55,6 +55,9 @@ class PromotionASHA(FIFOScheduler):
                              f"(got {agreement}, {min_pairs})")
         self._bar, self._min_pairs = float(agreement), int(min_pairs)
         self.final: dict[str, float] = {}  # trial id -> value at max_t (lower is better)
+        # rungs that have cut: they go on cutting (the agreement measured later is over the
+        # survivors of the cut, a narrower range that understates it)
+        self._cutting: set[int] = set()
         # rung milestones: grace, grace*eta, ... below max_t (reaching max_t ends the trial)
         self.milestones: list[int] = []
         r = int(grace_period)
@@ -85,19 +88,22 @@ class PromotionASHA(FIFOScheduler):
         have both (NaN below 3 of them or when either side is constant), and how many they are."""
         both = [t for t in self.rungs[rung] if t in self.final
                 and math.isfinite(self.rungs[rung][t]) and math.isfinite(self.final[t])]
-        if len(both) < 3:
+        x, y = [self.rungs[rung][t] for t in both], [self.final[t] for t in both]
+        if len(both) < 3 or len(set(x)) < 2 or len(set(y)) < 2:  # undefined (scipy would warn)
             return math.nan, len(both)
         from scipy.stats import spearmanr
 
-        rho = spearmanr([self.rungs[rung][t] for t in both], [self.final[t] for t in both]).statistic
-        return float(rho), len(both)
+        return float(spearmanr(x, y).statistic), len(both)
 
     def judges(self, rung: int) -> bool:
         """Whether rung ``rung`` may cut: its ranking is shown to predict the final one."""
-        if self._bar <= -1:
+        if self._bar <= -1 or rung in self._cutting:
             return True
         rho, n = self.rank_agreement(rung)
-        return n >= self._min_pairs and rho >= self._bar
+        if n >= self._min_pairs and rho >= self._bar:
+            self._cutting.add(rung)
+            return True
+        return False
 
     def _promotable(self, trial_id: str, rung: int, relaxed: bool) -> bool:
         if trial_id in self.promoted[rung]:
@@ -117,16 +123,17 @@ class PromotionASHA(FIFOScheduler):
         if t >= self._max_t:
             self.final[trial.trial_id] = self._score(result)
             return TrialScheduler.STOP
-        if result.get("done") or result.get("early_stop") or result.get("diverged"):
-            return TrialScheduler.CONTINUE  # its last report: the run ends by itself
         tid = trial.trial_id
-        if tid in self._owed:  # it failed while pausing and was retried: the pause still stands
-            rung = self._owed.pop(tid)
-        elif t in self.milestones and tid not in self.rungs[self.milestones.index(t)]:
-            rung = self.milestones.index(t)
+        owed = self._owed.pop(tid, None)  # it failed while pausing and was retried
+        if t in self.milestones and tid not in self.rungs[self.milestones.index(t)]:
+            rung = self.milestones.index(t)  # a rung reached (after a retry: the next one)
             self.rungs[rung][tid] = self._score(result)
+        elif owed is not None:  # the pause it owes still stands
+            rung = owed
         else:  # between rungs, or a rung reported again by a retried worker (judged once)
             return TrialScheduler.CONTINUE
+        if result.get("done") or result.get("early_stop") or result.get("diverged"):
+            return TrialScheduler.CONTINUE  # its last report (its value counts): the run ends by itself
         if self._promotable(tid, rung, relaxed=False):
             self.promoted[rung].add(tid)
             return TrialScheduler.CONTINUE
@@ -154,7 +161,8 @@ class PromotionASHA(FIFOScheduler):
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
         # called when a trial fails, retried or not; one that failed while its pause was being
-        # saved runs again from its checkpoint and owes that pause (a final error removes it)
+        # saved runs again from its checkpoint and owes that pause (after a final error the
+        # entry stays, unused: Tune tells the scheduler nothing more of that trial)
         rung = self.paused_at.get(trial.trial_id)
         if rung is not None and trial.status != Trial.PAUSED:
             self._owed[trial.trial_id] = rung
