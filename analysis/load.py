@@ -72,9 +72,10 @@ def tune_state_file(exp_dir: Path) -> Path | None:
     return Path(max(files, key=os.path.basename)) if files else None
 
 
-def _tune_last_epochs(exp_dir: Path) -> dict[str, int]:
-    """trial dir name -> the epoch of the last result Tune recorded in its state file."""
-    out: dict[str, int] = {}
+def tune_last_results(exp_dir: Path) -> dict[str, dict]:
+    """trial dir name -> the last result Tune recorded for it in its state file (its epoch, the
+    checkpoint it carried...); {} while the file is missing, unreadable or being written."""
+    out: dict[str, dict] = {}
     newest = tune_state_file(exp_dir)
     try:
         state = json.loads(newest.read_text()) if newest else {}
@@ -84,12 +85,17 @@ def _tune_last_epochs(exp_dir: Path) -> dict[str, int]:
         try:
             t, meta = (json.loads(entry[0]), json.loads(entry[1]))
             name = (t.get("storage") or {}).get("trial_dir_name") or t.get("relative_logdir")
-            epoch = (meta.get("last_result") or {}).get("epoch")
-            if name and isinstance(epoch, (int, float)):
-                out[os.path.basename(str(name))] = int(epoch)
+            if name:
+                out[os.path.basename(str(name))] = meta.get("last_result") or {}
         except (TypeError, ValueError, IndexError, AttributeError, json.JSONDecodeError):
             continue
     return out
+
+
+def _tune_last_epochs(exp_dir: Path) -> dict[str, int]:
+    """trial dir name -> the epoch of the last result Tune recorded in its state file."""
+    return {name: int(r["epoch"]) for name, r in tune_last_results(exp_dir).items()
+            if isinstance(r.get("epoch"), (int, float))}
 
 
 def tune_statuses(exp_dir: Path) -> dict[str, str]:

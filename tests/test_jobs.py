@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.load import load_experiment
+from analysis.load import load_experiment, tune_last_results
 from analysis.raycheck import compare_with_ray
 from tests.factories import (edited_job, freeze_ray_workers, history_of, speechtune, tiny_job, wait_for,
                              wait_while_running)
@@ -176,22 +176,9 @@ def _state_saved_after_checkpoints(exp: Path) -> bool:
     (so a driver killed now resumes each trial from its checkpoint, not from scratch). A state
     file newer than the checkpoint directories is not enough: the checkpoint is written before
     the driver takes in the result that carries it (a fresh-clone run was killed in between)."""
-    states = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
-    if not states:
-        return False
-    try:
-        data = json.loads(states[-1].read_text())
-    except ValueError:  # being written
-        return False
-    saved = {}
-    for trial_json, meta_json in data["trial_data"]:
-        last = json.loads(meta_json).get("last_result") or {}
-        saved[json.loads(trial_json)["trial_id"]] = last.get("checkpoint_dir_name")
-    newest = {}
-    for c in exp.glob("*/checkpoint_*"):
-        tid = c.parent.name.split("_")[1]  # TorchTrainer_<trial id>_<n>_...
-        newest[tid] = max(newest.get(tid, ""), c.name)
-    return bool(newest) and all(saved.get(tid) == name for tid, name in newest.items())
+    saved = tune_last_results(exp)
+    newest = {d.name: max(c.name for c in d.glob("checkpoint_*")) for d in {c.parent for c in exp.glob("*/checkpoint_*")}}
+    return bool(newest) and all(saved.get(d, {}).get("checkpoint_dir_name") == c for d, c in newest.items())
 
 
 @pytest.mark.timeout(420)

@@ -58,6 +58,10 @@ class PromotionASHA(FIFOScheduler):
         # rungs that have cut: they go on cutting (the agreement measured later is over the
         # survivors of the cut, a narrower range that understates it)
         self._cutting: set[int] = set()
+        # rung -> ((its size, finals so far), rank_agreement): asked for every paused trial at
+        # every Tune step, and recorded values never change, so it is computed again only when
+        # the rung or the finals grow
+        self._agreement: dict[int, tuple[tuple[int, int], tuple[float, int]]] = {}
         # rung milestones: grace, grace*eta, ... below max_t (reaching max_t ends the trial)
         self.milestones: list[int] = []
         r = int(grace_period)
@@ -86,6 +90,13 @@ class PromotionASHA(FIFOScheduler):
     def rank_agreement(self, rung: int) -> tuple[float, int]:
         """Spearman's rho between rung ``rung``'s values and the final ones, over the trials that
         have both (NaN below 3 of them or when either side is constant), and how many they are."""
+        key = (len(self.rungs[rung]), len(self.final))
+        cached = self._agreement.get(rung)
+        if cached is None or cached[0] != key:
+            self._agreement[rung] = cached = (key, self._spearman(rung))
+        return cached[1]
+
+    def _spearman(self, rung: int) -> tuple[float, int]:
         both = [t for t in self.rungs[rung] if t in self.final
                 and math.isfinite(self.rungs[rung][t]) and math.isfinite(self.final[t])]
         x, y = [self.rungs[rung][t] for t in both], [self.final[t] for t in both]
@@ -111,7 +122,7 @@ class PromotionASHA(FIFOScheduler):
         if not self.judges(rung):
             return True
         rec = self.rungs[rung]
-        k = len(rec) // int(self._eta) if self._eta == int(self._eta) else int(len(rec) / self._eta)
+        k = int(len(rec) / self._eta)
         if relaxed:
             k = max(1, k)
         top = sorted(rec, key=lambda t: (rec[t], t))[:k]
