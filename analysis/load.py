@@ -185,12 +185,19 @@ def _lineage(rows: list[dict]) -> list[dict]:
     """The reports on the line of the trial's final model. A trial restored from a checkpoint
     (resumed experiment, retried worker, PBT exploit) reports ``restored_from_epoch``; reports it
     made after that epoch before the restore belong to a run that was lost (the driver died
-    before Tune saved their checkpoint) and are re-run, so they are dropped, not counted twice."""
+    before Tune saved their checkpoint) and are re-run, so they are dropped, not counted twice.
+    A trial restarted from scratch (Tune had taken in a report but its state saved at Ctrl-C did
+    not yet name that report's checkpoint: seen in CI) reports no restore, only an epoch it has
+    reported before; one run never repeats an epoch, so the earlier run's reports from that epoch
+    on are dropped the same way."""
     out: list[dict] = []
     for r in rows:
         back = r.get("restored_from_epoch")
+        epoch = r.get("epoch")
         if back is not None and out:
             out = [o for o in out if (o.get("epoch") or 0) <= back]
+        elif epoch is not None and out and (out[-1].get("epoch") or 0) >= epoch:
+            out = [o for o in out if (o.get("epoch") or 0) < epoch]
         out.append(r)
     return out
 

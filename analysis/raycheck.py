@@ -8,8 +8,9 @@ are by design and are told apart from real disagreements:
   Ray's reading is filtered the same way before comparing.
 - a result file with a corrupt line: Ray drops all of that trial's reports, ours keeps the
   readable ones (listed as explained).
-- lineage: reports a restored trial made after its checkpoint and then re-ran (a killed driver)
-  are dropped by us (``analysis.load._lineage``); Ray keeps both copies.
+- lineage: reports a restored trial made after its checkpoint and then re-ran (a killed driver),
+  or a trial restarted from scratch made before its restart (Ctrl-C before Tune's state named its
+  first checkpoint), are dropped by us (``analysis.load._lineage``); Ray keeps both copies.
 - a retried trial's result.json restored from a lagging storage copy lacks its first epochs;
   ours reads them from progress.csv (``analysis.load._with_progress_csv``), Ray does not.
 

@@ -134,10 +134,16 @@ def stop_process_tree(p: subprocess.Popen) -> None:
     p.wait()
 
 
-def ray_processes(root: int, title: str) -> list:
+# Ray titles a worker process by its actor class while idle and by the method it runs, name
+# mangled, while busy: a Train worker mid-epoch reads ``ray::_RayTrainWorker__execute.get_next``
+# (seen here; matching the idle title alone froze a trial only between two method calls).
+TRAIN_WORKER = ("ray::RayTrainWorker", "ray::_RayTrainWorker__")
+
+
+def ray_processes(root: int, title: str | tuple[str, ...]) -> list:
     """The Ray workers under process ``root`` (a ``ray start --block``, or a driver that started a
-    Ray of its own) whose process title starts with ``title`` (``ray::RayTrainWorker``): never
-    another test's, nor another pytest worker's."""
+    Ray of its own) whose process title starts with ``title`` (one prefix or several, as
+    ``TRAIN_WORKER``): never another test's, nor another pytest worker's."""
     import psutil
 
     found = []
@@ -148,7 +154,7 @@ def ray_processes(root: int, title: str) -> list:
     return found
 
 
-def freeze_ray_workers(roots: list[int], title: str, count: int, timeout: float = 60) -> list:
+def freeze_ray_workers(roots: list[int], title: str | tuple[str, ...], count: int, timeout: float = 60) -> list:
     """SIGSTOP ``count`` Ray workers titled ``title`` under the processes ``roots``; returns them. It
     looks again until it has them all: a Ray worker retitles itself at every method call, and for
     a moment its command line can read empty (seen: a DDP worker missed by a single look)."""

@@ -161,6 +161,22 @@ def test_epochs_lost_from_a_retried_trials_result_json_are_explained_not_hidden(
     assert load_experiment(exp)[0].iloc[0].best_val_cer_auc == 3.0
 
 
+def test_a_trial_restarted_from_scratch_counts_each_epoch_once(tmp_path):
+    """CI saw it: Ctrl-C came after Tune took in a trial's first report but before its saved
+    state named that report's checkpoint, so the resumed search restarted the trial from
+    scratch and its result.json reads epochs 1, 1, 2, 3. The final model's line is 1, 2, 3; the
+    first run's epoch is dropped, and Ray's own reading (both copies) is told apart from ours."""
+    lost = {"epoch": 1, "val_cer": 0.2, "val_loss": 3.0}  # the lost run's, better than any kept
+    rows = [lost] + [{"epoch": e, "val_cer": 0.9 - e / 10, "val_loss": 3.0} for e in range(1, 4)]
+    exp = write_experiment(tmp_path / "restart", [FakeTrial("restart0", {"lr": 1e-3}, rows)],
+                           {**RECORD, "metric": "val_cer", "mode": "min", "epochs": 3})
+    trials, history = load_experiment(exp)
+    assert history.epoch.tolist() == [1, 2, 3] and history.val_cer.tolist() == pytest.approx([0.8, 0.7, 0.6])
+    assert trials.iloc[0].best_val_cer == pytest.approx(0.6) and trials.iloc[0].status == "finished"
+    c = compare_with_ray(exp)
+    assert c.ok and any("superseded" in e for e in c.explained), c.summary()
+
+
 def _designed_exp(tmp_path) -> Path:
     """Known effects: higher lr is better up to the top of its range, smaller models are better,
     adam beats sgd, every curve still falls at its last epoch, and one trial failed."""

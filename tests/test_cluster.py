@@ -17,7 +17,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.factories import (free_port, freeze_ray_workers, speechtune, stop_process_tree, tiny_job,
+from tests.factories import (TRAIN_WORKER, free_port, freeze_ray_workers, speechtune, stop_process_tree, tiny_job,
                              wait_while_running)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_two_nodes_spread_ddp_workers_and_a_removed_node_is_survived(corpus, cac
                            "the trial's second checkpoint", poll=0.02)
         raylets = [n.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
                    for n in (cluster.head_node, worker)]
-        workers = freeze_ray_workers(raylets, "ray::RayTrainWorker", 2)  # this cluster's: the trial's two
+        workers = freeze_ray_workers(raylets, TRAIN_WORKER, 2)  # this cluster's: the trial's two
         saved = sorted(c.name for c in exp.glob("*/checkpoint_*"))
         cluster.remove_node(worker)  # kills that node's raylet and every worker on it
         for w in workers:

@@ -11,7 +11,7 @@ import pytest
 
 from analysis.load import load_experiment
 from analysis.raycheck import compare_with_ray
-from tests.factories import edited_job, ray_processes, speechtune, wait_while_running
+from tests.factories import TRAIN_WORKER, edited_job, ray_processes, speechtune, wait_while_running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
     def frozen_mid_search() -> bool:
         if not list(exp.glob("*/checkpoint_000000")):
             return False
-        workers[:] = ray_processes(ray_cluster.pid, "ray::RayTrainWorker")  # this head's: this search's
+        workers[:] = ray_processes(ray_cluster.pid, TRAIN_WORKER)  # this head's: this search's
         for w in workers:
             w.suspend()
         return bool(workers)  # none between two trials: wait for the next

@@ -14,8 +14,8 @@ import torch
 
 from analysis.load import load_experiment, tune_last_results
 from analysis.raycheck import compare_with_ray
-from tests.factories import (edited_job, freeze_ray_workers, history_of, speechtune, tiny_job, wait_for,
-                             wait_while_running)
+from tests.factories import (TRAIN_WORKER, edited_job, freeze_ray_workers, history_of, speechtune, tiny_job,
+                             wait_for, wait_while_running)
 from tune_jobs.spec import load_job
 
 JOBS = sorted(glob.glob(str(Path(__file__).parents[1] / "tune_jobs" / "jobs" / "*.yaml")))
@@ -258,7 +258,7 @@ def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir,
 
     try:
         wait_for(second_checkpoint, 180, "the trial's second checkpoint", poll=0.02)
-        (worker,) = freeze_ray_workers([ray_cluster.pid], "ray::RayTrainWorker", 1)  # this head's only trial's
+        (worker,) = freeze_ray_workers([ray_cluster.pid], TRAIN_WORKER, 1)  # this head's only trial's
         saved = sorted(c.name for c in exp.glob("*/checkpoint_*"))
         worker.kill()  # SIGKILL while frozen: the worker dies mid-run, its next epoch unfinished
         assert saved[-1] < "checkpoint_000015", f"the run had reached its last epoch: {saved}"
