@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 export SPEECHTUNE_CACHE ?= $(CURDIR)/.cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-bilingual demo-seeds test test-fast install lock benchmark clean docker-images
+.PHONY: demo demo-bilingual demo-seeds test test-fast install lock benchmark bench-deps search-benchmark clean \
+        docker-images
 SEEDS := seed000_mono seed000_bilingual seed001_presets seed002_staged seed003_convergence seed004_crnn
 
 # requirements.lock pins every package (`make lock` writes it). uv installs exactly those versions
@@ -76,6 +77,18 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/report_load.py
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/features.py
+
+# the search benchmark's peers (benchmarks/peers.py), never needed by `make test` or a job.
+# syne-tune 0.13 is the last release with MOBSTER, Hyper-Tune and DyHPO; it declares numpy<1.27
+# but runs on this numpy (its replays here): installed without its pins, with what it imports
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps syne-tune==0.13.0 autograd statsmodels patsy \
+	  more-itertools
+
+search-benchmark: bench-deps
+	$(PY) benchmarks/search_efficiency.py --json benchmarks/results/search_efficiency.json \
+	  --plot benchmarks/results/search_efficiency.png
 
 # images for cluster nodes (docker/; used by cluster/configs/ and docker/compose.yaml)
 IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

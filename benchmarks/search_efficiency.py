@@ -1,48 +1,97 @@
-"""Search efficiency: how much of a full grid's compute each tuning method needs to come within
-5% of the grid's best val CER, replayed over one recorded grid (analysis.replay).
+"""Search efficiency: how close each tuning method gets to a recorded grid's best for a share of
+the grid's compute, replayed over full grids of our own families (analysis.replay), side by side
+with every peer.
 
-The grid (benchmarks/jobs/crnn_grid.yaml: 36 crnn_ctc configurations x 8 epochs on the demo
-corpus, every trial run to the end) is recorded once into benchmarks/data/crnn_grid.csv (per
-epoch: the configuration, val CER and the epoch's wall seconds). Each method then replays those
-curves with 2 trials at a time, as the recorded search ran, once per seed:
+Tables (benchmarks/data/<name>.csv, each recorded with speechtune itself: ``--record JOB``):
+- crnn_grid: 36 crnn_ctc configurations x 8 epochs under a cosine schedule (jobs/crnn_grid.yaml)
+- wavenet_grid: 24 wavenet_ctc configurations x 8 epochs under noam warm-up (jobs/wavenet_grid.yaml)
+``CURVES=path`` runs one table of the same columns instead.
 
-- ASHA + TPE (HyperOpt), ASHA + random, random (FIFO), the grid in a random order (FIFO): Ray
-  Tune's own schedulers and our searchers (tune_jobs.registry), exactly as a real search;
-- promotion ASHA + TPE, + random: our pause-and-resume scheduler (tune_jobs.schedulers), a
-  resumed trial paying only the epochs it had not run;
-- the peer: Optuna's TPE sampler with its Hyperband pruner (ask/tell; ``pip install optuna``,
-  the ``bench`` extra: a benchmark-only dependency).
+Each method replays each table once per seed at 2 and at 8 parallel workers, on the replay's
+clock (an epoch takes its recorded seconds; a paused trial resumed pays only the epochs it had
+not run), starting at most 3 times as many trials as there are recorded configurations:
+- ours: promotion ASHA (tune_jobs.schedulers; its defaults: grace 1, eta 3, rungs cut once their
+  rank agreement with the final values is >= 0.8) + rung_tpe (tune_jobs.rung_tpe); ours-random:
+  the same scheduler with our random searcher;
+- Ray's ASHA + TPE (HyperOpt), ASHA + random, asynchronous Hyperband, median stopping, random,
+  the grid in a random order: Ray Tune's schedulers and searchers as a real search makes them
+  (tune_jobs.registry);
+- peers (benchmarks/peers.py; the ``bench`` extra): Ray's TuneBOHB + HyperBandForBOHB, Optuna 5
+  TPE + Hyperband pruner, syne-tune 0.13's promotion ASHA, MOBSTER, Hyper-Tune, DyHPO and BOHB.
+  A peer that does not import is left out, and the output says so.
 
-Printed: the median share of the grid's compute needed and its 95% interval over the repeats.
+Measured per table, method and worker count: the normalized regret of what the search would
+return at 10%, 25% and 50% of the grid's compute (analysis.replay.normalized_regret: its
+incumbent scored by its final value; 0 = the grid's best, 1 = a median configuration), as the
+interquartile mean over the seeds with a 95% bootstrap interval; how many repeats came within 5%
+of the grid's best, and the median compute those needed.
 
-    .venv/bin/python benchmarks/search_efficiency.py [--repeats 20]
-    .venv/bin/python benchmarks/search_efficiency.py --record      # about 25 minutes on 2 CPUs
+    .venv/bin/python benchmarks/search_efficiency.py [--seeds 30] [--json OUT] [--plot OUT.png]
+    .venv/bin/python benchmarks/search_efficiency.py --record benchmarks/jobs/wavenet_grid.yaml
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import logging
+import math
+import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-JOB = ROOT / "jobs" / "crnn_grid.yaml"
-DATA = Path(__import__("os").environ.get("CURVES", ROOT / "data" / "crnn_grid.csv"))
+FRACTIONS = (0.1, 0.25, 0.5)
+WORKERS = (2, 8)
 
 
-def record(storage: str) -> None:
-    """Run the grid with speechtune itself, then keep its curves (small) in the repository."""
+@dataclass(frozen=True)
+class Method:
+    scheduler: str = ""  # a registry scheduler and searcher (ours and Ray's), or
+    searcher: str = ""
+    options: dict = field(default_factory=dict)
+    peer: str = ""       # a benchmarks.peers policy: "optuna", "bohb" or a syne-tune name
+    needs: tuple = ()    # the modules that peer imports
+    ours: bool = False
+
+
+def _methods() -> dict[str, Method]:
+    from benchmarks.peers import SYNETUNE
+
+    return {
+        "ours": Method("promotion", "rung_tpe", ours=True),
+        # the same scheduler with our random searcher (no repeats): on grids this small TPE has
+        # little to learn from before the space runs out
+        "ours-random": Method("promotion", "random", ours=True),
+        "ray-asha-tpe": Method("asha", "hyperopt"),
+        "ray-asha-random": Method("asha", "random"),
+        "ray-hyperband": Method("hyperband", "random"),
+        "ray-median": Method("median", "random"),
+        "random": Method("fifo", "random"),
+        "grid": Method("fifo", "grid"),
+        "ray-bohb": Method(peer="bohb", needs=("hpbandster", "ConfigSpace")),
+        "optuna-tpe-hyperband": Method(peer="optuna", needs=("optuna",)),
+        **{n: Method(peer=n, needs=("syne_tune",)) for n in SYNETUNE},
+    }
+
+
+def record(job: Path, storage: str) -> Path:
+    """Run a grid job with speechtune itself (every trial to the end), keep its curves (small)."""
     from analysis.replay import Curves
+    from tune_jobs.spec import load_job
 
-    subprocess.run([sys.executable, "-m", "tune_jobs.cli", "tune", str(JOB), "--storage", storage], check=True)
-    curves = Curves.from_experiment(Path(storage) / "crnn_grid")
-    curves.to_csv(DATA)
-    print(f"recorded {len(curves.configs)} configurations x {curves.epochs} epochs -> {DATA}")
+    name = load_job(job).name
+    subprocess.run([sys.executable, "-m", "tune_jobs.cli", "tune", str(job), "--storage", storage], check=True)
+    curves = Curves.from_experiment(Path(storage) / name)
+    out = ROOT / "data" / f"{name}.csv"
+    curves.to_csv(out)
+    print(f"recorded {len(curves.configs)} configurations x {curves.epochs} epochs -> {out}")
+    return out
 
 
 def shuffled(curves, seed: int):
@@ -52,118 +101,143 @@ def shuffled(curves, seed: int):
                    seconds=curves.seconds[order])
 
 
-class OptunaPolicy:
-    """Optuna's TPE sampler and Hyperband pruner behind the replay's searcher/scheduler calls."""
+def run_one(curves, name: str, m: Method, seed: int, slots: int):
+    """One replay; returns it with the curves it ran on (the grid's are reordered)."""
+    import random
 
-    def __init__(self, curves, seed: int):
-        import optuna
-        from ray.tune.schedulers import TrialScheduler
+    from analysis.replay import replay
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.curves, self.levels = curves, curves.levels()
-        self.study = optuna.create_study(
-            study_name=f"replay-{seed}",  # Hyperband assigns brackets by a hash of the name: fixed per seed
-            direction="minimize" if curves.mode == "min" else "maximize",
-            sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=curves.epochs, reduction_factor=3))
-        self.trials, self.told = {}, set()
-        self.searcher, self.scheduler = self, self
-        self.CONTINUE, self.STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+    # Ray's asynchronous Hyperband picks brackets, and hpbandster samples its KDEs, from the
+    # global generators: seeded per replay, so a rerun gives the same table
+    np.random.seed(seed)
+    random.seed(seed)
+    limit = 3 * len(curves.configs)
+    if name == "grid":
+        c = shuffled(curves, seed)
+        return replay(c, "fifo", "grid", seed=seed, slots=slots), c
+    if m.peer:
+        from benchmarks import peers
 
-    # searcher
-    def suggest(self, trial_id: str) -> dict:
-        from tune_jobs.searchers import NS
+        pol = (peers.OptunaPolicy(curves, seed) if m.peer == "optuna" else
+               peers.BOHBPolicy(curves, seed, slots) if m.peer == "bohb" else
+               peers.SyneTunePolicy(curves, seed, m.peer))
+        return replay(curves, name, name, seed=seed, slots=slots, max_trials=limit, policy=pol), curves
+    return replay(curves, m.scheduler, m.searcher, seed=seed, slots=slots, max_trials=limit,
+                  options=m.options or None), curves
 
-        t = self.study.ask()
-        self.trials[trial_id] = t
-        return {NS: {p: t.suggest_categorical(p, v) for p, v in self.levels.items()}}
 
-    def on_trial_result(self, *args):  # both roles; the scheduler call decides
-        if len(args) == 2:
-            return None
-        _, trial, result = args
-        t = self.trials[trial.trial_id]
-        t.report(result[self.curves.metric], step=result["training_iteration"])
-        if t.should_prune():
-            import optuna
+def measure(curves, name: str, m: Method, seeds: int, slots: int) -> dict:
+    from analysis.replay import compute_to_reach, iqm_interval, normalized_regret
 
-            self.study.tell(t, state=optuna.trial.TrialState.PRUNED)
-            self.told.add(trial.trial_id)
-            return self.STOP
-        return self.CONTINUE
+    runs = [run_one(curves, name, m, s, slots) for s in range(seeds)]
+    reach = [compute_to_reach(r, c) for r, c in runs]
+    hit = [x for x in reach if math.isfinite(x)]
+    curve = [float(np.mean([normalized_regret(r, c, f) for r, c in runs])) for f in np.linspace(0.02, 1, 50)]
+    return {"regret": {str(f): list(iqm_interval([normalized_regret(r, c, f) for r, c in runs])) for f in FRACTIONS},
+            "reached": len(hit), "repeats": seeds, "compute_to_reach": float(np.median(hit)) if hit else None,
+            "ours": m.ours, "mean_regret_curve": curve}
 
-    def on_trial_complete(self, *args, **kw):
-        if len(args) < 3:  # the searcher's call
-            return
-        _, trial, result = args
-        if trial.trial_id not in self.told:
-            self.study.tell(self.trials[trial.trial_id], result[self.curves.metric])
-            self.told.add(trial.trial_id)
 
-    # scheduler
-    def on_trial_add(self, ctl, trial) -> None:
-        pass
+def tables() -> dict[str, Path]:
+    if os.environ.get("CURVES"):
+        p = Path(os.environ["CURVES"])
+        return {p.stem: p}
+    return {p.stem: p for p in sorted((ROOT / "data").glob("*.csv"))}
 
-    def choose_trial_to_run(self, ctl):
-        return next((t for t in ctl.get_trials() if t.status == "PENDING"), None)
 
-    def index(self, config: dict) -> int:
-        from tune_jobs.searchers import NS
+def format_rows(name: str, curves, rows: dict) -> str:
+    from analysis.replay import result_values
 
-        return self.curves.index(config[NS])
+    # each configuration's run to the end (its best epoch), in the metric's own sign
+    res = result_values(curves) * (1 if curves.mode == "min" else -1)
+    best = np.nanmin(res) if curves.mode == "min" else np.nanmax(res)
+    lines = [f"### {name}: {len(curves.configs)} configurations x {curves.epochs} epochs, "
+             f"{curves.total_seconds():.0f} trial-seconds; {curves.metric} of a full run: best "
+             f"{best:.4f}, median {np.nanmedian(res):.4f}",
+             "", "| method | workers | regret at 10% | at 25% | at 50% | within 5% | compute to reach (median) |",
+             "|---|---|---|---|---|---|---|"]
+    for key, r in rows.items():
+        method, w = key.rsplit("@", 1)
+        cells = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in (r["regret"][str(f)] for f in FRACTIONS)]
+        ctr = f"{100 * r['compute_to_reach']:.0f}%" if r["compute_to_reach"] is not None else "not reached"
+        lines.append(f"| {'**' + method + '**' if r['ours'] else method} | {w} | " + " | ".join(cells)
+                     + f" | {r['reached']}/{r['repeats']} | {ctr} |")
+    return "\n".join(lines)
+
+
+def plot(out: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = np.linspace(0.02, 1, 50)
+    fig, axes = plt.subplots(len(results), len(WORKERS), figsize=(12, 4.2 * len(results)), squeeze=False)
+    for i, (table, rows) in enumerate(results.items()):
+        for j, w in enumerate(WORKERS):
+            ax = axes[i][j]
+            for key, r in rows.items():
+                method, kw = key.rsplit("@", 1)
+                if int(kw) != w:
+                    continue
+                ax.plot(xs, r["mean_regret_curve"], lw=2.5 if r["ours"] else 1.1, label=method,
+                        color="black" if r["ours"] else None, ls="--" if r["ours"] and method != "ours" else "-")
+            ax.set(title=f"{table}, {w} workers", xlabel="share of the grid's compute",
+                   ylabel="normalized regret (mean over seeds)", ylim=(0, 1.5))
+            ax.axvline(0.25, color="grey", lw=0.5)
+            ax.axvline(0.5, color="grey", lw=0.5)
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    print(f"plot -> {out}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--record", action="store_true", help="run the grid and rewrite benchmarks/data/crnn_grid.csv")
+    ap.add_argument("--record", type=Path, metavar="JOB", help="run this grid job and write benchmarks/data/<name>.csv")
     ap.add_argument("--storage", default="experiments", help="where --record keeps the experiment")
-    ap.add_argument("--repeats", type=int, default=20, help="replays per method (seeds 0..N-1)")
-    ap.add_argument("--max-trials", type=int, default=108,
-                    help="trials a sampling method may start (the grid runs each configuration once)")
+    ap.add_argument("--seeds", type=int, default=30, help="replays per method, table and worker count")
+    ap.add_argument("--methods", default="", help="comma-separated subset (default: all that import)")
+    ap.add_argument("--workers", default=",".join(map(str, WORKERS)))
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--plot", type=Path, help="write the regret-against-compute plot here (PNG)")
     a = ap.parse_args()
+    if a.record:
+        record(a.record, a.storage)
     import tune_jobs  # noqa: F401
 
-    from analysis.replay import Curves, format_table, replay, summarize
+    from analysis.replay import Curves
 
-    if a.record:
-        record(a.storage)
     logging.getLogger("ray.tune.search.hyperopt").setLevel(logging.ERROR)
-    curves = Curves.from_csv(DATA)
+    methods = _methods()
+    if a.methods:
+        methods = {k: methods[k] for k in a.methods.split(",")}
+    left_out = {k: m.needs for k, m in methods.items() if any(importlib.util.find_spec(n) is None for n in m.needs)}
+    for k, needs in left_out.items():
+        print(f"left out: {k} ({' or '.join(needs)} does not import here: pip install -e '.[bench]')")
+        del methods[k]
+    workers = [int(w) for w in a.workers.split(",")]
+    results: dict[str, dict] = {}
     t0 = time.time()
-    methods = {
-        "ASHA + TPE (HyperOpt)": lambda s: replay(curves, "asha", "hyperopt", seed=s, max_trials=a.max_trials),
-        "ASHA + random": lambda s: replay(curves, "asha", "random", seed=s, max_trials=a.max_trials),
-        "promotion ASHA + TPE (ours)": lambda s: replay(curves, "promotion", "hyperopt", seed=s,
-                                                        max_trials=a.max_trials),
-        "promotion ASHA + random (ours)": lambda s: replay(curves, "promotion", "random", seed=s,
-                                                           max_trials=a.max_trials),
-        "random (FIFO)": lambda s: replay(curves, "fifo", "random", seed=s, max_trials=a.max_trials),
-        "grid, random order (FIFO)": lambda s: replay(shuffled(curves, s), "fifo", "grid", seed=s),
-        "Optuna TPE + Hyperband (peer)": lambda s: replay(curves, "optuna", "tpe", seed=s, max_trials=a.max_trials,
-                                                          policy=OptunaPolicy(curves, s)),
-    }
-    rows = []
-    for name, run in methods.items():
-        runs = [run(s) for s in range(a.repeats)]
-        rows.append({"scheduler": name, "searcher": "", **summarize(runs, curves)})
-        print(f"  {name}: {a.repeats} replays", file=sys.stderr)
-    print(format_table(curves, rows))
-    share = {r["scheduler"]: r["share_to_target"][0] for r in rows}
-    reached = {r["scheduler"]: r["reached"] for r in rows}
-
-    def said(name: str) -> str:
-        v = share[name]
-        return f"{100 * v:.0f}%" if v == v and v != float("inf") else \
-            f"not reached in most repeats ({reached[name]}/{a.repeats} did)"
-
-    ours, peer = share["ASHA + TPE (HyperOpt)"], share["Optuna TPE + Hyperband (peer)"]
-    ratio = f"{ours / peer:.2f}" if 0 < peer < float("inf") and ours < float("inf") else "n/a"
-    print(f"\nshare of the grid's compute to come within 5% of its best (median): ASHA + TPE "
-          f"{said('ASHA + TPE (HyperOpt)')} (goal <= 20%); Optuna TPE + Hyperband {said('Optuna TPE + Hyperband (peer)')}; "
-          f"random {said('random (FIFO)')}; the grid in a random order {said('grid, random order (FIFO)')}; "
-          f"ratio ours/peer {ratio}  ({time.time() - t0:.0f} s)")
+    for table, path in tables().items():
+        curves = Curves.from_csv(path)
+        rows = results.setdefault(table, {})
+        for w in workers:
+            for name, m in methods.items():
+                t = time.time()
+                rows[f"{name}@{w}"] = measure(curves, name, m, a.seeds, w)
+                print(f"  {table} {name}@{w}: {a.seeds} replays, {time.time() - t:.0f} s", file=sys.stderr)
+        print(format_rows(table, curves, rows), "\n")
+    print(f"normalized regret: IQM [95% bootstrap interval] over {a.seeds} seeds ({time.time() - t0:.0f} s)")
+    if a.json:
+        a.json.write_text(json.dumps({t: {k: {x: v for x, v in r.items() if x != "mean_regret_curve"}
+                                          for k, r in rows.items()} for t, rows in results.items()}, indent=1))
+        print(f"json -> {a.json}")
+    if a.plot:
+        plot(a.plot, results)
     return 0
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT.parent))  # benchmarks.peers, run as a script
     sys.exit(main())

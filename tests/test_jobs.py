@@ -65,8 +65,15 @@ def test_constraint_rejects_configs_before_any_trial(tmp_path):
     s = make_searcher("random", metric="val_wer", mode="min", seed=1, space=space, grid={}, trials={},
                       points=[{"hidden_dim": 100, "attention_heads": 6}],  # breaks it: rejected too
                       constraints=["hidden_dim % attention_heads == 0"], fixed={}, max_concurrent=100)
-    got = [s.suggest(f"t{i}")["train_loop_config"] for i in range(20)]
+    from ray.tune.search import Searcher
+
+    got = []
+    while (cfg := s.suggest(f"t{len(got)}")) != Searcher.FINISHED:
+        got.append(cfg["train_loop_config"])
     assert all(c["hidden_dim"] % c["attention_heads"] == 0 for c in got)
+    # a finite space: each of the 5 configurations that keep the constraint once, then the end
+    assert sorted((c["hidden_dim"], c["attention_heads"]) for c in got) == [(96, 4), (96, 6), (100, 4), (144, 4),
+                                                                            (144, 6)]
     inner = s.searcher
     assert inner.rejected and all(r["config"]["hidden_dim"] % r["config"]["attention_heads"] for r in inner.rejected)
     assert inner.rejected[0]["config"] == {"hidden_dim": 100, "attention_heads": 6}

@@ -12,11 +12,13 @@ straight through (a FIFO search of it alone, on the same cluster).
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import pytest
 
 from analysis.load import load_experiment
-from tests.factories import history_of, tiny_job
+from tests.factories import history_of, speechtune, tiny_job, wait_while_running
 from tune_jobs.runner import run_tune
 from tune_jobs.spec import load_job
 
@@ -74,6 +76,81 @@ def test_a_paused_trial_resumes_from_its_rung_checkpoint_as_if_it_had_run_straig
     for key in ("train_loss", "val_loss", "val_cer", "lr"):
         got, want = [r[key] for r in good], [r[key] for r in ref]
         assert all(math.isclose(g, w, rel_tol=REL) for g, w in zip(got, want)), (key, got, want)
+
+
+def _paused_with_state_saved(exp) -> bool:
+    """Tune's newest state has a trial PAUSED at its rung, and the search state (which holds the
+    scheduler's) has been written again since it was first seen so: Tune writes the experiment
+    state first and the searcher's after it, so a kill in between would leave the older one."""
+    from analysis.load import tune_last_results, tune_statuses
+
+    statuses = tune_statuses(exp)
+    paused = [d for d, s in statuses.items() if s == "PAUSED"]
+    if not paused or not all(tune_last_results(exp).get(d, {}).get("checkpoint_dir_name") for d in paused):
+        _paused_with_state_saved.seen = None
+        return False
+    import time
+
+    searcher_states = list(exp.glob("search_gen_state-*.json"))
+    seen = getattr(_paused_with_state_saved, "seen", None)
+    if seen is None:
+        _paused_with_state_saved.seen = time.time()
+        return False
+    return bool(searcher_states) and max(f.stat().st_mtime for f in searcher_states) > seen + 0.1
+
+
+@pytest.mark.timeout(660)
+def test_killed_driver_while_trials_are_paused_resumes_with_them_still_paused_and_each_trial_once(
+        corpus, cache_dir, tmp_path, ray_address):
+    """The grid of the test above, its driver a `speechtune tune` process, SIGKILLed while a trial
+    waits paused at its rung (Tune's saved state says so). Tune keeps no scheduler state and puts
+    an unfinished trial back as pending; ours travels with the searcher's (SlotLimiter), so the
+    resumed search holds the paused trial paused, its rung value known, and runs the decisions the
+    uninterrupted one would: the first configuration is resumed only once the next has joined it
+    at rung 1 (pending again, a fresh scheduler would have run it straight away), every trial runs
+    once, each epoch once on its final line."""
+    job = tiny_job(tmp_path, corpus, cache_dir, "pausekill", """\
+        search_space: {lr: {grid: [3.0e-3, 1.0e-6, 2.0e-6]}}
+        searcher: {name: grid}
+        scheduler: {name: promotion, grace_period: 1, reduction_factor: 2, agreement: -1}
+        max_concurrent: 1
+        """, epochs=3, dropout=0.1)
+    exp = tmp_path / "exp" / "pausekill"
+    env = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its experiment state every second
+    p = speechtune("tune", str(job), "--address", ray_address, env=env, start_new_session=True)
+    _paused_with_state_saved.seen = None
+    wait_while_running(p, lambda: _paused_with_state_saved(exp), 240, "a trial paused, with Tune's state saved",
+                       poll=0.2)
+    os.kill(p.pid, signal.SIGKILL)  # the driver only; Ray's own processes notice and go
+    p.wait()
+    r = speechtune("tune", "--resume", str(exp), "--address", ray_address, env=env)
+    try:
+        out, _ = r.communicate(timeout=300)
+    finally:
+        if r.poll() is None:  # past its time: the resumed driver ends here, not in another test
+            r.kill()
+            r.wait()
+    assert r.returncode == 0, out[-3000:]
+    trials, history = load_experiment(exp)
+    assert len(trials) == 3, trials[["trial_id", "status"]]  # every planned trial, none twice
+    status = dict(zip(trials["config/lr"], trials.status))
+    assert status == {GOOD: "finished", BAD: "early-stopped", WORSE: "early-stopped"}, \
+        trials[["trial_id", "status", "epochs_run"]]
+    for tid, h in history.groupby("trial_id"):  # one report per epoch on each trial's final line
+        assert sorted(h.epoch) == list(range(1, len(h) + 1)), (tid, list(h.epoch))
+    line = {lr: h.sort_values("epoch") for lr, h in history.merge(trials[["trial_id", "config/lr"]]).groupby("config/lr")}
+    assert line[GOOD].epoch.tolist() == [1, 2, 3] and line[GOOD].restored_from_epoch.tolist()[1:] == [1, 2]
+    # it waited paused at rung 1 until the second configuration had reached that rung
+    rows = _by_lr(exp)
+    bad_end = max(r["timestamp"] for r in rows[BAD] if r["epoch"] == 1)
+    good_2 = next(r for r in reversed(rows[GOOD]) if r["epoch"] == 2)
+    assert good_2["timestamp"] - good_2["time_this_iter_s"] > bad_end - 1.0, (bad_end, good_2)
+    # the resumed driver's scheduler knew the whole of rung 1, the killed driver's part too
+    from ray.tune.utils.util import _load_newest_checkpoint
+
+    state = _load_newest_checkpoint(str(exp), "search_gen_state-*.json")["name:SlotLimiter"]["scheduler_state"]
+    assert len(state["rungs"][0]) == 3 and list(state["rungs"][1]) == [line[GOOD].trial_id.iloc[0]], state
+    assert not state["paused_at"]
 
 
 def test_the_replay_pays_a_promoted_trials_epochs_once_and_ends_the_unpromoted_at_their_rung():
@@ -149,3 +226,90 @@ def test_a_rung_cuts_only_once_its_ranking_is_shown_to_predict_the_final_one():
     assert sched.rank_agreement(0) == (-1.0, 4) and not sched.judges(0)
     assert sched.rank_agreement(1) == (1.0, 4) and sched.judges(1)
     assert "rung 2: 6 reached" in sched.debug_string() and "does not cut yet" in sched.debug_string()
+
+
+def _searcher(name: str, space: dict, **kw):
+    from tune_jobs.registry import make_searcher
+
+    return make_searcher(name, metric="val_cer", mode="min", seed=3, space=space, grid={}, trials={}, points=[],
+                         constraints=[], fixed={}, max_concurrent=100, **kw)
+
+
+def test_rung_tpe_fits_at_the_highest_epoch_with_enough_results_and_never_files_a_stopped_trials_value():
+    """Six trials report epoch 1; four go on to epoch 2; the other two are stopped there (their
+    epoch-1 value comes with the stop, as Tune's on_trial_complete gives it). Ray's HyperOptSearch
+    files those two epoch-1 values as finished losses beside the others' epoch-2 ones; rung_tpe
+    (3 observations needed) fits at epoch 2, on the four that reached it, and files no loss."""
+    from hyperopt import rand
+    from ray import tune
+
+    from tune_jobs.searchers import NS
+
+    space = {"a": tune.choice(list(range(40)))}
+    searchers = {n: _searcher(n, space, n_initial_points=3) for n in ("hyperopt", "rung_tpe")}
+    for name, s in searchers.items():
+        inner = s.searcher.searcher  # SlotLimiter > JobSearcher > the searcher
+        fitted = []
+
+        def spy(new_ids, domain, trials, seed, _fitted=fitted):
+            _fitted.append(sorted((d["tid"], d["result"].get("loss")) for d in trials.trials
+                                  if d["result"].get("status") == "ok"))
+            return rand.suggest(new_ids, domain, trials, seed)
+
+        inner.algo = spy  # hyperopt's own uniform draw, told what it was fit on
+        ids = [f"t{i}" for i in range(6)]
+        a = {t: s.suggest(t)[NS]["a"] for t in ids}
+        for t in ids:
+            s.on_trial_result(t, {"training_iteration": 1, "val_cer": 0.5 + a[t] / 100})
+        for t in ids[:4]:
+            s.on_trial_result(t, {"training_iteration": 2, "val_cer": 0.4 - a[t] / 1000})
+        for t in ids[4:]:  # stopped at their rung: the stopping result comes with the stop
+            s.on_trial_complete(t, {"training_iteration": 1, "val_cer": 0.5 + a[t] / 100})
+        s.suggest("t6")
+        searchers[name] = (inner, fitted[-1], a)
+    ray_inner, ray_fit, a = searchers["hyperopt"]
+    assert [round(loss, 6) for _, loss in ray_fit] == [round(0.5 + a[t] / 100, 6) for t in ("t4", "t5")]
+    ours, fit, a = searchers["rung_tpe"]
+    assert ours.budget() == 2 and len(fit) == 4
+    assert sorted(round(loss, 6) for _, loss in fit) == sorted(round(0.4 - a[t] / 1000, 6) for t in ("t0", "t1", "t2", "t3"))
+    assert not [d for d in ours._hpopt_trials.trials if d["result"].get("status") == "ok"]
+
+
+@pytest.mark.parametrize("name", ["random", "rung_tpe"])
+def test_our_searchers_draw_no_configuration_twice_on_a_finite_space(name):
+    from ray import tune
+    from ray.tune.search import Searcher
+
+    from tune_jobs.searchers import NS
+
+    space = {"a": tune.choice([1, 2, 3, 4]), "b": tune.choice(["x", "y"])}
+    s = _searcher(name, space, **({"n_initial_points": 2} if name == "rung_tpe" else {}))
+    got = []
+    for i in range(8):
+        cfg = s.suggest(f"t{i}")[NS]
+        got.append((cfg["a"], cfg["b"]))
+        s.on_trial_result(f"t{i}", {"training_iteration": 1, "val_cer": 0.1 * cfg["a"]})
+        s.on_trial_complete(f"t{i}", {"training_iteration": 1, "val_cer": 0.1 * cfg["a"]})
+    assert sorted(got) == [(a, b) for a in (1, 2, 3, 4) for b in ("x", "y")]
+    assert s.suggest("t8") == Searcher.FINISHED
+
+
+def test_normalized_regret_scores_the_incumbent_by_its_full_runs_result():
+    """Hand-made: A leads after one epoch, B ends best. A search that has seen only A's first
+    epoch returns A, whose full run gives 0.25 (its best epoch, as a finished trial reports):
+    regret (0.25 - 0.1) / (median 0.25 - 0.1) = 1, though 0.3 was all it had seen. Once B's last
+    epoch is in, regret 0."""
+    import numpy as np
+
+    from analysis.replay import Curves, compute_to_reach, iqm_interval, normalized_regret, replay
+
+    values = np.array([[0.3, 0.25], [0.8, 0.1], [0.6, 0.5]])
+    curves = Curves(params=("name",), configs=(("A",), ("B",), ("C",)), values=values,
+                    seconds=np.ones_like(values), metric="val_cer", mode="min")
+    run = replay(curves, "fifo", "grid", slots=1)  # A, B, C in order, 1 s an epoch: 6 s in all
+    assert normalized_regret(run, curves, 0.1) == pytest.approx(0.4 / 0.15)  # nothing reported yet: the worst's
+    assert normalized_regret(run, curves, 1 / 6) == pytest.approx(1.0)
+    assert normalized_regret(run, curves, 4 / 6) == pytest.approx(0.0)
+    assert compute_to_reach(run, curves) == pytest.approx(4 / 6)
+    assert iqm_interval([0.0, 1.0, 1.0, 1.0, 1.0, 9.0])[0] == pytest.approx(1.0)
+    assert iqm_interval([0.5] * 5) == (0.5, 0.5, 0.5)

@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "or a recorded curves CSV (benchmarks/data/)")
     rp.add_argument("--scheduler", default="asha,promotion,hyperband,median,fifo",
                     help="comma-separated: asha, promotion, hyperband, median, fifo (default: all five)")
-    rp.add_argument("--searcher", default="random", help="comma-separated: random, hyperopt, grid")
+    rp.add_argument("--searcher", default="random", help="comma-separated: random, hyperopt, rung_tpe, grid")
     rp.add_argument("--repeats", type=int, default=10, help="replays per method, one searcher seed each")
     rp.add_argument("--slots", type=int, default=2, help="trials running at a time (the search's max_concurrent)")
     rp.add_argument("--max-trials", type=int, default=None,

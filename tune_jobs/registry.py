@@ -14,19 +14,23 @@ def make_searcher(name: str, *, metric: str, mode: str, seed: int | None, space:
     (``may_start_new``) decides when a new configuration may be drawn."""
     from tune_jobs.searchers import NS, GridSearcher, JobSearcher, RandomSearcher, SlotLimiter
 
-    if name == "hyperopt":
-        from ray.tune.search.hyperopt import HyperOptSearch
+    if name in MODEL_SEARCHERS:
+        if name == "rung_tpe":
+            from tune_jobs.rung_tpe import RungTPE as cls
 
-        inner = HyperOptSearch(space={NS: space}, metric=metric, mode=mode, random_state_seed=seed,
-                               points_to_evaluate=[{NS: p} for p in points] or None, **kwargs)
+            kwargs.setdefault("n_initial_points", RUNG_TPE_INITIAL)
+            kwargs["space_tune"] = space  # its exclusion list needs the choices (hyperopt's domain hides them)
+        else:
+            from ray.tune.search.hyperopt import HyperOptSearch as cls
+        inner = cls(space={NS: space}, metric=metric, mode=mode, random_state_seed=seed,
+                    points_to_evaluate=[{NS: p} for p in points] or None, **kwargs)
     elif name == "random":
         inner = RandomSearcher(space, points, seed, metric, mode, **kwargs)
     elif name == "grid":
         inner = GridSearcher(space, grid, trials, points, seed, metric, mode, repeats, **kwargs)
     else:
         raise ValueError(f"unknown searcher: {name} (known: {', '.join(SEARCHERS)})")
-    return SlotLimiter(JobSearcher(inner, constraints, fixed), max_concurrent=max_concurrent,
-                       gate=getattr(scheduler, "may_start_new", None))
+    return SlotLimiter(JobSearcher(inner, constraints, fixed), max_concurrent=max_concurrent, scheduler=scheduler)
 
 
 # name -> Tune scheduler class, imported when first used
@@ -41,7 +45,13 @@ SCHEDULER_CLASSES = {
     "promotion": "tune_jobs.schedulers.PromotionASHA",
 }
 SCHEDULERS = tuple(SCHEDULER_CLASSES)
-SEARCHERS = ("hyperopt", "random", "grid")
+SEARCHERS = ("hyperopt", "rung_tpe", "random", "grid")
+# searchers that fit a model of the space (TPE): no grid dimensions; with "random" they draw
+# configurations, so a job's first point (its baseline) can lead them
+MODEL_SEARCHERS = ("hyperopt", "rung_tpe")
+DRAWING_SEARCHERS = (*MODEL_SEARCHERS, "random")
+# rung_tpe's random draws before its model: the observations it needs at one epoch
+RUNG_TPE_INITIAL = 6
 # which searchers a scheduler runs with (PBT samples its population itself: random only)
 SEARCHERS_FOR = {"asha": SEARCHERS, "hyperband": SEARCHERS, "median": SEARCHERS, "fifo": SEARCHERS,
                  "pbt": ("random",), "promotion": SEARCHERS}

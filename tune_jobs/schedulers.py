@@ -25,6 +25,7 @@ there is; a paused trial that no such rule would ever promote is stopped at its 
 """
 from __future__ import annotations
 
+import copy
 import math
 
 from ray.tune.experiment import Trial
@@ -165,6 +166,33 @@ class PromotionASHA(FIFOScheduler):
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
         self._forget(trial)
         self._owed.pop(trial.trial_id, None)
+
+    # what a resumed search must know (SlotLimiter saves it with the searcher's state): the
+    # rungs' values, who was promoted, who waits where, the finals and the rungs that cut
+    _STATE = ("rungs", "promoted", "paused_at", "final", "_owed", "_cutting")
+
+    def get_state(self) -> dict:
+        return copy.deepcopy({k: getattr(self, k) for k in self._STATE})
+
+    def set_state(self, state: dict) -> None:
+        for k in self._STATE:
+            setattr(self, k, copy.deepcopy(state[k]))
+        self._chosen, self._agreement = set(), {}
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        """A resumed search re-adds every unfinished trial as pending. One that waited at its rung
+        (its last result Tune saved is that rung's) waits there again, paused: it starts when it
+        is promoted. One whose pause Tune had not saved (its saved result is older) runs again
+        from its checkpoint and owes the pause, as after a failure."""
+        rung = self.paused_at.get(trial.trial_id)
+        if rung is None or trial.status != Trial.PENDING:
+            return
+        if int((trial.last_result or {}).get(self._time_attr, 0)) == self.milestones[rung]:
+            trial.set_status(Trial.PAUSED)  # before Tune files it by status: not queued to start
+        else:
+            del self.paused_at[trial.trial_id]
+            self._owed[trial.trial_id] = rung
+            _searcher(tune_controller, "on_unpause", trial.trial_id)
 
     def may_start_new(self) -> bool:
         """Whether a new configuration may be drawn: not while a paused trial can be promoted."""

@@ -11,6 +11,7 @@ Tune's own domains). All state pickles, so ``Tuner.restore`` continues the searc
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import pickle
 from typing import Any
@@ -44,16 +45,44 @@ class _PickleState(Searcher):
             self.set_state(pickle.load(f))
 
 
+def config_key(flat: dict) -> str:
+    """One configuration's identity (its values, in key order)."""
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def unseen_configuration(space: dict, seen: set[str], rng: np.random.Generator) -> dict | None:
+    """One configuration of a finite ``space`` (every domain a choice) not in ``seen``, uniformly;
+    None when every one has been."""
+    names = list(space)
+    left = [c for c in itertools.product(*(space[k].categories for k in names))
+            if config_key(dict(zip(names, c))) not in seen]
+    return dict(zip(names, left[rng.integers(len(left))])) if left else None
+
+
 class RandomSearcher(_PickleState):
-    """``points`` first, then independent samples of each Tune domain (seeded)."""
+    """``points`` first, then independent samples of each Tune domain (seeded). On a finite space
+    (every domain a choice) no configuration is drawn twice (syne-tune's random search keeps the
+    same exclusion list); once all have been, the search is finished."""
 
     def __init__(self, space: dict, points: list[dict], seed: int | None, metric: str, mode: str):
         super().__init__(metric=metric, mode=mode)
         self.space, self.points, self.rng = space, list(points), np.random.default_rng(seed)
+        self.distinct, self.seen = distinct_configurations(space), set()
 
     def suggest(self, trial_id: str) -> dict | None:
-        flat = self.points.pop(0) if self.points else {}
-        return {NS: {**_sample({k: v for k, v in self.space.items() if k not in flat}, self.rng), **flat}}
+        if self.points:
+            flat = self.points.pop(0)
+            cfg = {**_sample({k: v for k, v in self.space.items() if k not in flat}, self.rng), **flat}
+        elif self.distinct:
+            cfg = next((c for c in (_sample(self.space, self.rng) for _ in range(64))  # rejection while
+                        if config_key(c) not in self.seen), None)                # most is unseen
+            cfg = cfg or unseen_configuration(self.space, self.seen, self.rng)
+            if cfg is None:
+                return Searcher.FINISHED
+        else:
+            cfg = _sample(self.space, self.rng)
+        self.seen.add(config_key(cfg))
+        return {NS: cfg}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
@@ -141,6 +170,21 @@ class JobSearcher(Searcher):
         self.searcher.restore(checkpoint_path)
 
 
+def distinct_configurations(space: dict, limit: int = 1_000_000) -> int:
+    """How many configurations ``space`` (Tune domains) holds when every one is a choice; 0 when
+    any is continuous (or the count passes ``limit``: no repeat is then likely)."""
+    from ray.tune.search.sample import Categorical
+
+    n = 1
+    for d in space.values():
+        if not isinstance(d, Categorical):
+            return 0
+        n *= len(d.categories)
+        if n > limit:
+            return 0
+    return n if space else 0
+
+
 def grid_size(grid: dict[str, list], trials: dict[str, Any], points: list) -> int:
     n = 1
     for v in grid.values():
@@ -153,18 +197,24 @@ class SlotLimiter(ConcurrencyLimiter):
     promotion ASHA every slot can be free while all started trials wait at their rungs, and the
     plain limiter would then suggest nothing more (the search would stall). Schedulers say so
     through the searcher's ``on_pause``/``on_unpause``, as Ray's ``HyperBandForBOHB`` does.
-    ``gate()`` (the scheduler's ``may_start_new``) is asked before each new configuration: Tune
-    asks the searcher before the scheduler, and starts every pending trial."""
+    A pausing ``scheduler``'s ``may_start_new`` is asked before each new configuration: Tune
+    asks the searcher before the scheduler, and starts every pending trial.
 
-    def __init__(self, searcher: Searcher, max_concurrent: int, gate=None):
+    Tune saves no scheduler state (``Tuner.restore`` builds the scheduler afresh from tuner.pkl,
+    and puts every unfinished trial back as pending), but it saves each search wrapper's
+    ``get_state`` with the searcher's and restores it before it re-adds the trials: the
+    scheduler's ``get_state`` travels here, so a resumed search knows its rungs and which trials
+    wait at them (``PromotionASHA.on_trial_add`` pauses those again)."""
+
+    def __init__(self, searcher: Searcher, max_concurrent: int, scheduler=None):
         super().__init__(searcher, max_concurrent=max_concurrent)
         self.paused: set[str] = set()
-        self.gate = gate
+        self.scheduler = scheduler if hasattr(scheduler, "may_start_new") else None
 
     def suggest(self, trial_id: str) -> dict | None:
         if len(self.live_trials - self.paused) >= self.max_concurrent:
             return None
-        if self.gate is not None and not self.gate():
+        if self.scheduler is not None and not self.scheduler.may_start_new():
             return None
         suggestion = self.searcher.suggest(trial_id)
         if suggestion not in (None, Searcher.FINISHED):
@@ -177,17 +227,24 @@ class SlotLimiter(ConcurrencyLimiter):
         super().on_trial_complete(trial_id, result, error)
 
     def get_state(self) -> dict:
-        gate, self.gate = self.gate, None  # the scheduler's method: not the searcher's state
+        scheduler, self.scheduler = self.scheduler, None  # Tune's, not the searcher's: only its state
         try:
-            return super().get_state()
+            state = super().get_state()
         finally:
-            self.gate = gate
+            self.scheduler = scheduler
+        if scheduler is not None:
+            state["scheduler_state"] = scheduler.get_state()
+        return state
 
     def set_state(self, state: dict) -> None:
-        gate = self.gate
+        state = dict(state)
+        scheduler, saved = self.scheduler, state.pop("scheduler_state", None)
         super().set_state(state)
-        # Tune restores a paused trial as pending, to run again: it holds a slot again
-        self.gate, self.paused = gate, set()
+        self.scheduler = scheduler
+        if scheduler is not None and saved is not None:
+            scheduler.set_state(saved)  # the trials it holds paused stay paused
+        else:  # Tune restores a paused trial as pending, to run again: it holds a slot again
+            self.paused = set()
 
     def on_pause(self, trial_id: str) -> None:
         self.paused.add(trial_id)

@@ -20,7 +20,8 @@ import dataclasses
 from asr_core.config import from_dict
 from asr_core.errors import InputError, KeyProblem
 from tune_jobs import expr
-from tune_jobs.registry import SCHEDULERS, SEARCHERS, SEARCHERS_FOR, scheduler_options
+from tune_jobs.registry import (DRAWING_SEARCHERS, MODEL_SEARCHERS, SCHEDULERS, SEARCHERS, SEARCHERS_FOR,
+                                scheduler_options)
 from tune_jobs.space import extremes, parse_space, split_grid
 from tune_jobs.yamlio import Locator, load_with_lines
 
@@ -198,7 +199,7 @@ class JobSpec:
             return pts[0], "the job's first point (`points_to_evaluate`)"
         if self.trials or not self.search_space:
             return None, "no first point and no searched parameters"
-        if self.searcher.name not in ("hyperopt", "random"):
+        if self.searcher.name not in DRAWING_SEARCHERS:
             return None, f"no first point (a {self.searcher.name} search runs its own configurations)"
         from asr_core.models import get_family
         from asr_core.train.config import _GROUPS
@@ -446,8 +447,9 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     if not isinstance(params, dict):
         raise InputError(loc("params"), "'params' must be a mapping")
     space = SearchSpace.parse(space_raw, loc)
-    if space.grid and searcher.name == "hyperopt":
-        raise InputError(loc("searcher.name"), "grid dimensions need searcher 'random' or 'grid', not hyperopt")
+    if space.grid and searcher.name in MODEL_SEARCHERS:
+        raise InputError(loc("searcher.name"),
+                         f"grid dimensions need searcher 'random' or 'grid', not {searcher.name}")
     trials_raw = data.get("trials") or {}
     try:
         trials = expand_trials(trials_raw, None, data["family"]) \
