@@ -383,10 +383,10 @@ def save_tables(trials: pd.DataFrame, history: pd.DataFrame, out_dir: str | os.P
 
 
 def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode: str | None = None,
-                    trial: str | None = None) -> Path:
-    """The kept checkpoint with the best ``metric`` over all trials, or of one ``trial`` (its
-    directory name), from each checkpoint's meta.json. Default: the runs' selection pair (the
-    job's metric, or ``M`` for a job ranked by ``M_auc``)."""
+                    trial: str | None = None, exclude: str | None = None) -> Path:
+    """The kept checkpoint with the best ``metric`` over all trials (but ``exclude``), or of one
+    ``trial`` (its directory name), from each checkpoint's meta.json. Default: the runs'
+    selection pair (the job's metric, or ``M`` for a job ranked by ``M_auc``)."""
     exp_dir = Path(exp_dir)
     record = read_job_record(exp_dir)
     base = record.get("params") or {}
@@ -394,6 +394,8 @@ def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode:
     mode = mode or base.get("select_mode") or record.get("mode", "min")
     best, best_val = None, None
     for meta_path in exp_dir.glob(f"{glob.escape(trial) if trial else '*'}/checkpoint_*/meta.json"):
+        if exclude and meta_path.parent.parent.name == exclude:
+            continue
         try:
             ms = json.loads(meta_path.read_text())["metrics"]
         except (OSError, json.JSONDecodeError, KeyError):

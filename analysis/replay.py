@@ -222,8 +222,9 @@ class RayPolicy:
         opts = {**SCHEDULER_OPTIONS[scheduler], **(options or {})}
         if scheduler not in ("fifo", "median"):
             opts["max_t"] = curves.epochs
+        # a replay's first configuration is a job's baseline only when the options say so
         self.scheduler = make_scheduler(scheduler, metric=curves.metric, mode=curves.mode, max_concurrent=slots,
-                                        **opts)
+                                        baseline=bool(opts.get("finish_baseline")), **opts)
         levels = curves.levels()
         if not curves.is_product() or searcher == "grid":
             # the recorded configurations themselves (a grid runs them in the order recorded)

@@ -208,6 +208,12 @@ def _ci_cells(r, rank: int) -> list[str]:
     return [_interval(r, "cer"), _interval(r, "wer"), vs]
 
 
+def _budget(scores: dict) -> str:
+    """' at equal budget (N epochs each)': the baseline ran at least as long as the best
+    (``short`` is false then); test_scores.json's ``budget`` says how long each ran."""
+    return f" at equal budget ({scores['budget']})" if scores.get("budget") else " at equal budget"
+
+
 def baseline_items(a: Analysis) -> list:
     """The report's first lines: the tuned best against the baseline on the test split."""
     sc = a.test_scores
@@ -223,8 +229,20 @@ def baseline_items(a: Analysis) -> list:
         items.append(f"**no baseline trial** ({sc.get('baseline_source') or 'none'}): test {unit.upper()} of the "
                      f"best {b.text()} on {sc['utterances']} utterances (95% interval)")
     elif base.get("is_best"):
-        items.append(f"**the baseline was the best configuration**: tuning found nothing better; test "
-                     f"{unit.upper()} {b.text()} on {sc['utterances']} utterances")
+        r = sc.get("runner_up")
+        if r:  # the tuned configuration that came closest, against the baseline
+            ri, p = conf.Interval(**r[f"best_{unit}"]), r[f"p_best_improves_{unit}"]
+            when = (f" at equal budget ({r['budget']})" if not r.get("short") else
+                    f" (it ran {r.get('epochs_run')} epochs, the baseline {base.get('epochs_run')}: not an "
+                    f"equal-budget comparison)")
+            items.append(f"**the baseline was the best configuration**: tuning found nothing better. The best tuned "
+                         f"configuration (trial `{r.get('trial_id')}`){when}: test {unit.upper()} {ri.text()} against "
+                         f"{b.text()} for the baseline ({100 * (b.rate - ri.rate):+.2f} points); probability that it "
+                         f"improves on the baseline {p:.3f} (paired bootstrap, {sc['utterances']} test utterances; "
+                         f"95% intervals in brackets)")
+        else:
+            items.append(f"**the baseline was the best configuration**: tuning found nothing better; test "
+                         f"{unit.upper()} {b.text()} on {sc['utterances']} utterances")
     else:
         base_i = conf.Interval(**sc[f"baseline_{unit}"])
         p = sc[f"p_best_improves_{unit}"]
@@ -236,11 +254,11 @@ def baseline_items(a: Analysis) -> list:
                     f"on dev), so its test {unit.upper()} {base_i.text()} is that of a model trained for less; "
                     f"the best's is {b.text()}. How much tuning gained at equal budget is not measured here")
         elif p >= conf.SURE:
-            head = (f"**tuning beat the baseline**: test {unit.upper()} {b.text()} against {base_i.text()} for the "
-                    f"baseline ({100 * diff:+.2f} points, {rel:.0%} fewer errors)")
+            head = (f"**tuning beat the baseline**{_budget(sc)}: test {unit.upper()} {b.text()} against "
+                    f"{base_i.text()} for the baseline ({100 * diff:+.2f} points, {rel:.0%} fewer errors)")
         else:
-            head = (f"**tuning did not beat the baseline beyond the noise**: test {unit.upper()} {b.text()} against "
-                    f"{base_i.text()} for the baseline ({100 * diff:+.2f} points)")
+            head = (f"**tuning did not beat the baseline beyond the noise**{_budget(sc)}: test {unit.upper()} "
+                    f"{b.text()} against {base_i.text()} for the baseline ({100 * diff:+.2f} points)")
         odds, how = ("", "") if base.get("short") else \
             (f"; probability that the best improves on the baseline {p:.3f}", "paired bootstrap, ")
         items.append(f"{head}{odds} ({how}{sc['utterances']} test utterances; 95% intervals in brackets)")

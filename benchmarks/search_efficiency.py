@@ -5,14 +5,16 @@ with every peer.
 Tables (benchmarks/data/<name>.csv, each recorded with speechtune itself: ``--record JOB``):
 - crnn_grid: 36 crnn_ctc configurations x 8 epochs under a cosine schedule (jobs/crnn_grid.yaml)
 - wavenet_grid: 24 wavenet_ctc configurations x 8 epochs under noam warm-up (jobs/wavenet_grid.yaml)
+- seq2seq_grid: 24 seq2seq (LSTM attention) configurations x 8 epochs under Adam + ReduceLROnPlateau
+  (jobs/seq2seq_grid.yaml): val CER above 100% until the attention aligns
 ``CURVES=path`` runs one table of the same columns instead.
 
 Each method replays each table once per seed at 2 and at 8 parallel workers, on the replay's
 clock (an epoch takes its recorded seconds; a paused trial resumed pays only the epochs it had
 not run), starting at most 3 times as many trials as there are recorded configurations:
 - ours: promotion ASHA (tune_jobs.schedulers; its defaults: grace 1, eta 3, rungs cut once their
-  rank agreement with the final values is >= 0.8) + rung_tpe (tune_jobs.rung_tpe); ours-random:
-  the same scheduler with our random searcher;
+  rank agreement with the final values is >= 0.8) + our random searcher, the job default for the
+  ASR families; ours-rung_tpe: the same scheduler with rung_tpe (tune_jobs.rung_tpe);
 - Ray's ASHA + TPE (HyperOpt), ASHA + random, asynchronous Hyperband, median stopping, random,
   the grid in a random order: Ray Tune's schedulers and searchers as a real search makes them
   (tune_jobs.registry);
@@ -64,10 +66,11 @@ def _methods() -> dict[str, Method]:
     from benchmarks.peers import SYNETUNE
 
     return {
-        "ours": Method("promotion", "rung_tpe", ours=True),
-        # the same scheduler with our random searcher (no repeats): on grids this small TPE has
-        # little to learn from before the space runs out
-        "ours-random": Method("promotion", "random", ours=True),
+        # the job default for the ASR families (tune_jobs.registry.DEFAULT_METHOD): promotion ASHA
+        # with our random searcher (no repeats); ours-rung_tpe: the same scheduler with rung_tpe (on
+        # grids this small TPE has little to learn from before the space runs out)
+        "ours": Method("promotion", "random", ours=True),
+        "ours-rung_tpe": Method("promotion", "rung_tpe", ours=True),
         "ray-asha-tpe": Method("asha", "hyperopt"),
         "ray-asha-random": Method("asha", "random"),
         "ray-hyperband": Method("hyperband", "random"),

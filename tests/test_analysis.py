@@ -371,7 +371,32 @@ def test_a_baseline_the_scheduler_stopped_early_is_not_called_beaten():
     assert first.startswith("**no equal-budget comparison with the baseline**") and "after 2 of 18 epochs" in first
     assert "beat" not in first and "probability" not in first
     scores["baseline"].update(status="finished", epochs_run=18, short=False)
-    assert baseline_items(a)[0].startswith("**tuning beat the baseline**")
+    scores["budget"] = "18 epochs each"  # as tune_jobs.workflow writes it
+    first = baseline_items(a)[0]
+    assert first.startswith("**tuning beat the baseline** at equal budget (18 epochs each)")
+    assert "probability that the best improves on the baseline 1.000" in first
+
+
+def test_when_the_baseline_is_best_the_report_opens_with_the_closest_tuned_configuration_against_it():
+    """'Tuning found nothing better' says by how much and how sure: the best tuned configuration
+    against the baseline on test (intervals, probability of improvement), at equal budget when
+    both ran as long, and says so when the scheduler stopped the tuned one sooner."""
+    from types import SimpleNamespace
+
+    from analysis.report import baseline_items
+
+    iv = lambda r: {"rate": r, "low": r - 0.01, "high": r + 0.01, "n": 600}  # noqa: E731
+    runner = {"trial_id": "r2", "epochs_run": 12, "short": False, "budget": "12 epochs each",
+              "best_cer": iv(0.0737), "baseline_cer": iv(0.0664), "p_best_improves_cer": 0.004}
+    scores = {"utterances": 600, "best_cer": iv(0.0664), "baseline_source": "the untuned values", "runner_up": runner,
+              "baseline": {"trial_id": "b1", "epochs_run": 12, "epochs_planned": 12, "is_best": True}}
+    first = baseline_items(SimpleNamespace(test_scores=scores, metric="val_cer", record={}))[0]
+    assert first.startswith("**the baseline was the best configuration**")
+    assert "trial `r2`) at equal budget (12 epochs each): test CER 7.37% [6.37%, 8.37%] against 6.64%" in first
+    assert "(-0.73 points); probability that it improves on the baseline 0.004" in first
+    runner.update(epochs_run=3, short=True)
+    first = baseline_items(SimpleNamespace(test_scores=scores, metric="val_cer", record={}))[0]
+    assert "it ran 3 epochs, the baseline 12: not an equal-budget comparison" in first and "at equal budget" not in first
 
 
 def test_watch_lists_trials_that_have_not_reported_yet(tmp_path, capsys, monkeypatch):

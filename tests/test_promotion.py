@@ -177,6 +177,37 @@ def test_the_replay_pays_a_promoted_trials_epochs_once_and_ends_the_unpromoted_a
     assert run.best == 0.2
 
 
+def test_the_baseline_is_resumed_to_the_end_once_every_configuration_has_started():
+    """Hand-made curves, one slot, grace 1, eta 2, 4 epochs (rungs at 1 and 2), the grid in order;
+    A, the first (a job's baseline), is the worst at rung 1. A pauses there, B passes it and pauses
+    alone at rung 2, C pauses behind B at rung 1, D arrives and C (now in the top half) is
+    promoted; it pauses behind B at rung 2, where B is now in the top half: B is promoted and runs
+    to the end. Every configuration has started and nothing can be promoted: the baseline is
+    resumed (before C or D) and runs to the end without pausing at rung 2. Without
+    ``finish_baseline`` A ends at rung 1."""
+    import numpy as np
+
+    from analysis.replay import Curves, RayPolicy, replay
+
+    values = np.array([[0.9, 0.8, 0.7, 0.6],   # A: the baseline
+                       [0.5, 0.4, 0.3, 0.2],   # B
+                       [0.6, 0.5, 0.4, 0.3],   # C
+                       [0.7, 0.6, 0.5, 0.4]])  # D
+    seconds = np.array([[1.0] * 4, [10.0] * 4, [100.0] * 4, [1000.0] * 4])
+    curves = Curves(params=("name",), configs=tuple((c,) for c in "ABCD"), values=values, seconds=seconds,
+                    metric="val_cer", mode="min")
+    opts = {"grace_period": 1, "reduction_factor": 2, "agreement": -1}
+    plain = replay(curves, "promotion", "grid", slots=1, options=opts)
+    assert plain.seconds == 1 + 40 + 200 + 1000
+    pol = RayPolicy(curves, "promotion", "grid", 0, 1, {**opts, "finish_baseline": True})
+    run = replay(curves, "promotion", "grid", slots=1, policy=pol)
+    assert pol.scheduler.baseline == "replay_00000"
+    assert run.epochs == 4 + 4 + 2 + 1 and run.seconds == 4 + 40 + 200 + 1000
+    # the epochs in the order paid (their seconds name their configuration)
+    paid = [int(round(b - a)) for (a, _, _), (b, _, _) in zip([(0, 0, 0)] + run.trace, run.trace)]
+    assert paid == [1, 10, 10, 100, 1000, 100, 10, 10, 1, 1, 1], paid
+
+
 def test_promotion_options_are_its_own_and_those_the_job_sets_are_refused(corpus, cache_dir, tmp_path):
     from asr_core.errors import InputError
 
@@ -195,6 +226,29 @@ def test_promotion_options_are_its_own_and_those_the_job_sets_are_refused(corpus
         """))
     sched = ok.scheduler.make(ok.metric, ok.mode, epochs=3, max_concurrent=2)
     assert sched.milestones == [2]
+
+
+def test_a_job_that_names_no_method_runs_the_benchmarks_for_asr_and_tunes_defaults_otherwise(
+        corpus, cache_dir, tmp_path):
+    from tune_jobs.registry import DEFAULT_METHOD
+
+    asr = load_job(tiny_job(tmp_path, corpus, cache_dir, "asr", "search_space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"))
+    assert (asr.scheduler.name, asr.searcher.name) == DEFAULT_METHOD["asr"] == ("promotion", "random")
+    # the baseline (the job's own lr) is the first trial: the scheduler resumes it to the end
+    assert asr.first_points() == [{"lr": 3.0e-3}]
+    tts = load_job(tiny_job(tmp_path, corpus, cache_dir, "tts", "search_space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n",
+                            edit={"family": "tts_acoustic", "metric": "val_mel_loss"}))
+    assert (tts.scheduler.name, tts.searcher.name) == DEFAULT_METHOD["other"] == ("fifo", "hyperopt")
+    named = load_job(tiny_job(tmp_path, corpus, cache_dir, "named", "scheduler: {name: asha}\n"
+                              "searcher: {name: random}\nsearch_space: {lr: {choice: [1.0e-3, 3.0e-3]}}\n"))
+    assert (named.scheduler.name, named.searcher.name) == ("asha", "random")
+    # naming the searcher (or a grid, or nothing to search) keeps Tune's default scheduler: fifo
+    for body in ("searcher: {name: hyperopt}\nsearch_space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n",
+                 "searcher: {name: grid}\nsearch_space: {lr: {grid: [1.0e-3, 3.0e-3]}}\n", ""):
+        assert load_job(tiny_job(tmp_path, corpus, cache_dir, "fifo", body)).scheduler.name == "fifo", body
+    no_sched = load_job(tiny_job(tmp_path, corpus, cache_dir, "s", "scheduler: {name: asha}\n"
+                                 "search_space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"))
+    assert no_sched.searcher.name == "random"  # a scheduler named alone gets the default searcher
 
 
 def test_a_rung_cuts_only_once_its_ranking_is_shown_to_predict_the_final_one():
@@ -228,11 +282,11 @@ def test_a_rung_cuts_only_once_its_ranking_is_shown_to_predict_the_final_one():
     assert "rung 2: 6 reached" in sched.debug_string() and "does not cut yet" in sched.debug_string()
 
 
-def _searcher(name: str, space: dict, **kw):
+def _searcher(name: str, space: dict, points: list[dict] | None = None, **kw):
     from tune_jobs.registry import make_searcher
 
-    return make_searcher(name, metric="val_cer", mode="min", seed=3, space=space, grid={}, trials={}, points=[],
-                         constraints=[], fixed={}, max_concurrent=100, **kw)
+    return make_searcher(name, metric="val_cer", mode="min", seed=3, space=space, grid={}, trials={},
+                         points=points or [], constraints=[], fixed={}, max_concurrent=100, **kw)
 
 
 def test_rung_tpe_fits_at_the_highest_epoch_with_enough_results_and_never_files_a_stopped_trials_value():
@@ -273,6 +327,36 @@ def test_rung_tpe_fits_at_the_highest_epoch_with_enough_results_and_never_files_
     assert ours.budget() == 2 and len(fit) == 4
     assert sorted(round(loss, 6) for _, loss in fit) == sorted(round(0.4 - a[t] / 1000, 6) for t in ("t0", "t1", "t2", "t3"))
     assert not [d for d in ours._hpopt_trials.trials if d["result"].get("status") == "ok"]
+
+
+def test_rung_tpe_fits_on_the_baselines_result_under_the_labels_of_its_own_draws():
+    """The job's baseline enters hyperopt through Ray's points_to_evaluate path, which files it
+    under ``train_loop_config`` rather than the space's flat labels (``train_loop_config/lr``);
+    TPE fit on it raised KeyError once the baseline had reported (the demo crashed there). The
+    fit now holds the baseline with its own values, beside the draws."""
+    from hyperopt import rand
+    from ray import tune
+
+    from tune_jobs.searchers import NS
+
+    space = {"lr": tune.loguniform(1e-3, 1e-2), "h": tune.choice([96, 160, 224])}
+    s = _searcher("rung_tpe", space, points=[{"lr": 4e-3, "h": 160}], n_initial_points=3)
+    inner, fitted = s.searcher.searcher, []
+
+    def spy(new_ids, domain, trials, seed):
+        fitted.append({d["tid"]: (d["misc"]["vals"], d["result"]["loss"]) for d in trials.trials})
+        return rand.suggest(new_ids, domain, trials, seed)
+
+    ids = [f"t{i}" for i in range(4)]
+    cfgs = {t: s.suggest(t)[NS] for t in ids}
+    assert cfgs["t0"] == {"lr": 4e-3, "h": 160}
+    for k, t in enumerate(ids):
+        s.on_trial_complete(t, {"training_iteration": 1, "val_cer": 0.5 - 0.01 * k})
+    inner.algo = spy
+    assert set(s.suggest("t4")[NS]) == {"lr", "h"}
+    fit = list(fitted[-1].values())
+    assert len(fit) == 4 and all(set(v) == {f"{NS}/lr", f"{NS}/h"} for v, _ in fit)
+    assert ({f"{NS}/lr": [4e-3], f"{NS}/h": [1]}, 0.5) in fit  # the baseline (h 160: choice index 1)
 
 
 @pytest.mark.parametrize("name", ["random", "rung_tpe"])

@@ -55,6 +55,25 @@ RUNG_TPE_INITIAL = 6
 # which searchers a scheduler runs with (PBT samples its population itself: random only)
 SEARCHERS_FOR = {"asha": SEARCHERS, "hyperband": SEARCHERS, "median": SEARCHERS, "fifo": SEARCHERS,
                  "pbt": ("random",), "promotion": SEARCHERS}
+# the method a job runs when it names none, by kind of family: for the ASR families `ours` of
+# benchmarks/search_efficiency.py, promotion ASHA + random sampling (on its three recorded grids
+# random sampling did as well as rung_tpe at 50% of the compute and better at 25% in four of six
+# cells: README "Search efficiency"); the others (tts_acoustic, whose runs the suite has not
+# recorded) keep Tune's defaults
+DEFAULT_METHOD = {"asr": ("promotion", "random"), "other": ("fifo", "hyperopt")}
+
+
+def default_method(family: str) -> tuple[str, str]:
+    """(scheduler, searcher) of a job of ``family`` that names neither (an unknown family: the
+    others', its error is the loader's)."""
+    from asr_core.models import get_family
+
+    try:
+        return DEFAULT_METHOD["asr" if get_family(family).decode is not None else "other"]
+    except ValueError:
+        return DEFAULT_METHOD["other"]
+
+
 # options we set from the job (metric, mode, its slots and trials) or that a YAML file cannot hold (a function)
 _SET_HERE = {"self", "metric", "mode", "time_attr", "custom_explore_fn", "stop_last_trials",
              "max_concurrent"}
@@ -77,9 +96,11 @@ def scheduler_options(name: str) -> set[str]:
 
 
 def make_scheduler(name: str, *, metric: str, mode: str, epochs: int = 0, max_concurrent: int = 0,
-                   **kwargs: Any):
+                   baseline: bool = False, **kwargs: Any):
     """Scheduler ``name`` for the job's metric and mode; epochs are Tune's training iterations.
-    A pausing scheduler (promotion) also gets the job's slots and epochs (its ``max_t``)."""
+    A pausing scheduler (promotion) also gets the job's slots and epochs (its ``max_t``), and
+    whether its first trial is the job's baseline (``baseline``): it then resumes the baseline to
+    the end (``finish_baseline``, on unless the job turns it off)."""
     if name not in SCHEDULER_CLASSES:
         raise ValueError(f"unknown scheduler: {name} (known: {', '.join(SCHEDULERS)})")
     cls = scheduler_class(name)
@@ -87,6 +108,7 @@ def make_scheduler(name: str, *, metric: str, mode: str, epochs: int = 0, max_co
         if epochs:  # no rung at or past the last epoch: a trial paused there would have nothing left to run
             kwargs["max_t"] = min(int(kwargs.get("max_t", epochs)), epochs)
         kwargs["max_concurrent"] = max_concurrent
+        kwargs["finish_baseline"] = bool(kwargs.get("finish_baseline", True)) and baseline
     if name == "fifo":
         if kwargs:
             raise ValueError(f"the fifo scheduler takes no options, got {sorted(kwargs)}")

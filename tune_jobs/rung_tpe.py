@@ -72,6 +72,7 @@ class RungTPE(HyperOptSearch):
     def suggest(self, trial_id: str) -> dict | None:
         if self._points_to_evaluate > 0:  # Ray's path for the job's first points (by index)
             config = super().suggest(trial_id)
+            _flat_labels(self._live_trial_mapping[trial_id][1])
             self.seen.add(config_key(config[NS]))
             return config
         if self.distinct and len(self.seen) >= self.distinct:
@@ -117,3 +118,19 @@ class RungTPE(HyperOptSearch):
         own._ids |= fit._ids
         tid = self._live_trial_mapping[trial_id][0]
         return config, next(d for d in fit._dynamic_trials if d["tid"] == tid)
+
+
+def _flat_labels(doc: dict) -> None:
+    """Files a first point's hyperopt document under the labels TPE's draws use, in place.
+
+    hyperopt's ``generate_trials_to_calculate`` (Ray's path for ``points_to_evaluate``) keys a
+    point by its top-level key, ``{"train_loop_config": [{"lr": ..., "h": 1}]}``, while the space's
+    labels are flat, ``train_loop_config/lr``: TPE fit on such a document (the baseline once it has
+    reported) looks up ``train_loop_config/lr`` and fails with a KeyError. Choices are already
+    indices there (Ray's ``_convert_categories_to_indices``), as TPE stores them."""
+    from ray.tune.utils import flatten_dict
+
+    misc, tid = doc["misc"], doc["tid"]
+    flat = flatten_dict({k: v[0] for k, v in misc["vals"].items() if v}, delimiter="/")
+    misc["vals"] = {k: [v] for k, v in flat.items()}
+    misc["idxs"] = {k: [tid] for k in flat}

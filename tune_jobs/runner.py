@@ -238,10 +238,14 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
             space = {"train_loop_config": {**{k: job.params.get(k, dom)
                                               for k, dom in job.scheduler.mutations.domains.items()},
                                            **job.tune_space()}}
+        points = job.first_points()
+        # the searcher proposes points[0] first: a baseline (JobSpec.baseline) a pausing scheduler
+        # can run to the end for an equal-budget comparison
         scheduler = job.scheduler.make(job.metric, job.mode, epochs=run.train.epochs,
-                                       max_concurrent=job.max_concurrent)
+                                       max_concurrent=job.max_concurrent,
+                                       baseline=bool(points) and job.baseline()[0] == points[0])
         searcher = searcher or make_searcher(job.searcher.name, metric=job.metric, mode=job.mode, seed=job.searcher.seed,
-                                 space=job.tune_space(), grid=job.grid_values(), trials=trials, points=job.first_points(),
+                                 space=job.tune_space(), grid=job.grid_values(), trials=trials, points=points,
                                  constraints=job.constraints, fixed=fixed, max_concurrent=job.max_concurrent,
                                  repeats=job.repeats, scheduler=scheduler)
         tuner = Tuner(

@@ -22,6 +22,11 @@ A finite search ends as the paper's does not (it samples forever): once every co
 started and none is waiting, a free slot goes to the best paused trial of the highest rung (the
 top ``max(1, n // eta)``), so the last trials of a search are judged by the same rule on what
 there is; a paused trial that no such rule would ever promote is stopped at its rung.
+
+``finish_baseline``: the first trial (a job's baseline, which its searcher proposes first; the job
+sets this when it has one) is resumed to ``max_t`` once every configuration has started, whatever
+its rank: the report then compares the best and the baseline at equal budget, which a stopping
+scheduler cannot (it would have ended the baseline at the rung that cut it).
 """
 from __future__ import annotations
 
@@ -43,7 +48,8 @@ class PromotionASHA(FIFOScheduler):
 
     def __init__(self, metric: str | None = None, mode: str | None = None, time_attr: str = "training_iteration",
                  max_t: int = 100, grace_period: int = 1, reduction_factor: float = 3,
-                 max_concurrent: int = 0, agreement: float = 0.8, min_pairs: int = 6):
+                 max_concurrent: int = 0, agreement: float = 0.8, min_pairs: int = 6,
+                 finish_baseline: bool = False):
         super().__init__()
         if grace_period < 1 or reduction_factor <= 1 or max_t < grace_period:
             raise ValueError("promotion ASHA needs grace_period >= 1, reduction_factor > 1 and "
@@ -74,6 +80,8 @@ class PromotionASHA(FIFOScheduler):
         self.paused_at: dict[str, int] = {}  # trial id -> the rung it waits at
         self._chosen: set[str] = set()  # trials handed to Tune to start, not yet running
         self._owed: dict[str, int] = {}  # trial id -> the rung it was pausing at when it failed (retried)
+        self._finish_baseline = bool(finish_baseline)
+        self.baseline: str | None = None  # the first trial added, when finish_baseline
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         if self._metric and metric and metric != self._metric or self._mode and mode and mode != self._mode:
@@ -146,7 +154,8 @@ class PromotionASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         if result.get("done") or result.get("early_stop") or result.get("diverged"):
             return TrialScheduler.CONTINUE  # its last report (its value counts): the run ends by itself
-        if self._promotable(tid, rung, relaxed=False):
+        if self._promotable(tid, rung, relaxed=False) or (tid == self.baseline and _search_finished(tune_controller)):
+            # (the baseline at the end of the search goes on to max_t: no pause to resume at once)
             self.promoted[rung].add(tid)
             return TrialScheduler.CONTINUE
         self.paused_at[tid] = rung
@@ -169,14 +178,15 @@ class PromotionASHA(FIFOScheduler):
 
     # what a resumed search must know (SlotLimiter saves it with the searcher's state): the
     # rungs' values, who was promoted, who waits where, the finals and the rungs that cut
-    _STATE = ("rungs", "promoted", "paused_at", "final", "_owed", "_cutting")
+    _STATE = ("rungs", "promoted", "paused_at", "final", "_owed", "_cutting", "baseline")
 
     def get_state(self) -> dict:
         return copy.deepcopy({k: getattr(self, k) for k in self._STATE})
 
     def set_state(self, state: dict) -> None:
         for k in self._STATE:
-            setattr(self, k, copy.deepcopy(state[k]))
+            if k in state:  # (a state saved before a key was added keeps the fresh default)
+                setattr(self, k, copy.deepcopy(state[k]))
         self._chosen, self._agreement = set(), {}
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
@@ -184,6 +194,8 @@ class PromotionASHA(FIFOScheduler):
         (its last result Tune saved is that rung's) waits there again, paused: it starts when it
         is promoted. One whose pause Tune had not saved (its saved result is older) runs again
         from its checkpoint and owes the pause, as after a failure."""
+        if self._finish_baseline and self.baseline is None:
+            self.baseline = trial.trial_id  # the first trial: the searcher proposes the baseline first
         rung = self.paused_at.get(trial.trial_id)
         if rung is None or trial.status != Trial.PENDING:
             return
@@ -209,17 +221,23 @@ class PromotionASHA(FIFOScheduler):
         self._forget(trial)
 
     def _promote(self, tune_controller, trials: list[Trial], relaxed: bool) -> Trial | None:
-        """The paused trial to resume: the highest rung first, the best of it first."""
+        """The paused trial to resume: the highest rung first, the best of it first; at the end of
+        the search (``relaxed``) the baseline before any (``finish_baseline``: its run to max_t is
+        the longest left, and starts first)."""
         paused = {t.trial_id: t for t in trials if t.status == Trial.PAUSED and t.trial_id in self.paused_at}
+        if relaxed and self.baseline in paused:
+            return self._resume(tune_controller, paused[self.baseline])
         for rung in reversed(range(len(self.milestones))):
             rec = self.rungs[rung]
             for tid in sorted((i for i in paused if self.paused_at[i] == rung), key=lambda i: (rec[i], i)):
                 if self._promotable(tid, rung, relaxed):
-                    self.promoted[rung].add(tid)
-                    del self.paused_at[tid]
-                    _searcher(tune_controller, "on_unpause", tid)
-                    return paused[tid]
+                    return self._resume(tune_controller, paused[tid])
         return None
+
+    def _resume(self, tune_controller, trial: Trial) -> Trial:
+        self.promoted[self.paused_at.pop(trial.trial_id)].add(trial.trial_id)
+        _searcher(tune_controller, "on_unpause", trial.trial_id)
+        return trial
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         trials = tune_controller.get_trials()
@@ -236,8 +254,7 @@ class PromotionASHA(FIFOScheduler):
         if self._max_concurrent and running >= self._max_concurrent:
             return None
         pick = self._promote(tune_controller, trials, relaxed=False)
-        search = getattr(tune_controller, "search_alg", None)
-        if pick is None and (search is None or search.is_finished()):
+        if pick is None and _search_finished(tune_controller):
             # every configuration has been drawn: the end of the search (see the module's note)
             pick = self._promote(tune_controller, trials, relaxed=True)
             if pick is None and not running:
@@ -265,6 +282,12 @@ def _searcher(tune_controller, event: str, trial_id: str) -> None:
     hook = getattr(searcher, event, None)
     if hook is not None:
         hook(trial_id)
+
+
+def _search_finished(tune_controller) -> bool:
+    """Whether the searcher will draw no more configurations (Tune's ``SearchGenerator``)."""
+    search = getattr(tune_controller, "search_alg", None)
+    return search is None or search.is_finished()
 
 
 def _stop_paused(tune_controller, trial: Trial) -> None:

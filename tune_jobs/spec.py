@@ -21,7 +21,7 @@ from asr_core.config import from_dict
 from asr_core.errors import InputError, KeyProblem
 from tune_jobs import expr
 from tune_jobs.registry import (DRAWING_SEARCHERS, MODEL_SEARCHERS, SCHEDULERS, SEARCHERS, SEARCHERS_FOR,
-                                scheduler_options)
+                                default_method, scheduler_options)
 from tune_jobs.space import extremes, parse_space, split_grid
 from tune_jobs.yamlio import Locator, load_with_lines
 
@@ -439,8 +439,10 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
 
     dspec = sub(DataSpec, "data")
     searcher = sub(SearcherSpec, "searcher")
-    if "name" not in (data.get("searcher") or {}) and not (data.get("search_space") or {}):
-        searcher.name = "random"  # nothing to model: TPE needs a space
+    default_sched, default_searcher = default_method(str(data.get("family")))
+    if "name" not in (data.get("searcher") or {}):
+        # nothing to model without a space: random (TPE needs one)
+        searcher.name = default_searcher if data.get("search_space") else "random"
     resources = sub(ResourcesSpec, "resources")
     params = data.get("params") or {}
     space_raw = data.get("search_space") or {}
@@ -463,8 +465,12 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
         searcher.name = "grid"
     if trials and searcher.name != "grid":
         raise InputError(loc("searcher.name"), "named trials run with searcher 'grid'")
-    sched = dict(data.get("scheduler") or {"name": "fifo"})
-    sname = sched.pop("name", "fifo")
+    # the family's default method is a pair: a job that names its searcher, runs named trials or
+    # has nothing to search keeps Tune's default scheduler (fifo: every configuration to the end)
+    if "name" in (data.get("searcher") or {}) or trials or not space_raw:
+        default_sched = "fifo"
+    sched = dict(data.get("scheduler") or {"name": default_sched})
+    sname = sched.pop("name", default_sched)
     if sname not in SCHEDULERS:
         raise InputError(loc("scheduler.name"), f"unknown scheduler: {sname} (known: {list(SCHEDULERS)})")
     options = scheduler_options(sname)

@@ -157,13 +157,32 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
                            "epochs_planned": _int(base.epochs_planned)}
         best_row = trials[trials.trial == Path(best).parent.name]
         best_run = _int(best_row.epochs_run.iloc[0]) if len(best_row) else None
+        out["best"]["epochs_run"] = best_run
         # the scheduler stopped the baseline before the best's budget: its test score is not an
         # equal-budget comparison, and the verdict says so rather than crediting tuning with it
         out["baseline"]["short"] = bool(base.status == "early-stopped" or (
             best_run is not None and out["baseline"]["epochs_run"] is not None
             and out["baseline"]["epochs_run"] < best_run))
+        n, m = out["baseline"]["epochs_run"], best_run
+        out["budget"] = f"{n} epochs each" if n == m else f"the baseline {n} epochs, the best {m}"
         if Path(bck) == Path(best):
             out["baseline"]["is_best"] = True
+            # the tuned configuration that came closest, against the baseline on test: "nothing
+            # better" is itself a finding with intervals (by how much, how sure)
+            try:
+                other = best_checkpoint(local, *job.selection(), exclude=base.trial)
+            except FileNotFoundError:
+                other = None
+            if other is not None:
+                evo = evaluate(str(other), test_manifest, progress=False, per_utterance=True)
+                row = trials[trials.trial == other.parent.name]
+                m = _int(row.epochs_run.iloc[0]) if len(row) else None
+                n = out["baseline"]["epochs_run"]
+                out["runner_up"] = {"checkpoint": str(other), "trial": other.parent.name, "epoch": evo["epoch"],
+                                    "trial_id": str(row.trial_id.iloc[0]) if len(row) else None,
+                                    "epochs_run": m, "short": bool(m is not None and n is not None and m < n),
+                                    "budget": f"{n} epochs each" if n == m else f"the baseline {n} epochs, it {m}",
+                                    **compare(edits_from_rows(evo["rows"]), edits_from_rows(ev["rows"]))}
         else:
             evb = evaluate(str(bck), test_manifest, progress=False, per_utterance=True)
             out["baseline"]["epoch"] = evb["epoch"]
@@ -178,6 +197,11 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
         line = f"no baseline trial ({source or (record.get('baseline') or {}).get('source') or 'none given'})"
     elif out["baseline"].get("is_best"):
         line = "the baseline configuration itself was the best checkpoint: tuning found nothing better"
+        r = out.get("runner_up")
+        if r:
+            line += (f"; the best tuned configuration ({r['budget']}): {unit.upper()} {100 * r[f'best_{unit}']['rate']:.2f}% "
+                     f"against the baseline's {100 * b['rate']:.2f}%, P(it improves on the baseline) = "
+                     f"{r[f'p_best_improves_{unit}']:.3f}")
     else:
         a, p, bl = out[f"baseline_{unit}"], out[f"p_best_improves_{unit}"], out["baseline"]
         if bl["short"]:
@@ -186,7 +210,8 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
                     f"the baseline's (at epoch {bl['epochs_run']}) {100 * a['rate']:.2f}%")
         else:
             verdict = "better than" if p >= SURE else "not shown to be better than"
-            line = (f"tuned best {verdict} the baseline on test: {unit.upper()} {100 * b['rate']:.2f}% "
+            line = (f"tuned best {verdict} the baseline on test at equal budget ({out['budget']}): "
+                    f"{unit.upper()} {100 * b['rate']:.2f}% "
                     f"[{100 * max(b['low'], 0):.2f}, {100 * b['high']:.2f}] against {100 * a['rate']:.2f}% "
                     f"[{100 * max(a['low'], 0):.2f}, {100 * a['high']:.2f}], P(improvement) = {p:.3f}")
     out["line"] = line
