@@ -196,6 +196,7 @@ class Run:
     trials: int = 0
     epochs: int = 0
     seconds: float = 0.0
+    wall: float = 0.0  # simulated time when the last trial ended (``seconds`` over ``slots``: busy)
     best: float = math.nan
     incumbent: int = -1  # the recorded configuration of ``best`` (-1: none yet)
     # after each report: (seconds spent so far, best value so far, the configuration that gave it)
@@ -315,6 +316,7 @@ def replay(curves: Curves, scheduler: str = "asha", searcher: str = "random", se
             heapq.heappush(events, (now + curves.seconds[trial.index, trial.epoch], next(order), trial))
             continue
         start_more()
+    run.wall = now
     return run
 
 

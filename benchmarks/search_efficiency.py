@@ -29,6 +29,7 @@ interquartile mean over the seeds with a 95% bootstrap interval; how many repeat
 of the grid's best, and the median compute those needed.
 
     .venv/bin/python benchmarks/search_efficiency.py [--seeds 30] [--json OUT] [--plot OUT.png]
+    .venv/bin/python benchmarks/search_efficiency.py --methods ours --agreement 0.3   # the bar's sweep
     .venv/bin/python benchmarks/search_efficiency.py --record benchmarks/jobs/wavenet_grid.yaml
 """
 from __future__ import annotations
@@ -202,6 +203,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=30, help="replays per method, table and worker count")
     ap.add_argument("--methods", default="", help="comma-separated subset (default: all that import)")
     ap.add_argument("--workers", default=",".join(map(str, WORKERS)))
+    ap.add_argument("--agreement", type=float, help="our methods' rank-agreement bar for a rung to cut "
+                    "(promotion ASHA's `agreement`; default 0.8; -1: every rung cuts, as in the paper)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--plot", type=Path, help="write the regret-against-compute plot here (PNG)")
     a = ap.parse_args()
@@ -215,6 +218,9 @@ def main() -> int:
     methods = _methods()
     if a.methods:
         methods = {k: methods[k] for k in a.methods.split(",")}
+    if a.agreement is not None:
+        methods = {k: replace(m, options={**m.options, "agreement": a.agreement}) if m.ours else m
+                   for k, m in methods.items()}
     left_out = {k: m.needs for k, m in methods.items() if any(importlib.util.find_spec(n) is None for n in m.needs)}
     for k, needs in left_out.items():
         print(f"left out: {k} ({' or '.join(needs)} does not import here: pip install -e '.[bench]')")

@@ -397,3 +397,37 @@ def test_normalized_regret_scores_the_incumbent_by_its_full_runs_result():
     assert compute_to_reach(run, curves) == pytest.approx(4 / 6)
     assert iqm_interval([0.0, 1.0, 1.0, 1.0, 1.0, 9.0])[0] == pytest.approx(1.0)
     assert iqm_interval([0.5] * 5) == (0.5, 0.5, 0.5)
+
+
+def test_at_the_end_a_slot_that_would_idle_runs_a_paused_trial_that_ends_before_the_longest_run():
+    """Hand-made curves, two slots, grace 1, eta 3, 9 epochs (rungs at 1 and 3), the grid in order
+    A, B, C, D; A, the baseline, takes 2 s an epoch, the others 1 s. A is the best at rung 1: once
+    every configuration has started it is resumed there (t = 2 s) and runs to the end (t = 18 s).
+    D pauses at rung 1 behind it (t = 3 s) and nothing is promotable: the other slot would idle for
+    15 s. It runs D to rung 3 (2 s, A has 14 s left after its epoch under way), D to the end from
+    there (6 s of 12), then B and C to rung 3 (2 s of 6, 2 s of 4); B and C at rung 3 would need 6
+    s of the 2 left: the slot idles the last 3 s. The search still ends when A does, at 18 s, and
+    D, a late bloomer rung 1 cannot see, runs to the end and is the best found; without the
+    backfill B, C and D ended at rung 1 (12 epochs in all)."""
+    import numpy as np
+
+    from analysis.replay import Curves, RayPolicy, replay
+
+    values = np.array([[0.50, 0.48, 0.46, 0.44, 0.42, 0.40, 0.38, 0.36, 0.34],   # A: the baseline
+                       [0.70, 0.68, 0.66, 0.64, 0.62, 0.60, 0.58, 0.56, 0.54],   # B
+                       [0.80, 0.78, 0.76, 0.74, 0.72, 0.70, 0.68, 0.66, 0.64],   # C
+                       [0.60, 0.45, 0.30, 0.25, 0.20, 0.15, 0.12, 0.10, 0.08]])  # D
+    seconds = np.array([[2.0] * 9, [1.0] * 9, [1.0] * 9, [1.0] * 9])
+    curves = Curves(params=("name",), configs=tuple((c,) for c in "ABCD"), values=values, seconds=seconds,
+                    metric="val_cer", mode="min")
+    pol = RayPolicy(curves, "promotion", "grid", 0, 2,
+                    {"grace_period": 1, "reduction_factor": 3, "agreement": -1, "finish_baseline": True})
+    run = replay(curves, "promotion", "grid", slots=2, policy=pol)
+    ids = {c: f"replay_{i:05d}" for i, c in enumerate("ABCD")}
+    sched = pol.scheduler
+    assert run.wall == 18.0  # A's own nine epochs: the end is not moved
+    assert sched.backfilled == {ids["D"], ids["B"], ids["C"]}
+    assert sched.final == {ids["A"]: 0.34, ids["D"]: 0.08}
+    assert set(sched.rungs[1]) == {ids[c] for c in "ABCD"}  # B and C reached rung 3 too
+    assert run.epochs == 9 + 9 + 3 + 3 and run.seconds == 18 + 9 + 3 + 3
+    assert run.best == 0.08 and run.incumbent == 3

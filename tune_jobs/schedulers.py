@@ -21,7 +21,10 @@ from the start (the paper's rule).
 A finite search ends as the paper's does not (it samples forever): once every configuration has
 started and none is waiting, a free slot goes to the best paused trial of the highest rung (the
 top ``max(1, n // eta)``), so the last trials of a search are judged by the same rule on what
-there is; a paused trial that no such rule would ever promote is stopped at its rung.
+there is; a slot that would still idle while other trials run resumes the best paused trial
+whose run to its next rung ends, in epochs, no later than the longest of those runs (free
+compute: the search ends with that run anyway); a paused trial that no such rule would ever
+promote is stopped at its rung.
 
 ``finish_baseline``: the first trial (a job's baseline, which its searcher proposes first; the job
 sets this when it has one) is resumed to ``max_t`` once every configuration has started, whatever
@@ -31,10 +34,13 @@ scheduler cannot (it would have ended the baseline at the rung that cut it).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+log = logging.getLogger(__name__)
 
 
 class PromotionASHA(FIFOScheduler):
@@ -82,6 +88,7 @@ class PromotionASHA(FIFOScheduler):
         self._owed: dict[str, int] = {}  # trial id -> the rung it was pausing at when it failed (retried)
         self._finish_baseline = bool(finish_baseline)
         self.baseline: str | None = None  # the first trial added, when finish_baseline
+        self.backfilled: set[str] = set()  # trials resumed into a slot that would idle (_backfill)
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         if self._metric and metric and metric != self._metric or self._mode and mode and mode != self._mode:
@@ -126,7 +133,7 @@ class PromotionASHA(FIFOScheduler):
         return False
 
     def _promotable(self, trial_id: str, rung: int, relaxed: bool) -> bool:
-        if trial_id in self.promoted[rung]:
+        if trial_id in self.promoted[rung] or trial_id in self.backfilled:
             return False
         if not self.judges(rung):
             return True
@@ -178,7 +185,7 @@ class PromotionASHA(FIFOScheduler):
 
     # what a resumed search must know (SlotLimiter saves it with the searcher's state): the
     # rungs' values, who was promoted, who waits where, the finals and the rungs that cut
-    _STATE = ("rungs", "promoted", "paused_at", "final", "_owed", "_cutting", "baseline")
+    _STATE = ("rungs", "promoted", "paused_at", "final", "_owed", "_cutting", "baseline", "backfilled")
 
     def get_state(self) -> dict:
         return copy.deepcopy({k: getattr(self, k) for k in self._STATE})
@@ -234,6 +241,38 @@ class PromotionASHA(FIFOScheduler):
                     return self._resume(tune_controller, paused[tid])
         return None
 
+    def _backfill(self, tune_controller, trials: list[Trial]) -> Trial | None:
+        """At the end of the search, a slot nothing else would use: the paused trial (the highest
+        rung first, the best of it first) whose run to its next rung, at its own seconds an epoch,
+        ends before the longest run still going (its epochs after the one under way, at that run's
+        seconds an epoch). It costs no wall time (the search ends with that run anyway) and turns
+        an idle slot into a longer run of a good configuration; without it one slot sat idle while
+        the baseline alone ran to the end (the demo: 68% of the slots busy). A trial resumed so
+        goes on only the same way (``_promotable`` is false for it): free compute never extends
+        the search."""
+        left = 0.0
+        for t in trials:
+            if t.status != Trial.RUNNING:
+                continue
+            at = int((t.last_result or {}).get(self._time_attr, 0))
+            if t.trial_id == self.baseline:
+                stop = self._max_t  # resumed to the end (finish_baseline)
+            else:
+                stop = next((m for i, m in enumerate(self.milestones)
+                             if m > at and t.trial_id not in self.promoted[i]), self._max_t)
+            left = max(left, (stop - at - 1) * _epoch_seconds(t))
+        paused = {t.trial_id: t for t in trials if t.status == Trial.PAUSED and t.trial_id in self.paused_at}
+        for rung in reversed(range(len(self.milestones))):
+            rec, at = self.rungs[rung], self.milestones[rung]
+            nxt = self.milestones[rung + 1] if rung + 1 < len(self.milestones) else self._max_t
+            for tid in sorted((i for i in paused if self.paused_at[i] == rung), key=lambda i: (rec[i], i)):
+                if (nxt - at) * _epoch_seconds(paused[tid]) <= left:
+                    log.info("promotion ASHA: %s resumed to epoch %d in a slot that would idle (%.0f s left "
+                             "in the longest run)", tid, nxt, left)
+                    self.backfilled.add(tid)
+                    return self._resume(tune_controller, paused[tid])
+        return None
+
     def _resume(self, tune_controller, trial: Trial) -> Trial:
         self.promoted[self.paused_at.pop(trial.trial_id)].add(trial.trial_id)
         _searcher(tune_controller, "on_unpause", trial.trial_id)
@@ -257,6 +296,8 @@ class PromotionASHA(FIFOScheduler):
         if pick is None and _search_finished(tune_controller):
             # every configuration has been drawn: the end of the search (see the module's note)
             pick = self._promote(tune_controller, trials, relaxed=True)
+            if pick is None and running:
+                pick = self._backfill(tune_controller, trials)
             if pick is None and not running:
                 for t in trials:
                     if t.status == Trial.PAUSED and t.trial_id in self.paused_at:
@@ -282,6 +323,12 @@ def _searcher(tune_controller, event: str, trial_id: str) -> None:
     hook = getattr(searcher, event, None)
     if hook is not None:
         hook(trial_id)
+
+
+def _epoch_seconds(trial: Trial) -> float:
+    """A trial's seconds an epoch, as its last report measured them (1 when it has none yet)."""
+    s = (trial.last_result or {}).get("time_this_iter_s")
+    return float(s) if s and s == s else 1.0
 
 
 def _search_finished(tune_controller) -> bool:
