@@ -26,15 +26,17 @@ def trained(corpus, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     run = split_params(make_params(corpus, cache_dir, preset="tiny", epochs=20, lr=5e-3, batch_size=8))
     data = prepare_data(run.data, run.features, progress=False)
-    last = {}
+    cers = []
 
     def report(metrics, save):
-        last.update(metrics)
+        cers.append(metrics["val_cer"])
         save(str(out))
 
     torch.manual_seed(0)
     run_epochs(run, get_family("crnn_ctc"), data, report, None)
-    assert last["val_cer"] < 0.6, last  # a model that has learned something, so decoders differ
+    # a model that has learned something, so that the decoders below can differ: its val CER fell
+    # from its first epoch's and is below 1.0, the CER of a model that emits nothing (blank only)
+    assert len(cers) == 20 and cers[-1] < min(cers[0], 1.0), cers
     return str(out)
 
 

@@ -50,14 +50,19 @@ def test_nan_loss_ends_trial_as_diverged_and_search_goes_on(corpus, cache_dir, t
 @pytest.mark.parametrize("family,preset", [("crnn_ctc", "tiny"), ("wavenet_ctc", "tiny"), ("seq2seq", "tiny"),
                                            ("conformer_aed", "tiny"), ("tts_acoustic", "tiny")])
 def test_every_family_trains_through_speechtune_train(family, preset, corpus, cache_dir, tmp_path, capsys,
-                                                      ray_start_2_cpus):
-    small = copy_manifest(corpus["train"], tmp_path / "train.jsonl")
+                                                      monkeypatch, ray_start_2_cpus):
+    """The manifest is named relative to where the command runs: `train` makes it absolute before
+    any worker starts, as `tune` does (a Ray worker's working directory is not the user's)."""
+    (tmp_path / "data").mkdir()
+    small = copy_manifest(corpus["train"], tmp_path / "data" / "train.jsonl")
     small.write_text("\n".join(small.read_text().splitlines()[:24]) + "\n")
+    monkeypatch.chdir(tmp_path)
     # validated on its own training utterances: a 24-utterance tokenizer may miss a dev character
-    rc = main(["train", family, "--preset", preset, "--train-manifest", str(small), "--dev-manifest", str(small),
-               "--storage", str(tmp_path / "exp"), "--set", "epochs=1", "--set", "n_mels=40",
-               "--set", "batch_size=8", "--set", f"cache_dir={cache_dir}"])
-    assert rc == 0
-    out = capsys.readouterr().out
+    rc = main(["train", family, "--preset", preset, "--train-manifest", "data/train.jsonl",
+               "--dev-manifest", "data/train.jsonl", "--storage", str(tmp_path / "exp"), "--set", "epochs=1",
+               "--set", "n_mels=40", "--set", "batch_size=8", "--set", f"cache_dir={cache_dir}"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out[-3000:] + err[-3000:]
     metric = "val_mel_loss" if family == "tts_acoustic" else "val_cer"
     assert metric in out and "checkpoint:" in out and "none" not in out.splitlines()[-1]
+    assert "manifest not found" not in out + err

@@ -1,5 +1,5 @@
 """Tuning jobs: every shipped job loads, constraints, PBT exploits, staged studies, resume after a
-killed driver, retry after a killed worker, and S3 storage, all on a real local Ray."""
+killed driver, retry after a killed worker, all on a real local Ray (S3 storage: tests/test_no_shared_fs.py)."""
 from __future__ import annotations
 
 import glob
@@ -288,34 +288,6 @@ def test_killed_worker_process_is_retried_from_its_checkpoint(corpus, cache_dir,
     assert trials.iloc[0].status == "finished" and "retried after" in trials.iloc[0].error
     assert sorted(history.epoch) == list(range(1, 17))  # each epoch once on the final line
     assert compare_with_ray(exp_dir).ok
-
-
-@pytest.mark.timeout(300)
-def test_search_stored_in_s3_and_report_read_back(corpus, cache_dir, tmp_path, s3_server, ray_address):
-    env, s3 = s3_server  # the shared head's workers have the same endpoint and credentials
-    job = tiny_job(tmp_path, corpus, cache_dir, "ons3", """\
-        search_space: {lr: {grid: [1.0e-3, 3.0e-3]}}
-        searcher: {name: grid}
-        max_concurrent: 2
-        """, epochs=2, edit={"storage_path": "s3://speech/exps"})
-    p = speechtune("tune", str(job), "--address", ray_address, env=env)
-    out, _ = p.communicate(timeout=240)
-    assert p.returncode == 0, out[-3000:]
-    assert not (tmp_path / "exp").exists()
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="speech", Prefix="exps/ons3/")["Contents"]]
-    assert any(k.endswith("result.json") for k in keys) and any("/checkpoint_" in k for k in keys)
-    report = s3.get_object(Bucket="speech", Key="exps/ons3/report.md")["Body"].read().decode()
-    assert "s3://speech/exps/ons3" in report and report.count("| finished |") == 2
-    r = speechtune("report", "s3://speech/exps/ons3", "--out", str(tmp_path / "rep"), env=env)
-    out, _ = r.communicate(timeout=120)
-    assert r.returncode == 0, out
-    again = (tmp_path / "rep" / "report.md").read_text()
-    assert again.split("## Ranking")[1] == report.split("## Ranking")[1]
-    # the live view reads the S3 experiment too: every trial, its status and the job's metric
-    w = speechtune("watch", "s3://speech/exps/ons3", "--once", env={**env, "COLUMNS": "200"})
-    out, _ = w.communicate(timeout=120)
-    assert w.returncode == 0 and "2 done, 0 running, 0 pending of 2" in out and "val_loss now" in out, out
-    assert out.count("finished") == 2 and "lr=0.001" in out and "lr=0.003" in out, out
 
 
 def test_a_preset_point_outside_the_search_space_is_an_error_naming_its_line(tmp_path):

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.factories import edited_job, free_port, stop_process_tree
+from tune_jobs.runner import resolve_data
+from tune_jobs.spec import load_job
+
+from tests.factories import edited_job, free_port, stop_process_tree, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -68,6 +71,12 @@ def two_nodes(tmp_path_factory, s3_server, cache_dir):
                               env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
+        def started() -> bool:  # both `ray start`s say so once their node is up (a probe before costs a Ray client)
+            assert head.poll() is None and worker.poll() is None, (logs / "head.log").read_text()[-2000:] + \
+                (logs / "worker.log").read_text()[-2000:]
+            return all("Ray runtime started" in (logs / f).read_text() for f in ("head.log", "worker.log"))
+
+        wait_for(started, 120, "the head and the worker node starting")
         probe = [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR');"
                  "import sys; sys.stdout.write(str(ray.cluster_resources().get('CPU', 0)))"]
         deadline = time.time() + 120
@@ -86,11 +95,15 @@ def two_nodes(tmp_path_factory, s3_server, cache_dir):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _tune(*args, env, cwd) -> subprocess.CompletedProcess:
+def _cli(*args, env, cwd) -> subprocess.CompletedProcess:
     tmp = Path(cwd) / "driver-tmp"  # the driver's temp files, hidden from the worker node with the rest
     tmp.mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "tune_jobs.cli", "tune", *args], env={**env, "TMPDIR": str(tmp)},
+    return subprocess.run([sys.executable, "-m", "tune_jobs.cli", *args], env={**env, "TMPDIR": str(tmp)},
                           cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _tune(*args, env, cwd) -> subprocess.CompletedProcess:
+    return _cli("tune", *args, env=env, cwd=cwd)
 
 
 def _upload(s3, local: Path, prefix: str) -> None:
@@ -125,15 +138,20 @@ def _kaldi_corpus(corpus: dict, out: Path) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_demo_and_a_kaldi_corpus_run_on_nodes_that_share_only_object_storage(two_nodes, corpus, tmp_path):
+def test_demo_and_a_kaldi_corpus_run_on_nodes_that_share_only_object_storage(two_nodes, corpus, cache_dir, tmp_path):
     address, env, s3 = two_nodes
     env = {**env, "SPEECHTUNE_CACHE": str(tmp_path / "cache")}  # under pytest's base temp: hidden from the worker
+    demo = str(ROOT / "tune_jobs" / "jobs" / "demo.yaml")
+    # the driver's cache holds the smoke profile's corpus, as it would after a first run: a copy of
+    # the session's (synthesized once for every test that runs the smoke profile)
+    smoke = resolve_data(load_job(demo, profile="smoke"), cache_dir=str(cache_dir))
+    corpus_dir = Path(smoke["train"]).parent
+    shutil.copytree(corpus_dir, tmp_path / "cache" / "corpora" / corpus_dir.name)
     # the worker node (the only one with CPUs) cannot see the driver's files
     seen = subprocess.run([sys.executable, "-c", f"import os, ray; ray.init(address='{address}', logging_level='ERROR');"
                            f"print(ray.get(ray.remote(num_cpus=1)(os.path.exists).remote({corpus['train']!r})))"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert Path(corpus["train"]).is_file() and seen.stdout.strip().splitlines()[-1] == "False", seen.stdout + seen.stderr
-    demo = str(ROOT / "tune_jobs" / "jobs" / "demo.yaml")
 
     # (a) the demo's smoke profile, experiment in S3: the driver publishes the synthesized corpus,
     # Ray tasks on the worker node extract the features into S3, the trials train there
@@ -150,6 +168,15 @@ def test_demo_and_a_kaldi_corpus_run_on_nodes_that_share_only_object_storage(two
     history = [json.loads(l) for k in keys if k.endswith("/result.json")
                for l in s3.get_object(Bucket="speech", Key=k)["Body"].read().decode().splitlines() if l.strip()]
     assert history and {h["num_nodes"] for h in history} == {1}
+    assert any(k.startswith("exps/demo/") and "/checkpoint_" in k for k in keys)
+    # `report` reads the experiment back from S3 (here, on the driver's machine) and ranks it as
+    # the search's own report did; the live view reads it too: every trial, its status, the metric
+    r = _cli("report", "s3://speech/exps/demo", "--out", str(tmp_path / "rep"), env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "rep" / "report.md").read_text().split("## Ranking")[1] == report.split("## Ranking")[1]
+    w = _cli("watch", "s3://speech/exps/demo", "--once", env={**env, "COLUMNS": "200"}, cwd=tmp_path)
+    assert w.returncode == 0 and "2 done, 0 running, 0 pending of 2" in w.stdout and "val_cer now" in w.stdout, w.stdout
+    assert w.stdout.count("finished") + w.stdout.count("early-stopped") == 2, w.stdout
 
     # (b) a Kaldi corpus with segments, uploaded to S3, named directly in the job file
     _kaldi_corpus(corpus, tmp_path / "kaldi")

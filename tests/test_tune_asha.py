@@ -10,11 +10,11 @@ cannot reach it.
 from __future__ import annotations
 
 import textwrap
-import time
 
 import pytest
 
 from analysis.load import load_experiment
+from tests.factories import wait_for
 from tune_jobs.runner import run_tune
 from tune_jobs.spec import load_job
 
@@ -54,9 +54,7 @@ def test_asha_stops_trials_and_none_waits_for_held_resources(asha_run, ray_start
     assert list(by_lr.loc[[1.0e-6, 2.0e-6]].status) == ["early-stopped"] * 2, trials[["trial_id", "status"]]
     assert list(by_lr.loc[[1.0e-6, 2.0e-6]].epochs_run) == [1, 1]
     # every stopped trial's workers and placement group are gone: the node is whole again
-    deadline = time.time() + 30
-    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-        time.sleep(0.5)
+    wait_for(lambda: ray.available_resources().get("CPU", 0) >= 2, 30, "both CPUs free again", poll=0.5)
     assert ray.available_resources().get("CPU", 0) == 2
     from ray.util import placement_group_table
 
