@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 import soundfile
 
+from tests.factories import edited_job, free_port, stop_process_tree, wait_for
 from tune_jobs.runner import resolve_data
 from tune_jobs.spec import load_job
-
-from tests.factories import edited_job, free_port, stop_process_tree, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -102,10 +101,6 @@ def _cli(*args, env, cwd) -> subprocess.CompletedProcess:
                           cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def _tune(*args, env, cwd) -> subprocess.CompletedProcess:
-    return _cli("tune", *args, env=env, cwd=cwd)
-
-
 def _upload(s3, local: Path, prefix: str) -> None:
     for f in sorted(local.rglob("*")):
         if f.is_file():
@@ -155,7 +150,8 @@ def test_demo_and_a_kaldi_corpus_run_on_nodes_that_share_only_object_storage(two
 
     # (a) the demo's smoke profile, experiment in S3: the driver publishes the synthesized corpus,
     # Ray tasks on the worker node extract the features into S3, the trials train there
-    p = _tune(demo, "--profile", "smoke", "--address", address, "--storage", "s3://speech/exps", env=env, cwd=tmp_path)
+    p = _cli("tune", demo, "--profile", "smoke", "--address", address, "--storage", "s3://speech/exps", env=env,
+             cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     assert "search finished" in p.stdout and "2 trials, 0 failed" in p.stdout, p.stdout[-3000:]
     assert not (tmp_path / "experiments").exists()
@@ -195,7 +191,7 @@ max_concurrent: 2
 resources: {{num_workers: 1, cpus_per_worker: 1}}
 storage_path: s3://speech/exps
 """)
-    k = _tune(str(job), "--address", address, env=env, cwd=tmp_path)
+    k = _cli("tune", str(job), "--address", address, env=env, cwd=tmp_path)
     assert k.returncode == 0, k.stdout[-4000:] + k.stderr[-4000:]
     assert "1 trials, 0 failed" in k.stdout, k.stdout[-3000:]
     kreport = s3.get_object(Bucket="speech", Key="exps/kaldi_s3/report.md")["Body"].read().decode()
@@ -204,7 +200,7 @@ storage_path: s3://speech/exps
     # (c) the same job with a local storage path: refused before any trial, naming the key
     local = tmp_path / "local.yaml"
     edited_job(job, local, {"name": "kaldi_local", "storage_path": str(tmp_path / "exp")})
-    c = _tune(str(local), "--address", address, env=env, cwd=tmp_path)
+    c = _cli("tune", str(local), "--address", address, env=env, cwd=tmp_path)
     assert c.returncode == 2, c.stdout[-3000:] + c.stderr[-3000:]
     assert f"{local}: storage_path" in c.stderr and "object storage" in c.stderr, c.stderr
     assert not (tmp_path / "exp").exists()
