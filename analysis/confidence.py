@@ -101,9 +101,10 @@ def _same(a, b) -> bool:
         return str(a) == str(b)
 
 
-def baseline_trial(trials, record: dict):
-    """The trial that ran the job's baseline configuration (``record["baseline"]``), or None."""
-    base = (record.get("baseline") or {}).get("params")
+def baseline_trial(trials, record):
+    """The trial that ran the job's baseline configuration (``record.baseline``, an
+    ``analysis.record.ExperimentRecord``), or None."""
+    base = record.baseline.params
     if not base or trials.empty:
         return None
     hits = trials[[all(f"config/{k}" in trials and _same(r.get(f"config/{k}"), v) for k, v in base.items())
@@ -128,13 +129,16 @@ def compare(best: dict, baseline: dict | None) -> dict:
     return out
 
 
-def trial_intervals(exp_dir: Path, trials, metric: str):
+def trial_intervals(exp_dir: Path, trials, record):
     """Per trial, from the checkpoint of its best epoch: CER and WER intervals on the dev set,
     the probability that the best trial improves on it (by the ranking metric's unit) and
     whether it is tied with the best (that probability under ``SURE``). Rows for trials whose
     checkpoint kept no edit counts (a non-ASR family, or an older run) are absent."""
     import pandas as pd
 
+    from analysis.load import winner
+
+    metric = record.metric
     unit = UNITS.get(metric)
     rows, kept = [], {}
     for _, t in trials.iterrows():
@@ -147,13 +151,13 @@ def trial_intervals(exp_dir: Path, trials, metric: str):
                      "ci_cer": c.rate, "ci_cer_low": c.low, "ci_cer_high": c.high,
                      "ci_wer": w.rate, "ci_wer_low": w.low, "ci_wer_high": w.high})
     df = pd.DataFrame(rows)
-    ok = trials[~trials.status.isin(["failed", "diverged"])]
-    if df.empty or unit is None or ok.empty or ok.iloc[0].trial not in kept:
+    w = winner(trials, record)
+    if df.empty or unit is None or w is None or w.trial not in kept:
         return df
-    best = kept[ok.iloc[0].trial]
+    best = kept[w.trial]
     ps, tied = [], []
     for tr in df.trial:
-        if tr == ok.iloc[0].trial:
+        if tr == w.trial:
             ps.append(math.nan)
             tied.append(True)
             continue

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from analysis.load import CANNOT_WIN
+
 EDGE = 0.10  # a best value within 10% of its range's end (log scale for loguniform) is "at the edge"
 SAME = 0.01  # relative differences under 1% are "no difference"
 
@@ -89,7 +91,7 @@ def _scored(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     col = f"best_{metric}"
     if trials.empty or col not in trials:
         return trials.iloc[0:0]
-    return trials[trials[col].notna() & ~trials.status.isin(["failed", "diverged"])]
+    return trials[trials[col].notna() & ~trials.status.isin(CANNOT_WIN)]
 
 
 def _values(df: pd.DataFrame, param: str) -> pd.Series:
@@ -269,7 +271,7 @@ def size_effect(trials: pd.DataFrame, metric: str, lower: bool, budget: Budget |
 
 def failures(trials: pd.DataFrame) -> list[Finding]:
     out = []
-    for status in ("failed", "diverged"):
+    for status in CANNOT_WIN:
         bad = trials[trials.status == status] if not trials.empty else trials
         if bad.empty:
             continue
@@ -351,11 +353,12 @@ def next_steps(found: list[Finding], trials: pd.DataFrame, metric: str) -> list[
     return steps
 
 
-def analyse(trials: pd.DataFrame, history: pd.DataFrame, record: dict, params: list[str]) -> dict:
-    """Every finding for one experiment, and the next steps: {"findings": [...], "next_steps": [...]}."""
+def analyse(trials: pd.DataFrame, history: pd.DataFrame, record, params: list[str]) -> dict:
+    """Every finding for one experiment (``record``: its ``analysis.record.ExperimentRecord``), and
+    the next steps: {"findings": [...], "next_steps": [...]}."""
     from analysis.load import lower_is_better
 
-    metric, mode = record.get("metric", "val_cer"), record.get("mode", "min")
+    metric, mode = record.metric, record.mode
     lower = lower_is_better(metric, metric, mode)
     found: list[Finding] = []
     found += failures(trials) if not trials.empty else []
@@ -366,7 +369,7 @@ def analyse(trials: pd.DataFrame, history: pd.DataFrame, record: dict, params: l
         found += parameter_effects(b.trials, params, metric, lower, b)
     imp = importance(views[0].trials, params, metric, views[0]) if views else None
     found += [imp] if imp else []
-    found += edges(trials, record.get("search_space") or {}, params, metric)
+    found += edges(trials, record.search_space, params, metric)
     for b in views:
         f = size_effect(b.trials, metric, lower, b)
         found += [f] if f else []

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.record import ExperimentRecord, read_record
+
 log = logging.getLogger(__name__)
-JOB_RECORD = "speechtune_job.json"  # written by tune_jobs.runner
 # every metric a family reports (asr_core.metrics, models/tts_acoustic.py, the loop)
 METRICS = ("val_cer", "val_wer", "val_loss", "train_loss", "val_char_acc", "val_seq_acc", "val_levenshtein",
            "val_lid_acc", "val_mel_loss", "val_stop_acc", "val_att_diag", "steps_to_target", "val_mel_loss_auc")
@@ -28,6 +29,31 @@ NOT_METRICS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration",
                "diverged", "diverged_step", "diverged_value", "restored_from_trial", "restored_from_epoch",
                "early_stop", "best_epoch", "cpu_s", "epoch_time_s", "utts_per_s", "lr", "model_params",
                "experiment_id", "num_nodes"}
+# statuses of a trial that is never a search's result: its values up to the failure or the
+# divergence stay in the tables, but nothing is ranked, carried, tested or named best from them
+CANNOT_WIN = ("failed", "diverged")
+
+
+def rank(trials: pd.DataFrame, record: ExperimentRecord) -> pd.DataFrame:
+    """The one ranking of an experiment's trials, best first: those that can win (not failed, not
+    diverged, with a value of the job's metric; ``best_{metric}`` counts only the epochs that meet
+    the job's ``require`` bounds, as ``load_experiment`` computes it). Ties keep the order of the
+    trial directories. The report, the study's winners, the best checkpoint (test evaluation,
+    ``evaluate``), decode-tune, ``check`` and ``watch`` all name the winner from it."""
+    metric, mode = record.metric, record.mode
+    col = f"best_{metric}"
+    if trials.empty or col not in trials:
+        return trials.iloc[0:0]
+    ok = trials[trials[col].notna() & ~trials.status.isin(CANNOT_WIN)]
+    return ok.sort_values(col, ascending=(mode == "min"), kind="stable")
+
+
+def winner(trials: pd.DataFrame, record: ExperimentRecord):
+    """The ranking's first trial (a row of ``trials``), or None when no trial can win."""
+    ok = rank(trials, record)
+    return ok.iloc[0] if not ok.empty else None
+
+
 def lower_is_better(metric: str, job_metric: str | None = None, job_mode: str = "min") -> bool:
     """The direction of ``metric``: the job's pair for its metric, else the metric registry
     (``asr_core.metrics.mode_of``, which also rules on names no family declares)."""
@@ -46,11 +72,6 @@ def discover_metrics(rows: list[dict]) -> list[str]:
             if isinstance(v, (int, float)) or (isinstance(v, str) and v.lower() in ("nan", "inf", "-inf")):
                 found[k] = None
     return list(found)
-
-
-def read_job_record(exp_dir: str | os.PathLike) -> dict:
-    p = Path(exp_dir) / JOB_RECORD
-    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 def trial_number(name: str) -> int:
@@ -274,12 +295,9 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
     exp_dir = store.local_copy(exp_dir)
     if not exp_dir.is_dir():
         raise FileNotFoundError(f"experiment directory not found: {exp_dir}")
-    record = read_job_record(exp_dir)
-    metric = record.get("metric", "val_cer")
-    mode = record.get("mode", "min")
-    require = record.get("require") or {}
-    res = record.get("resources") or {}
-    tuned = list(dict.fromkeys([*(record.get("search_space") or {}), *(record.get("tuned") or [])]))
+    record = read_record(exp_dir)
+    metric, mode, require, res = record.metric, record.mode, record.require, record.resources
+    tuned = record.searched
     statuses = tune_statuses(exp_dir)
     last_epochs = _tune_last_epochs(exp_dir)
     loaded = []
@@ -297,7 +315,7 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
                "num_nodes")
     trials, history = [], []
     for tdir, params, rows in loaded:
-        cfg = {**_flatten_config(record.get("params") or {}), **_flatten_config(params)}
+        cfg = {**_flatten_config(record.params), **_flatten_config(params)}
         trial_id = rows[0].get("trial_id") if rows else tdir.name.split("_")[1] if "_" in tdir.name else tdir.name
         nums = [{k: as_float(r.get(k)) for k in numeric} for r in rows]  # each value converted once
         for r, n in zip(rows, nums):
@@ -313,7 +331,7 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         err_file = tdir / "error.txt"
         error = err_file.read_text(errors="replace").strip().splitlines() if err_file.is_file() else []
         error = error[-1] if error else ""
-        planned = cfg.get("epochs", record.get("epochs"))
+        planned = cfg.get("epochs", record.epochs)
         last_epoch = max((r.get("epoch", 0) or 0 for r in rows), default=0)
         tune_epoch = last_epochs.get(tdir.name, 0)
         if tune_epoch > last_epoch:
@@ -335,8 +353,8 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         row["cost_wall_s"] = math.fsum(w for w in wall if not math.isnan(w)) if rows else math.nan
         row["cost_cpu_s"] = math.fsum(c for c in (as_float(r.get("cpu_s")) for r in rows) if not math.isnan(c)) \
             if any("cpu_s" in r for r in rows) else math.nan
-        row["cost_cpu_reserved_s"] = row["cost_wall_s"] * as_float(res.get("cpus_per_trial"))
-        row["cost_gpu_s"] = row["cost_wall_s"] * as_float(res.get("gpus_per_trial"))
+        row["cost_cpu_reserved_s"] = row["cost_wall_s"] * as_float(res.cpus_per_trial)
+        row["cost_gpu_s"] = row["cost_wall_s"] * as_float(res.gpus_per_trial)
         hit = [i for i, r in enumerate(rows) if not math.isnan(as_float(r.get("steps_to_target")))]
         row["time_to_target_s"] = math.fsum(w for w in wall[:hit[0] + 1] if not math.isnan(w)) if hit else math.nan
         row["exploits"] = sum(1 for r in rows if r.get("restored_from_trial") not in (None, "", trial_id))
@@ -384,29 +402,33 @@ def save_tables(trials: pd.DataFrame, history: pd.DataFrame, out_dir: str | os.P
 
 def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode: str | None = None,
                     trial: str | None = None, exclude: str | None = None) -> Path:
-    """The kept checkpoint with the best ``metric`` over all trials (but ``exclude``), or of one
-    ``trial`` (its directory name), from each checkpoint's meta.json. Default: the runs'
-    selection pair (the job's metric, or ``M`` for a job ranked by ``M_auc``)."""
+    """The kept checkpoint with the best ``metric`` (from each checkpoint's meta.json) of one
+    ``trial`` (its directory name), or else of the ranking's best trial (``rank``; but
+    ``exclude``) that has one: a failed or diverged trial's earlier checkpoint is never the
+    search's. Default: the runs' selection pair (the job's metric, or ``M`` for a job ranked by
+    ``M_auc``)."""
     exp_dir = Path(exp_dir)
-    record = read_job_record(exp_dir)
-    base = record.get("params") or {}
-    metric = metric or base.get("select_metric") or record.get("metric", "val_cer")
-    mode = mode or base.get("select_mode") or record.get("mode", "min")
-    best, best_val = None, None
-    for meta_path in exp_dir.glob(f"{glob.escape(trial) if trial else '*'}/checkpoint_*/meta.json"):
-        if exclude and meta_path.parent.parent.name == exclude:
-            continue
-        try:
-            ms = json.loads(meta_path.read_text())["metrics"]
-        except (OSError, json.JSONDecodeError, KeyError):
-            continue
-        if not _meets(ms, record.get("require") or {}):
-            continue  # a checkpoint that misses a required bound cannot be the best
-        v = as_float(ms.get(metric))
-        if math.isnan(v):
-            continue
-        if best_val is None or (v < best_val if mode == "min" else v > best_val):
-            best, best_val = meta_path.parent, v
-    if best is None:
-        raise FileNotFoundError(f"no checkpoint with metric '{metric}' under {exp_dir}")
-    return best
+    record = read_record(exp_dir)
+    metric, mode = metric or record.selection[0], mode or record.selection[1]
+    if trial is not None:
+        order = [trial]
+    else:
+        order = [t for t in rank(load_experiment(exp_dir)[0], record).trial if t != exclude]
+    for name in order:
+        best, best_val = None, None
+        for meta_path in exp_dir.glob(f"{glob.escape(name)}/checkpoint_*/meta.json"):
+            try:
+                ms = json.loads(meta_path.read_text())["metrics"]
+            except (OSError, json.JSONDecodeError, KeyError):
+                continue
+            if not _meets(ms, record.require):
+                continue  # a checkpoint that misses a required bound cannot be the best
+            v = as_float(ms.get(metric))
+            if math.isnan(v):
+                continue
+            if best_val is None or (v < best_val if mode == "min" else v > best_val):
+                best, best_val = meta_path.parent, v
+        if best is not None:
+            return best
+    raise FileNotFoundError(f"no checkpoint with metric '{metric}' under {exp_dir}"
+                            + ("" if trial else " of a trial that can win (not failed, not diverged)"))

@@ -196,18 +196,17 @@ def pbt_schedules(history: pd.DataFrame, scheduler: dict):
     return fig
 
 
-def render(trials: pd.DataFrame, history: pd.DataFrame, record: dict, params: list[str],
+def render(trials: pd.DataFrame, history: pd.DataFrame, record, params: list[str],
            out_dir: str | Path) -> list[tuple[str, Path]]:
     """Write every figure that applies as ``out_dir/plots/NAME.png``; [(title, path)]."""
     plt = _plt()
-    metric = record.get("metric", "val_cer")
-    space = record.get("search_space") or {}
+    metric, space = record.metric, record.search_space  # an analysis.record.ExperimentRecord
     log_params = {k for k, v in space.items() if isinstance(v, dict) and "loguniform" in v} | {"lr"}
-    sched = record.get("scheduler") or {}
+    sched = record.scheduler
     figs = [("Learning curves", "curves", learning_curves(trials, history, metric)),
             ("Parameters against the metric", "scatter", param_scatter(trials, params, metric, log_params)),
             ("Parallel coordinates", "parallel", parallel_coordinates(trials, params, metric, log_params,
-                                                                   record.get("mode", "min") == "min")),
+                                                                   record.mode == "min")),
             ("ASHA rung survival", "asha_rungs", asha_rungs(trials, sched)),
             ("PBT schedules", "pbt", pbt_schedules(history, sched))]
     out = Path(out_dir) / "plots"

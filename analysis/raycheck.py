@@ -27,7 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.load import (_lineage, _meets, _with_progress_csv, load_experiment, lower_is_better,
-                           read_job_record)
+                           winner)
+from analysis.record import read_record
 
 # our statuses -> the Tune status the trial must have
 RAY_STATUS = {"finished": "TERMINATED", "early-stopped": "TERMINATED", "diverged": "TERMINATED",
@@ -41,6 +42,7 @@ class Check:
     compared: int = 0                     # (trial, metric) best values compared
     problems: list[str] = field(default_factory=list)
     explained: list[str] = field(default_factory=list)
+    winner: str = ""                      # the ranking's best (analysis.load.rank), as the report names it
 
     @property
     def ok(self) -> bool:
@@ -87,13 +89,15 @@ def compare_with_ray(exp_dir: str | os.PathLike) -> Check:
     from ray.tune import ExperimentAnalysis
 
     exp_dir = os.path.abspath(str(exp_dir))
-    rec = read_job_record(exp_dir)
-    metric, mode = rec.get("metric", "val_cer"), rec.get("mode", "min")
-    require = rec.get("require") or {}
+    rec = read_record(exp_dir)
+    metric, mode, require = rec.metric, rec.mode, rec.require
     ours, _ = load_experiment(exp_dir)
     ea = ExperimentAnalysis(exp_dir)
     dfs = ea.trial_dataframes
     c = Check(trials_ours=len(ours), trials_ray=len(ea.trials))
+    w = winner(ours, rec)
+    if w is not None:
+        c.winner = f"{w.trial_id} ({metric} {float(w[f'best_{metric}']):.4g})"
     if c.trials_ours != c.trials_ray:
         c.problems.append(f"trial count: ours {c.trials_ours}, Ray {c.trials_ray}")
     by_id = {r.trial_id: r for _, r in ours.iterrows()}

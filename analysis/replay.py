@@ -77,12 +77,13 @@ class Curves:
     def from_experiment(cls, exp_dir) -> "Curves":
         """A finished experiment's trials that ran every planned epoch (stopped trials cannot be
         replayed beyond their last epoch and are left out, and counted)."""
-        from analysis.load import load_experiment, read_job_record
+        from analysis.load import load_experiment
+        from analysis.record import read_record
         from analysis.report import tuned_params
         from asr_core import storage as store
 
         local = store.local_copy(exp_dir)
-        record = read_job_record(local)
+        record = read_record(local)
         trials, history = load_experiment(local)
         params = [c.removeprefix("config/") for c in tuned_params(local, trials, record)
                   if c != "config/experiment"]
@@ -91,10 +92,9 @@ class Curves:
             h = history[history.trial == t.trial]
             for _, r in h.iterrows():
                 rows.append({**{p: t.get(f"config/{p}") for p in params}, "epoch": int(r.epoch),
-                             "value": r.get(record.get("metric", "val_cer")),
+                             "value": r.get(record.metric),
                              "seconds": r.get("time_this_iter_s"), "trial": t.trial})
-        return cls.from_table(pd.DataFrame(rows), params, record.get("metric", "val_cer"),
-                              record.get("mode", "min"))
+        return cls.from_table(pd.DataFrame(rows), params, record.metric, record.mode)
 
     @classmethod
     def from_table(cls, df: pd.DataFrame, params: list[str], metric: str, mode: str) -> "Curves":

@@ -17,7 +17,8 @@ import pandas as pd
 from analysis import blocks
 from analysis import confidence as conf
 from analysis import insights as ins
-from analysis.load import load_experiment, read_job_record, save_tables
+from analysis.load import CANNOT_WIN, load_experiment, rank, save_tables
+from analysis.record import ExperimentRecord, read_record
 
 STATUS_TEXT = ("Statuses: finished = ran all planned epochs; early-stopped = stopped by the scheduler; "
                "diverged = its loss became NaN or infinite (the step is given); "
@@ -49,12 +50,12 @@ def _title(metric: str) -> str:
     return ("val " if metric.startswith("val_") else "") + (m.upper() if m in ("cer", "wer") else m.replace("_", " "))
 
 
-def tuned_params(exp_dir: Path, trials: pd.DataFrame, record: dict | None = None) -> list[str]:
+def tuned_params(exp_dir: Path, trials: pd.DataFrame, record: ExperimentRecord | None = None) -> list[str]:
     """The config columns a ranking shows: the experiment name, preset, searched and tuned keys."""
-    rec = record if record is not None else read_job_record(exp_dir)
-    named = rec.get("trials") or {}
+    rec = record if record is not None else read_record(exp_dir)
+    named = rec.trials
     keys = dict.fromkeys(["experiment", *(["preset"] if any("preset" in p for p in named.values()) else []),
-                          *(rec.get("search_space") or {}), *(rec.get("tuned") or [])])
+                          *rec.searched])
     cols = [f"config/{k}" for k in keys if f"config/{k}" in trials]
     if not cols:  # no record: the config columns that vary across trials
         cols = [c for c in trials if c.startswith("config/") and trials[c].astype(str).nunique() > 1]
@@ -75,7 +76,7 @@ class Analysis:
     """Everything a report says about one experiment."""
     exp: str
     local: Path
-    record: dict
+    record: ExperimentRecord
     trials: pd.DataFrame
     history: pd.DataFrame
     params: list[str]           # config columns shown (``config/...``)
@@ -90,11 +91,11 @@ class Analysis:
 
     @property
     def metric(self) -> str:
-        return self.record.get("metric", "val_cer")
+        return self.record.metric
 
     @property
     def mode(self) -> str:
-        return self.record.get("mode", "min")
+        return self.record.mode
 
     def shown_metrics(self) -> list[str]:
         ms = [self.metric]
@@ -105,9 +106,8 @@ class Analysis:
         return ms[:3] if self.has_intervals else ms[:5]  # room for the interval columns
 
     def ranked(self) -> pd.DataFrame:
-        """The trials that can win (not failed, not diverged), best first."""
-        t = self.trials
-        return t[~t.status.isin(["failed", "diverged"])] if not t.empty else t
+        """The trials that can win, best first (``analysis.load.rank``, the one ranking)."""
+        return rank(self.trials, self.record)
 
     def best(self):
         ok = self.ranked()
@@ -142,10 +142,10 @@ def analyse(exp_dir: str | os.PathLike) -> Analysis:
         trials, history = load_experiment(local)
     finally:
         logger.removeHandler(handler)
-    rec = read_job_record(local)
+    rec = read_record(local)
     params = tuned_params(local, trials, rec)
     if not trials.empty:
-        ci = conf.trial_intervals(local, trials, rec.get("metric", "val_cer"))
+        ci = conf.trial_intervals(local, trials, rec)
         if not ci.empty:
             trials = trials.merge(ci, on="trial", how="left")
     scores = local / "test_scores.json"
@@ -175,10 +175,15 @@ def ranking_table(a: Analysis) -> blocks.Table:
     rows = []
     if t.empty:
         return blocks.table(head, rows)
-    broken = t.status.isin(["failed", "diverged"])
-    for rank, (_, r) in enumerate(t[~broken].iterrows(), start=1):
-        rows.append([str(rank), f"`{r.trial_id}`", *([_fmt(r.get("config/experiment"))] if named else []),
-                     *[show(m, r.get(f"best_{m}")) for m in ms], *(_ci_cells(r, rank) if ci else []),
+    broken = t.status.isin(CANNOT_WIN)
+    ranked = a.ranked()
+    # the ranking (analysis.load.rank), then the trials that have not reported the metric yet
+    # (unranked, "-"), then the failed and diverged ones, flagged with their reason
+    unscored = t[~broken & ~t.index.isin(ranked.index)]
+    for pos, (_, r) in enumerate(pd.concat([ranked, unscored]).iterrows(), start=1):
+        rows.append([str(pos) if pos <= len(ranked) else "-", f"`{r.trial_id}`",
+                     *([_fmt(r.get("config/experiment"))] if named else []),
+                     *[show(m, r.get(f"best_{m}")) for m in ms], *(_ci_cells(r, pos) if ci else []),
                      _fmt(r[f"best_{a.metric}_epoch"]), _fmt(r.epochs_run), r.status, *[_fmt(r[c]) for c in pcols]])
     for _, r in t[broken].iterrows():
         rows.append(["-", f"`{r.trial_id}`", *([_fmt(r.get("config/experiment"))] if named else []),
@@ -218,9 +223,9 @@ def baseline_items(a: Analysis) -> list:
     """The report's first lines: the tuned best against the baseline on the test split."""
     sc = a.test_scores
     if not sc:
-        src = (a.record.get("baseline") or {})
-        return [f"baseline: {src.get('source')}; no test comparison (test evaluation off or not run)"] \
-            if src.get("params") is None and src.get("source") else []
+        src = a.record.baseline
+        return [f"baseline: {src.source}; no test comparison (test evaluation off or not run)"] \
+            if src.params is None and src.source else []
     unit = "wer" if a.metric.endswith("wer") else "cer"
     b = conf.Interval(**sc[f"best_{unit}"])
     items = []
@@ -291,34 +296,34 @@ def summary_items(a: Analysis, extra: dict | None = None) -> list:
     """The summary's items: strings, or (text, [sub-items])."""
     t, rec = a.trials, a.record
     items: list = [*baseline_items(a), f"experiment: `{a.exp}`",
-                   f"family: `{rec.get('family', 'n/a')}`, ranked by `{a.metric}` ({a.mode})",
+                   f"family: `{rec.family or 'n/a'}`, ranked by `{a.metric}` ({a.mode})",
                    f"trials: {len(t)} ({', '.join(f'{n} {s}' for s, n in t.status.value_counts().items())})"
                    if not t.empty else "trials: 0"]
-    sched = rec.get("scheduler") or {}
+    sched = rec.scheduler
     if sched:
-        items.append(f"scheduler: `{sched.get('name')}`, searcher: `{rec.get('searcher', 'n/a')}`")
+        items.append(f"scheduler: `{sched.get('name')}`, searcher: `{rec.searcher or 'n/a'}`")
     for k, v in (extra or {}).items():
         items.append(f"{k}: {v}")
-    skipped = rec.get("skipped") or []
+    skipped = rec.skipped
     if skipped:
         items.append((f"rows skipped (--skip-bad): {len(skipped)}",
                       [*skipped[:20], *([f"... and {len(skipped) - 20} more"] if len(skipped) > 20 else [])]))
-    phase = rec.get("phase") or {}
+    phase = rec.phase
     if phase:
         sub = [f"`{k}` = {c['value']} (<OPT>: best of phase `{c['phase']}`, trial `{c['trial']}`, "
                f"{c['metric']} {_fmt(c['metric_value'])})" for k, c in (phase.get("carried") or {}).items()]
         if phase.get("init_checkpoint"):
             sub.append(f"every trial starts from `{phase['init_checkpoint']}`")
         items.append((f"study `{phase.get('study')}`, phase {phase.get('index', 0) + 1}: `{phase.get('name')}`", sub))
-    if rec.get("require"):
-        items.append(f"required: {', '.join(f'{m} {b}' for m, b in rec['require'].items())}; "
+    if rec.require:
+        items.append(f"required: {', '.join(f'{m} {b}' for m, b in rec.require.items())}; "
                      f"{int((~t.feasible.astype(bool)).sum()) if 'feasible' in t else 0} trial(s) never met it "
                      "and cannot win")
     if not t.empty and "cost_wall_s" in t:
         items.append(f"cost: {t.cost_wall_s.sum():.0f} trial-seconds of wall time, "
                      f"{t.cost_cpu_s.sum():.0f} CPU-seconds used of {t.cost_cpu_reserved_s.sum():.0f} "
                      f"reserved, {t.cost_gpu_s.sum():.0f} GPU-seconds")
-        u = utilisation(t, int(rec.get("max_concurrent") or 0))
+        u = utilisation(t, rec.max_concurrent)
         if u:
             items.append(u)
         if t.time_to_target_s.notna().any():
@@ -352,7 +357,7 @@ def findings_block(a: Analysis):
 def issues_block(a: Analysis) -> blocks.Bullets:
     items = [f.text for f in a.findings if f.kind in ("failures", "divergence")]
     items += [f"loading: {w}" for w in a.warnings]
-    if a.record and not a.record.get("metric"):
+    if not a.record.found:
         items.append("no `speechtune_job.json`: ranked by `val_cer` (the default)")
     return blocks.bullets(items or ["none: every trial ran and reported its metrics"])
 
@@ -395,7 +400,7 @@ def report_document(a: Analysis, plots: list[tuple[str, Path]], extra: dict | No
                     compare: "Analysis | None" = None) -> blocks.Document:
     """One experiment's report as blocks (rendered to report.md and report.html)."""
     H, P = blocks.Heading, blocks.Paragraph
-    doc = blocks.Document(f"Tuning report: {a.record.get('name', a.local.name)}")
+    doc = blocks.Document(f"Tuning report: {a.record.name or a.local.name}")
     doc.add(H("Summary"), blocks.bullets(summary_items(a, extra)),
             H(f"Ranking (by {a.metric}, {a.mode})"), ranking_table(a), P(STATUS_TEXT),
             H("Key findings"), findings_block(a), H("Technical issues"), issues_block(a),
@@ -415,7 +420,7 @@ def report_document(a: Analysis, plots: list[tuple[str, Path]], extra: dict | No
 
 def compare_table(a: Analysis, b: Analysis) -> blocks.Table:
     ra, rb = a.best(), b.best()
-    head = ["", f"this: `{a.record.get('name', a.local.name)}`", f"other: `{b.record.get('name', b.local.name)}`"]
+    head = ["", f"this: `{a.record.name or a.local.name}`", f"other: `{b.record.name or b.local.name}`"]
     rows = [["trials", str(len(a.trials)), str(len(b.trials))],
             ["statuses", ", ".join(f"{n} {s}" for s, n in a.trials.status.value_counts().items()),
              ", ".join(f"{n} {s}" for s, n in b.trials.status.value_counts().items())]]
@@ -459,7 +464,7 @@ def _write(a: Analysis, out_dir, extra: dict | None = None, compare=None) -> Pat
     from analysis import plots as plotting
     from asr_core import storage as store
 
-    extra = {**(a.record.get("outcome") or {}), **(extra or {})}
+    extra = {**a.record.outcome, **(extra or {})}
 
     remote = a.exp if store.is_remote(a.exp) else None
     out = Path(out_dir or a.local)
@@ -489,7 +494,6 @@ def _write(a: Analysis, out_dir, extra: dict | None = None, compare=None) -> Pat
 def _conclusion(a: Analysis, winners: dict) -> str:
     """One line: what won, by how much over the runner-up, and what is carried forward."""
     ok = a.ranked()
-    ok = ok[ok[f"best_{a.metric}"].notna()] if not ok.empty else ok
     if ok.empty:
         return "no trial reported the metric; nothing carried forward."
     b = ok.iloc[0]
@@ -514,23 +518,23 @@ def phase_blocks(name: str, ph: dict, a: Analysis | None, index: int) -> list:
     if a is None:
         return out + [P(f"_Status: {ph.get('status')}; not run to the end._")]
     rec = a.record
-    desc = (rec.get("phase") or {}).get("description")
+    desc = rec.phase.get("description")
     if desc:
         out.append(P(desc))
-    carried = (rec.get("phase") or {}).get("carried") or {}
-    fixed = {k: v for k, v in ((rec.get("job") or {}).get("params") or {}).items()
-             if not isinstance(v, (dict, list)) and k not in (rec.get("tuned") or [])}
+    carried = rec.phase.get("carried") or {}
+    fixed = {k: v for k, v in (rec.job.get("params") or {}).items()
+             if not isinstance(v, (dict, list)) and k not in rec.tuned}
     sett = [f"`{k}={_fmt(v)}`" + (" (<OPT> from `" + carried[k]["phase"] + "`)" if k in carried else "")
             for k, v in fixed.items()]
     if sett:
         out.append(P("Fixed: " + ", ".join(sett)))
-    if rec.get("search_space"):
-        out.append(P("Searched: " + ", ".join(f"`{k}`: {v}" for k, v in rec["search_space"].items())))
+    if rec.search_space:
+        out.append(P("Searched: " + ", ".join(f"`{k}`: {v}" for k, v in rec.search_space.items())))
     tried = []
     for _, r in a.trials.iterrows():
         keys = [c for c in a.params if c != "config/experiment"]
         what = ", ".join(f"`{c.removeprefix('config/')}={_fmt(r[c])}`" for c in keys)
-        res = (f"{a.metric}: {_fmt(r[f'best_{a.metric}'])}" if r.status not in ("failed", "diverged")
+        res = (f"{a.metric}: {_fmt(r[f'best_{a.metric}'])}" if r.status not in CANNOT_WIN
                else f"{r.status.upper()}: {str(r.error)[:100]}")
         tried.append(f"[X] {what or a.label(r)} (_{res}_)")
     if tried:

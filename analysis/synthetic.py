@@ -16,6 +16,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.record import JOB_RECORD
+
 
 @dataclass
 class FakeTrial:
@@ -44,7 +46,7 @@ def write_experiment(exp_dir: str | os.PathLike, trials: list[FakeTrial], record
     exp = Path(exp_dir).absolute()
     exp.mkdir(parents=True, exist_ok=True)
     if record is not None:
-        (exp / "speechtune_job.json").write_text(json.dumps(record, indent=1))
+        (exp / JOB_RECORD).write_text(json.dumps(record, indent=1))  # as written before records had a version
     state = []
     for i, t in enumerate(trials):
         name = _dir_name(i, t)

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.load import as_float, load_experiment, read_job_record, tune_state_file, tune_statuses
+from analysis.load import CANNOT_WIN, as_float, load_experiment, rank, tune_state_file, tune_statuses
+from analysis.record import read_record
 
 # Tune's statuses as the view names them (a finished trial's own status comes from the analysis)
 _LIVE = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}
@@ -39,13 +40,14 @@ class Snapshot:
     trials: list[TrialLine] = field(default_factory=list)
     elapsed_s: float = math.nan
     started: bool = False
+    leader: int | None = None  # the index in ``trials`` of the ranking's best (analysis.load.rank)
 
     def count(self, *statuses: str) -> int:
         return sum(t.status in statuses for t in self.trials)
 
     @property
     def done(self) -> int:
-        return self.count("finished", "early-stopped", "failed", "diverged")
+        return self.count("finished", "early-stopped", *CANNOT_WIN)
 
     @property
     def running(self) -> int:
@@ -57,10 +59,8 @@ class Snapshot:
 
     @property
     def best(self) -> TrialLine | None:
-        scored = [t for t in self.trials if not math.isnan(t.best)]
-        if not scored:
-            return None
-        return (min if self.mode == "min" else max)(scored, key=lambda t: t.best)
+        """The best so far, as the report will name it: a failed or diverged trial never is."""
+        return None if self.leader is None else self.trials[self.leader]
 
     @property
     def remaining_s(self) -> float:
@@ -79,19 +79,21 @@ def snapshot(exp_dir: str | os.PathLike, copy_to: str | os.PathLike | None = Non
     from asr_core import storage as store
 
     local = Path(store.local_copy(exp_dir, copy_to) if store.is_remote(exp_dir) else exp_dir)
-    record = read_job_record(local)
-    metric, mode = record.get("metric", "val_cer"), record.get("mode", "min")
-    snap = Snapshot(str(exp_dir), metric, mode, int(record.get("num_trials") or 0),
-                    int(record.get("max_concurrent") or 1))
+    record = read_record(local)
+    metric, mode = record.metric, record.mode
+    snap = Snapshot(str(exp_dir), metric, mode, record.num_trials, record.max_concurrent or 1)
     state = tune_state_file(local)
     if state is None and not list(local.glob("*/params.json")):
         return snap
     snap.started = True
     trials, history = load_experiment(local)
     live = tune_statuses(local)
-    tuned = [k for k in dict.fromkeys([*(record.get("search_space") or {}), *(record.get("tuned") or [])])
-             if f"config/{k}" in trials]
-    for _, r in trials.iterrows():
+    tuned = [k for k in record.searched if f"config/{k}" in trials]
+    lead = rank(trials, record)
+    lead = lead.index[0] if not lead.empty else None
+    for i, r in trials.iterrows():
+        if i == lead:
+            snap.leader = len(snap.trials)
         # a search's first seconds: trials started, none has reported yet (no history columns)
         h = history[history.trial_id == r.trial_id] if "trial_id" in history else history
         name = r.get("config/experiment")

@@ -96,7 +96,9 @@ def test_failed_diverged_corrupt_and_misnamed_trials_each_load_as_they_should(br
     table = text.split("## Ranking")[1].split("Statuses:")[0]
     lines = [l for l in table.splitlines() if l.startswith("| ")][1:]
     assert lines[0].startswith("| 1 | `small000` | conservative_small | 31.00% |")
-    assert "| 4 | `misname0` | focal_loss_experiment | n/a |" in table  # missing, never 0.00%
+    # missing, never 0.00%; a trial without the ranking metric is listed but has no rank
+    assert "| - | `misname0` | focal_loss_experiment | n/a |" in table
+    assert [l.split(" | ")[0] for l in lines[:3]] == ["| 1", "| 2", "| 3"]
     # failed and diverged last, with their reasons
     fail, div = sorted(lines[-2:], key=lambda l: "diverge0" in l)
     assert fail.startswith("| - | `ctcfail0` | ctc_alignment_free | FAILED |") and "Unknown preset: ctc" in fail
@@ -414,3 +416,30 @@ def test_watch_lists_trials_that_have_not_reported_yet(tmp_path, capsys, monkeyp
     view = capsys.readouterr().out
     lines = [l for l in view.splitlines() if "first000" in l or "second00" in l]
     assert len(lines) == 2 and all("running" in l and "0/2" in l for l in lines), view
+
+
+def test_a_record_written_before_records_had_a_version_reads_and_ranks_as_it_did(tmp_path):
+    """tests/data/record_v0: a real two-trial phase (`steady`; `blowup`, diverged after its best
+    epoch) whose record was written before ExperimentRecord (no `version`), ranked by val_loss,
+    not the default val_cer. Its report's Ranking section, as the code of that day wrote it, is
+    tests/data/record_v0.ranking.md; read now, the record keeps its keys and the ranking is the same."""
+    from analysis.load import rank
+    from analysis.record import VERSION, ExperimentRecord, read_record
+
+    data = Path(__file__).parent / "data"
+    exp = shutil.copytree(data / "record_v0", tmp_path / "rate")
+    rec = read_record(exp)
+    assert rec.found and rec.version == 0 and (rec.metric, rec.mode) == ("val_loss", "min")
+    assert set(rec.trials) == {"steady", "blowup"} and rec.trials["steady"] == {"lr": 1.0e-4}
+    assert rec.phase["name"] == "rate" and rec.resources.num_workers == 1 and "best checkpoint" in rec.outcome
+    trials, _ = load_experiment(exp)
+    assert list(rank(trials, rec)["config/experiment"]) == ["steady"]
+    text = write_report(exp, tmp_path / "report").read_text()
+    ranking = "## Ranking" + text.split("## Ranking")[1].split("Statuses:")[0]
+    assert ranking == (data / "record_v0.ranking.md").read_text()
+    # written again, it is a record of this version with the same values
+    again = ExperimentRecord.from_dict(json.loads(rec.to_json()))
+    assert again.version == VERSION and again.to_dict() == rec.to_dict()
+    newer = {**json.loads((exp / "speechtune_job.json").read_text()), "version": VERSION + 1}
+    with pytest.raises(ValueError, match="newer speechtune"):
+        ExperimentRecord.from_dict(newer)

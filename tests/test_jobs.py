@@ -178,6 +178,55 @@ def test_staged_study_carries_the_winner_and_a_rerun_runs_nothing(corpus, cache_
     assert sorted(str(p) for p in (tmp_path / "exp").rglob("params.json")) == dirs
 
 
+def test_a_trial_that_diverges_after_its_best_epoch_never_wins_anywhere(corpus, cache_dir, tmp_path, capsys,
+                                                                        ray_start_2_cpus):
+    """Phase one's `blowup` has the lowest val_loss of its phase after epoch 1, then diverges in
+    epoch 2 (its step schedule multiplies the LR by 1e6: plain SGD at 1e4 overflows). The one
+    ranking (analysis.load.rank) leaves it out: `steady` is carried into phase two, its checkpoint
+    is the one scored on test, and the report, the study, `check` and `watch` all name it."""
+    from analysis.report import write_report
+    from analysis.watch import snapshot
+    from tune_jobs.spec import load_job as lj
+    from tune_jobs.study import read_state
+    from tune_jobs.workflow import tune_study
+
+    job = tiny_job(tmp_path, corpus, cache_dir, "blowup", """\
+        max_concurrent: 2
+        phases:
+          - name: rate
+            trials: {steady: {lr: 1.0e-4}, blowup: {lr: 1.0e-2, step_gamma: 1.0e6}}
+          - name: width
+            params: {lr: <OPT>}
+            search_space: {lstm_hidden: {grid: [32]}}
+            searcher: {name: grid}
+        """, epochs=2, optimizer="sgd", grad_clip=0, schedule="step", step_size=1,
+                   edit={"test_eval": True, "data.test_manifest": corpus["test"]})
+    assert tune_study(lj(job)) == 0
+    out = capsys.readouterr().out
+    state = read_state(lj(job))
+    rate = Path(state["phases"]["rate"]["exp"])
+    p1, _ = load_experiment(rate)
+    by = {r["config/experiment"]: r for _, r in p1.iterrows()}
+    steady, blowup = by["steady"], by["blowup"]
+    # the precondition: by value alone blowup would win (and load_experiment lists it first)
+    assert blowup.status == "diverged" and steady.status == "finished"
+    assert blowup.best_val_loss < steady.best_val_loss and blowup.best_val_loss_epoch == 1
+    # the study carries steady's value, not blowup's
+    assert state["phases"]["rate"]["winners"]["lr"]["trial"] == steady.trial_id
+    assert state["phases"]["rate"]["best"]["trial"] == steady.trial_id
+    p2, _ = load_experiment(state["phases"]["width"]["exp"])
+    assert list(p2["config/lr"]) == [1.0e-4]
+    # test evaluation scored steady's checkpoint
+    outcome = json.loads((rate / "speechtune_job.json").read_text())["outcome"]
+    assert f"/{steady.trial}/checkpoint_" in outcome["best checkpoint"]
+    assert blowup.trial not in outcome["best checkpoint"]
+    # the report, `check` (run after each phase) and `watch` name the same winner
+    report = write_report(str(rate), tmp_path / "rep").read_text()
+    assert "**best: `steady`**" in report and "**best: `blowup`**" not in report
+    assert f"best trial: {steady.trial_id} (val_loss" in out
+    assert snapshot(rate).best.name == "steady"
+
+
 def _state_saved_after_checkpoints(exp: Path) -> bool:
     """Tune's newest experiment state names every trial's newest checkpoint as its last result's
     (so a driver killed now resumes each trial from its checkpoint, not from scratch). A state

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 import tune_jobs  # noqa: F401  (Train/Tune integration env)
+from analysis.record import JOB_RECORD
 from asr_core.errors import InputError
 from cluster.head import ClusterError
 
@@ -47,7 +48,7 @@ def load_for_tune(a):
         job = load_job(a.job, profile=a.profile)
     elif isinstance(a.resume, str):
         exp = a.resume.rstrip("/")
-        text = store.read_text(store.join(exp, "speechtune_job.json")) or store.read_text(store.join(exp, "study.json"))
+        text = store.read_text(store.join(exp, JOB_RECORD)) or store.read_text(store.join(exp, "study.json"))
         if text is None:
             raise InputError(exp, "not an experiment or study directory of speechtune (no speechtune_job.json "
                                   "or study.json)")

@@ -138,7 +138,8 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
     from ray import tune
 
     from analysis.confidence import SURE, compare, interval, p_improves
-    from analysis.load import best_checkpoint, load_experiment, read_job_record
+    from analysis.load import best_checkpoint, load_experiment, rank
+    from analysis.record import read_record
     from asr_core import storage as store
     from asr_core.models import get_family
     from asr_core.train.checkpoint import edits_record
@@ -147,20 +148,19 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
     from tune_jobs.space import parse_space, split_grid
 
     local = store.local_copy(exp, skip_checkpoints=False)
-    record = read_job_record(local)
-    family = get_family(record.get("family", ""))
+    record = read_record(local)
+    family = get_family(record.family)
     if family.acoustic is None:
         raise SystemExit(f"error: decode-tune needs an ASR family that decodes from cached outputs; "
                          f"{family.name} has none")
-    manifests = record.get("manifests") or {}
+    manifests = record.manifests
     for split in ("train", "dev"):
         if not manifests.get(split) or not Path(manifests[split]).is_file():
             raise SystemExit(f"error: {exp}: the {split} manifest {manifests.get(split)!r} is not on this machine")
-    params = record.get("params") or {}
-    sel = (params.get("select_metric") or record.get("metric", "val_cer"), params.get("select_mode") or "min")
+    sel = record.selection
     trials, _ = load_experiment(local)
-    ranked = trials[~trials.status.isin(["failed", "diverged"])].head(top)
-    unit = "wer" if record.get("metric", "val_cer").endswith("wer") or family.default_metric.endswith("wer") \
+    ranked = rank(trials, record).head(top)
+    unit = "wer" if record.metric.endswith("wer") or family.default_metric.endswith("wer") \
         else "cer"
     t0 = time.time()
     caches = {}

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import tune_jobs  # noqa: F401  (sets RAY_TRAIN_V2_ENABLED before ray.train loads)
+from analysis.record import JOB_RECORD, Baseline, ExperimentRecord, Resources
 from asr_core import storage as store
 from asr_core.data.manifest import normalize_spec, read_manifest, spec_is_remote
 from asr_core.data.synth import default_cache_dir, ensure_corpus
@@ -18,7 +19,6 @@ from tune_jobs.registry import make_loggers, make_searcher
 from tune_jobs.spec import JobSpec, ResourcesSpec
 
 log = logging.getLogger(__name__)
-JOB_RECORD = "speechtune_job.json"
 PUBLISHED = "PUBLISHED.json"
 
 
@@ -280,10 +280,10 @@ def save_outcome(exp_uri: str, outcome: dict) -> None:
     """What ``speechtune tune`` learned that Tune's files do not hold (test figures, the best
     checkpoint, wall time, an interrupt), kept in the experiment's record: every report of the
     experiment, written again or read from object storage, shows it."""
-    text = store.read_text(store.join(exp_uri, JOB_RECORD))
-    record = json.loads(text) if text else {}
-    record["outcome"] = outcome
-    store.write_text(store.join(exp_uri, JOB_RECORD), json.dumps(record, indent=1, ensure_ascii=False, default=str))
+    where = store.join(exp_uri, JOB_RECORD)
+    text = store.read_text(where)
+    record = ExperimentRecord.from_dict(json.loads(text), where) if text else ExperimentRecord()
+    store.write_text(where, record.with_outcome(outcome).to_json())
 
 
 def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phase: dict | None = None,
@@ -291,18 +291,20 @@ def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phas
     """What the analysis needs and cannot infer from Tune's files (read by analysis.load), and
     the job itself, so that ``speechtune tune --resume EXP`` needs nothing else."""
     res = job.resources
-    record = {"job_file": job.path, "name": job.name, "family": job.family, "preset": job.preset,
-              "profile": job.profile, "metric": job.metric, "mode": job.mode, "epochs": params.get("epochs"),
-              "search_space": job.search_space, "trials": job.trials, "tuned": job.tuned_keys(),
-              "constraints": job.constraints, "require": job.require, "manifests": manifests,
-              "num_trials": job.num_trials, "max_concurrent": job.max_concurrent, "scheduler": job.scheduler.as_dict(), "searcher": job.searcher.name,
-              "resources": {"num_workers": res.num_workers, "cpus_per_trial": res.num_workers * res.cpus_per_worker,
-                            "gpus_per_trial": res.num_workers * res.gpus_per_worker},
-              "params": params,  # every trial's base config; a trial's params.json holds what it varied
-              "phase": phase or {}, "job": job.raw, "skipped": skipped or [], "loggers": job.loggers,
-              # what tuning is judged against (analysis.confidence compares the best with it)
-              "baseline": dict(zip(("params", "source"), job.baseline()))}
-    store.write_text(store.join(exp_uri, JOB_RECORD), json.dumps(record, indent=1, ensure_ascii=False, default=str))
+    base_params, base_source = job.baseline()
+    record = ExperimentRecord(
+        job_file=job.path, name=job.name, family=job.family, preset=job.preset, profile=job.profile,
+        metric=job.metric, mode=job.mode, epochs=params.get("epochs"), search_space=job.search_space,
+        trials=job.trials, tuned=tuple(job.tuned_keys()), constraints=tuple(job.constraints), require=job.require,
+        manifests=manifests, num_trials=job.num_trials, max_concurrent=job.max_concurrent,
+        scheduler=job.scheduler.as_dict(), searcher=job.searcher.name,
+        resources=Resources(res.num_workers, res.num_workers * res.cpus_per_worker,
+                            res.num_workers * res.gpus_per_worker),
+        params=params,  # every trial's base config; a trial's params.json holds what it varied
+        phase=phase or {}, job=job.raw, skipped=tuple(skipped or ()), loggers=tuple(job.loggers),
+        # what tuning is judged against (analysis.confidence compares the best with it)
+        baseline=Baseline(base_params, base_source or ""))
+    store.write_text(store.join(exp_uri, JOB_RECORD), record.to_json())
 
 
 def run_train(params: dict, res: ResourcesSpec, storage_path: str, name: str, address: str | None = None,

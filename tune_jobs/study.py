@@ -14,7 +14,8 @@ import json
 import math
 
 from asr_core import storage as store
-from analysis.load import best_checkpoint, load_experiment
+from analysis.load import best_checkpoint, load_experiment, winner
+from analysis.record import read_record
 from asr_core.errors import InputError
 from tune_jobs.spec import JobSpec, build_job, phase_dict
 from tune_jobs.yamlio import Locator
@@ -51,13 +52,13 @@ def fingerprint(pj: JobSpec) -> str:
 
 def winners(exp_uri: str, pj: JobSpec, phase_name: str) -> tuple[dict[str, dict], dict]:
     """The best trial's values of the keys this phase chose, each with its provenance."""
-    trials, _ = load_experiment(store.local_copy(exp_uri))
+    local = store.local_copy(exp_uri)
+    trials, _ = load_experiment(local)
     key = f"best_{pj.metric}"
-    ok = trials[trials[key].notna()] if key in trials else trials.iloc[0:0]
-    if ok.empty:
-        raise RuntimeError(f"phase {phase_name}: no trial reported {pj.metric}; nothing to carry into the next phase "
-                           f"(see {exp_uri})")
-    best = ok.iloc[0]  # load_experiment ranks by the job's metric (and its requirements)
+    best = winner(trials, read_record(local))  # the one ranking (a diverged trial never wins)
+    if best is None:
+        raise RuntimeError(f"phase {phase_name}: no trial that can win reported {pj.metric} (failed and diverged "
+                           f"trials never do); nothing to carry into the next phase (see {exp_uri})")
     out = {}
     for k in pj.tuned_keys():
         col = f"config/{k}"

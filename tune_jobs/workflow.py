@@ -138,21 +138,22 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
     WER with 95% intervals and the probability that the best improves on the baseline (paired
     bootstrap, analysis.confidence). Kept as ``test_scores.json``; the report opens with it."""
     from analysis.confidence import SURE, baseline_trial, compare, edits_from_rows
-    from analysis.load import best_checkpoint, load_experiment, read_job_record
+    from analysis.load import best_checkpoint, load_experiment
+    from analysis.record import read_record
     from asr_core import storage as store
     from asr_core.evaluate import evaluate
 
-    record = read_job_record(local)
+    record = read_record(local)
     trials, _ = load_experiment(local)
     base = baseline_trial(trials, record)
-    source = (record.get("baseline") or {}).get("source", "")
+    source = record.baseline.source
     out = {"split": "test", "manifest": str(test_manifest), "baseline_source": source,
            "best": {"checkpoint": str(best), "epoch": ev["epoch"], "trial": Path(best).parent.name}}
     base_edits = None
     if base is not None:
         bck = best_checkpoint(local, *job.selection(), trial=base.trial)
         out["baseline"] = {"checkpoint": str(bck), "trial": base.trial, "trial_id": base.trial_id,
-                           "params": (record.get("baseline") or {}).get("params"),
+                           "params": record.baseline.params,
                            "status": base.status, "epochs_run": _int(base.epochs_run),
                            "epochs_planned": _int(base.epochs_planned)}
         best_row = trials[trials.trial == Path(best).parent.name]
@@ -194,7 +195,7 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
     unit = "wer" if job.metric.endswith("wer") else "cer"
     b = out[f"best_{unit}"]
     if base is None:
-        line = f"no baseline trial ({source or (record.get('baseline') or {}).get('source') or 'none given'})"
+        line = f"no baseline trial ({source or 'none given'})"
     elif out["baseline"].get("is_best"):
         line = "the baseline configuration itself was the best checkpoint: tuning found nothing better"
         r = out.get("runner_up")
@@ -270,4 +271,5 @@ def check_with_ray(exp_dir) -> bool:
         return True
     c = compare_with_ray(exp_dir)
     print(f"checked {exp_dir} against {c.summary()}")
+    print(f"best trial: {c.winner}" if c.winner else "best trial: none (no trial that can win reported the metric)")
     return c.ok
