@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export SPEECHTUNE_CACHE ?= $(CURDIR)/.cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-bilingual demo-seeds test test-fast install lock benchmark bench-deps search-benchmark clean \
+.PHONY: demo demo-bilingual demo-seeds test test-fast lint-imports install lock benchmark bench-deps search-benchmark clean \
         docker-images
 SEEDS := seed000_mono seed000_bilingual seed001_presets seed002_staged seed003_convergence seed004_crnn
 
@@ -65,12 +65,16 @@ $(CHROMIUM):
 # two pytest-xdist workers, each with its own shared Ray head; tests that start Rays of their own run
 # in one of them, one after the other, and the order units are handed out in is set in tests/conftest.py
 TEST_WORKERS ?= 2
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) lint-imports
 	$(PY) -m pytest -q --durations=10 -n $(TEST_WORKERS) --no-loadscope-reorder
 
 # the tests that start no Ray and train nothing for long (markers in tests/conftest.py): about 2 minutes
-test-fast: $(STAMP) $(CHROMIUM)
+test-fast: $(STAMP) $(CHROMIUM) lint-imports
 	$(PY) -m pytest -q -m "not ray and not slow" --durations=5
+
+# the layering (.importlinter; ARCHITECTURE.md): which package may import which, no cycles
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

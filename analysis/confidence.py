@@ -76,7 +76,7 @@ def aligned(a: dict, b: dict, unit: str) -> tuple[list, list]:
 def checkpoint_edits(trial_dir: Path, epoch: int | None) -> dict | None:
     """The edit counts a trial's checkpoint of ``epoch`` kept (its best epoch's checkpoint is kept
     by the checkpoint policy: num_to_keep by the job's metric); None if that one is gone."""
-    from asr_core.train.checkpoint import load_edits
+    from asr_core.train.checkpoint_files import load_edits
 
     if epoch is None or (isinstance(epoch, float) and math.isnan(epoch)):
         return None
@@ -89,7 +89,7 @@ def checkpoint_edits(trial_dir: Path, epoch: int | None) -> dict | None:
 
 def edits_from_rows(rows: list[dict]) -> dict:
     """``evaluate(..., per_utterance=True)`` rows as an ``edits.json`` record."""
-    from asr_core.train.checkpoint import edits_record
+    from asr_core.train.checkpoint_files import edits_record
 
     return edits_record([(r["id"], r["char_errors"], r["chars"], r["word_errors"], r["words"]) for r in rows])
 

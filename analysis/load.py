@@ -54,6 +54,18 @@ def winner(trials: pd.DataFrame, record: ExperimentRecord):
     return ok.iloc[0] if not ok.empty else None
 
 
+def tuned_params(exp_dir: Path, trials: pd.DataFrame, record: ExperimentRecord | None = None) -> list[str]:
+    """The config columns a ranking shows: the experiment name, preset, searched and tuned keys."""
+    rec = record if record is not None else read_record(exp_dir)
+    named = rec.trials
+    keys = dict.fromkeys(["experiment", *(["preset"] if any("preset" in p for p in named.values()) else []),
+                          *rec.searched])
+    cols = [f"config/{k}" for k in keys if f"config/{k}" in trials]
+    if not cols:  # no record: the config columns that vary across trials
+        cols = [c for c in trials if c.startswith("config/") and trials[c].astype(str).nunique() > 1]
+    return cols
+
+
 def lower_is_better(metric: str, job_metric: str | None = None, job_mode: str = "min") -> bool:
     """The direction of ``metric``: the job's pair for its metric, else the metric registry
     (``asr_core.metrics.mode_of``, which also rules on names no family declares)."""

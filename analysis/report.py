@@ -17,7 +17,7 @@ import pandas as pd
 from analysis import blocks
 from analysis import confidence as conf
 from analysis import insights as ins
-from analysis.load import CANNOT_WIN, load_experiment, rank, save_tables
+from analysis.load import CANNOT_WIN, load_experiment, rank, save_tables, tuned_params
 from analysis.record import ExperimentRecord, read_record
 
 STATUS_TEXT = ("Statuses: finished = ran all planned epochs; early-stopped = stopped by the scheduler; "
@@ -48,18 +48,6 @@ def show(metric: str, v) -> str:
 def _title(metric: str) -> str:
     m = metric.removeprefix("val_")
     return ("val " if metric.startswith("val_") else "") + (m.upper() if m in ("cer", "wer") else m.replace("_", " "))
-
-
-def tuned_params(exp_dir: Path, trials: pd.DataFrame, record: ExperimentRecord | None = None) -> list[str]:
-    """The config columns a ranking shows: the experiment name, preset, searched and tuned keys."""
-    rec = record if record is not None else read_record(exp_dir)
-    named = rec.trials
-    keys = dict.fromkeys(["experiment", *(["preset"] if any("preset" in p for p in named.values()) else []),
-                          *rec.searched])
-    cols = [f"config/{k}" for k in keys if f"config/{k}" in trials]
-    if not cols:  # no record: the config columns that vary across trials
-        cols = [c for c in trials if c.startswith("config/") and trials[c].astype(str).nunique() > 1]
-    return cols
 
 
 class _Collect(logging.Handler):

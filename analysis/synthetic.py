@@ -77,7 +77,7 @@ def write_experiment(exp_dir: str | os.PathLike, trials: list[FakeTrial], record
         if t.error:
             (d / "error.txt").write_text(t.error + "\n")
         for k, (epoch, edits) in enumerate(sorted(t.checkpoints.items())):
-            from asr_core.train.checkpoint import EDITS, META, write_edits
+            from asr_core.train.checkpoint_files import EDITS, META, write_edits
 
             c = d / f"checkpoint_{k:06d}"
             c.mkdir(exist_ok=True)

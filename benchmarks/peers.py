@@ -1,4 +1,4 @@
-"""The benchmark's peers behind the replay's calls (analysis.replay): each is a policy with the
+"""The benchmark's peers behind the replay's calls (tune_jobs.replay): each is a policy with the
 searcher and scheduler methods the replay makes of Tune's (``suggest``, ``on_trial_result``,
 ``on_trial_complete``, ``on_trial_add``, ``choose_trial_to_run``), so every method runs on the same
 curves, the same simulated clock and the same slots.
@@ -29,7 +29,7 @@ class _Policy:
     def __init__(self, curves):
         self.curves = curves
         # a table that is no full product (a CURVES file, trials left out): its configurations
-        # by number, as analysis.replay.RayPolicy does
+        # by number, as tune_jobs.replay.RayPolicy does
         self.levels = curves.levels() if curves.is_product() else {"__config": list(range(len(curves.configs)))}
         self.searcher = self.scheduler = self
 

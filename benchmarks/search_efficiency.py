@@ -1,5 +1,5 @@
 """Search efficiency: how close each tuning method gets to a recorded grid's best for a share of
-the grid's compute, replayed over full grids of our own families (analysis.replay), side by side
+the grid's compute, replayed over full grids of our own families (tune_jobs.replay), side by side
 with every peer.
 
 Tables (benchmarks/data/<name>.csv, each recorded with speechtune itself: ``--record JOB``):
@@ -109,7 +109,7 @@ def run_one(curves, name: str, m: Method, seed: int, slots: int):
     """One replay; returns it with the curves it ran on (the grid's are reordered)."""
     import random
 
-    from analysis.replay import replay
+    from tune_jobs.replay import replay
 
     # Ray's asynchronous Hyperband picks brackets, and hpbandster samples its KDEs, from the
     # global generators: seeded per replay, so a rerun gives the same table

@@ -147,7 +147,8 @@ def test_the_replay_pays_a_promoted_trials_epochs_once_and_ends_the_unpromoted_a
     and end there. Each epoch is paid once: A's four, B's and C's first."""
     import numpy as np
 
-    from analysis.replay import Curves, replay
+    from analysis.replay import Curves
+    from tune_jobs.replay import replay
 
     values = np.array([[0.5, 0.4, 0.3, 0.2],    # A
                        [0.9, 0.8, 0.7, 0.6],    # B
@@ -173,7 +174,8 @@ def test_the_baseline_is_resumed_to_the_end_once_every_configuration_has_started
     ``finish_baseline`` A ends at rung 1."""
     import numpy as np
 
-    from analysis.replay import Curves, RayPolicy, replay
+    from analysis.replay import Curves
+    from tune_jobs.replay import RayPolicy, replay
 
     values = np.array([[0.9, 0.8, 0.7, 0.6],   # A: the baseline
                        [0.5, 0.4, 0.3, 0.2],   # B
@@ -246,7 +248,8 @@ def test_a_rung_cuts_only_once_its_ranking_is_shown_to_predict_the_final_one():
     2's is 1 (it cuts from then on): E is found, and D and F, behind at rung 2, stop there."""
     import numpy as np
 
-    from analysis.replay import Curves, RayPolicy, replay
+    from analysis.replay import Curves
+    from tune_jobs.replay import RayPolicy, replay
 
     values = np.array([[0.70, 0.50, 0.45, 0.40],   # A
                        [0.75, 0.45, 0.40, 0.35],   # B
@@ -371,7 +374,8 @@ def test_normalized_regret_scores_the_incumbent_by_its_full_runs_result():
     epoch is in, regret 0."""
     import numpy as np
 
-    from analysis.replay import Curves, compute_to_reach, iqm_interval, normalized_regret, replay
+    from analysis.replay import Curves, compute_to_reach, iqm_interval, normalized_regret
+    from tune_jobs.replay import replay
 
     values = np.array([[0.3, 0.25], [0.8, 0.1], [0.6, 0.5]])
     curves = Curves(params=("name",), configs=(("A",), ("B",), ("C",)), values=values,
@@ -397,7 +401,8 @@ def test_at_the_end_a_slot_that_would_idle_runs_a_paused_trial_that_ends_before_
     backfill B, C and D ended at rung 1 (12 epochs in all)."""
     import numpy as np
 
-    from analysis.replay import Curves, RayPolicy, replay
+    from analysis.replay import Curves
+    from tune_jobs.replay import RayPolicy, replay
 
     values = np.array([[0.50, 0.48, 0.46, 0.44, 0.42, 0.40, 0.38, 0.36, 0.34],   # A: the baseline
                        [0.70, 0.68, 0.66, 0.64, 0.62, 0.60, 0.58, 0.56, 0.54],   # B

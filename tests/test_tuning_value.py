@@ -86,7 +86,8 @@ def _logp(prob, back, g, order):
 
 @pytest.mark.skipif(not GRID.is_file(), reason="benchmarks/data/crnn_grid.csv not recorded")
 def test_replaying_fifo_over_the_recorded_grid_reproduces_its_best_and_asha_spends_less():
-    from analysis.replay import Curves, replay
+    from analysis.replay import Curves
+    from tune_jobs.replay import replay
 
     curves = Curves.from_csv(GRID)
     assert len(curves.configs) >= 36 and curves.epochs == 8 and curves.is_product()

@@ -285,7 +285,8 @@ def cmd_replay(a) -> int:
     """Replay a finished search's learning curves through other schedulers and searchers."""
     import logging
 
-    from analysis.replay import Curves, format_table, replay_table
+    from analysis.replay import Curves, format_table
+    from tune_jobs.replay import replay_table
 
     logging.getLogger("ray.tune.search.hyperopt").setLevel(logging.ERROR)
     try:
@@ -295,7 +296,7 @@ def cmd_replay(a) -> int:
         return 2
     methods = [(s, q) for s in a.scheduler.split(",") for q in a.searcher.split(",")]
     for s, q in methods:
-        from analysis.replay import SCHEDULER_OPTIONS
+        from tune_jobs.replay import SCHEDULER_OPTIONS
         from tune_jobs.registry import SEARCHERS
 
         if s not in SCHEDULER_OPTIONS or q not in SEARCHERS:

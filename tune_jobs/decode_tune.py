@@ -142,7 +142,7 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
     from analysis.record import read_record
     from asr_core import storage as store
     from asr_core.models import get_family
-    from asr_core.train.checkpoint import edits_record
+    from asr_core.train.checkpoint_files import edits_record
     from cluster.local import init_ray
     from tune_jobs.registry import make_searcher
     from tune_jobs.space import parse_space, split_grid

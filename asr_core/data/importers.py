@@ -28,11 +28,47 @@ import io
 import json
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from asr_core import storage
-from asr_core.data.manifest import RawSource, digest_of, read_jsonl
 from asr_core.errors import InputError
+
+
+@dataclass
+class RawSource:
+    """What an importer hands to :func:`read_manifest`: rows as dicts of the manifest's keys
+    (or the InputError that row is), each with its ``file:line``; the folder relative audio paths
+    resolve against; and a digest of the source files' bytes."""
+    base: str
+    rows: list[tuple[str, dict | InputError]]
+    digest: str
+
+
+def read_jsonl(src: str, **_) -> RawSource:
+    try:
+        data = storage.read_bytes(storage.normalize(src))
+    except FileNotFoundError:
+        raise InputError(str(src), "manifest not found") from None
+    rows: list[tuple[str, dict | InputError]] = []
+    for lineno, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{src}:{lineno}"
+        try:
+            d = json.loads(raw)
+        except json.JSONDecodeError as e:
+            rows.append((where, InputError(where, f"not valid JSON ({e.msg})")))
+            continue
+        rows.append((where, d if isinstance(d, dict) else InputError(where, "a manifest line must be a JSON object")))
+    return RawSource(storage.parent(storage.normalize(src)), rows, digest_of(storage.normalize(src), data))
+
+
+def digest_of(location: str, *blobs: bytes) -> str:
+    h = hashlib.sha1(location.encode())  # relative audio paths resolve against the location
+    for b in blobs:
+        h.update(hashlib.sha1(b).digest())
+    return h.hexdigest()
 
 
 def _lines(uri: str, required: bool = True) -> tuple[list[str], bytes]:

@@ -10,7 +10,6 @@ paths may be absolute, URIs, or relative to the manifest's own folder (local or 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Iterable
 import soundfile
 
 from asr_core import storage
+from asr_core.data.importers import FORMATS
 from asr_core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -71,20 +71,8 @@ class Manifest:
         return len(self.utterances)
 
 
-@dataclass
-class RawSource:
-    """What an importer hands to :func:`read_manifest`: rows as dicts of the manifest's keys
-    (or the InputError that row is), each with its ``file:line``; the folder relative audio paths
-    resolve against; and a digest of the source files' bytes."""
-    base: str
-    rows: list[tuple[str, dict | InputError]]
-    digest: str
-
-
 def split_spec(spec: str) -> tuple[str, str]:
     """``"kaldi:/data/train"`` -> ("kaldi", "/data/train"); a plain path or URI -> ("jsonl", it)."""
-    from asr_core.data.importers import FORMATS
-
     head, sep, rest = str(spec).partition(":")
     if sep and head in FORMATS and not rest.startswith("//"):
         return head, rest
@@ -99,32 +87,6 @@ def normalize_spec(spec: str) -> str:
 
 def spec_is_remote(spec: str) -> bool:
     return storage.is_remote(split_spec(spec)[1])
-
-
-def read_jsonl(src: str, **_) -> RawSource:
-    try:
-        data = storage.read_bytes(storage.normalize(src))
-    except FileNotFoundError:
-        raise InputError(str(src), "manifest not found") from None
-    rows: list[tuple[str, dict | InputError]] = []
-    for lineno, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"{src}:{lineno}"
-        try:
-            d = json.loads(raw)
-        except json.JSONDecodeError as e:
-            rows.append((where, InputError(where, f"not valid JSON ({e.msg})")))
-            continue
-        rows.append((where, d if isinstance(d, dict) else InputError(where, "a manifest line must be a JSON object")))
-    return RawSource(storage.parent(storage.normalize(src)), rows, digest_of(storage.normalize(src), data))
-
-
-def digest_of(location: str, *blobs: bytes) -> str:
-    h = hashlib.sha1(location.encode())  # relative audio paths resolve against the location
-    for b in blobs:
-        h.update(hashlib.sha1(b).digest())
-    return h.hexdigest()
 
 
 def audio_info(uri: str) -> soundfile._SoundFileInfo:
@@ -177,8 +139,6 @@ def read_manifest(spec: str | os.PathLike, *, skip_bad: bool = False, check_audi
     listed in ``Manifest.skipped``. ``audio_dir``: where an import may write audio (a dataset's
     embedded bytes; with ``allow_pipes``, the output of Kaldi pipe commands); without it such rows
     are errors that say how to import them."""
-    from asr_core.data.importers import FORMATS
-
     fmt, src = split_spec(str(spec))
     raw = FORMATS[fmt](src, audio_dir=audio_dir, allow_pipes=allow_pipes, **reader_options)
     utts: list[Utterance] = []

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-STATE = "state.pt"
-META = "meta.json"
-EDITS = "edits.json"
+# the files and JSON parts, here too: a checkpoint is one module to its writers (loop, evaluate)
+from asr_core.train.checkpoint_files import (EDITS, META, STATE, edits_record, load_edits,  # noqa: F401
+                                            load_meta, write_edits)
 
 
 def save(dirpath: str | os.PathLike, *, model, optimizer, scheduler, epoch: int, run, tokenizer,
@@ -37,26 +37,5 @@ def save(dirpath: str | os.PathLike, *, model, optimizer, scheduler, epoch: int,
         write_edits(d / EDITS, edits, split="dev", epoch=epoch)
 
 
-def edits_record(edits: list) -> dict:
-    """``(utterance id, char errors, chars, word errors, words)`` rows as the record
-    ``edits.json`` holds and analysis.confidence reads: ids, char and word pairs, by id."""
-    rows = sorted(edits)
-    return {"ids": [r[0] for r in rows], "char": [[int(r[1]), int(r[2])] for r in rows],
-            "word": [[int(r[3]), int(r[4])] for r in rows]}
-
-
-def write_edits(path: str | os.PathLike, edits: list, split: str, epoch: int | None = None) -> None:
-    Path(path).write_text(json.dumps({"split": split, "epoch": epoch, **edits_record(edits)}))
-
-
-def load_edits(dirpath: str | os.PathLike) -> dict | None:
-    p = Path(dirpath) / EDITS
-    return json.loads(p.read_text()) if p.is_file() else None
-
-
 def load_state(dirpath: str | os.PathLike) -> dict:
     return torch.load(Path(dirpath) / STATE, map_location="cpu", weights_only=False)
-
-
-def load_meta(dirpath: str | os.PathLike) -> dict:
-    return json.loads((Path(dirpath) / META).read_text())
