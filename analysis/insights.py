@@ -18,6 +18,9 @@ from analysis.load import CANNOT_WIN
 
 EDGE = 0.10  # a best value within 10% of its range's end (log scale for loguniform) is "at the edge"
 SAME = 0.01  # relative differences under 1% are "no difference"
+# a rank correlation's p-value from fewer points is no finding (with 4 points the smallest
+# two-sided exact p is 0.083, with 3 it is 0.33; scipy's asymptotic p says 0 for a perfect 3)
+MIN_CORRELATION_POINTS = 5
 
 
 MIN_GROUP = 3  # fewer trials than this per compared group: the finding is anecdotal
@@ -126,7 +129,12 @@ def parameter_effects(trials: pd.DataFrame, params: list[str], metric: str, lowe
             continue
         xs, ys = x[known], y[known]
         numeric = all(_isnum(v) for v in xs) and xs.nunique() >= 3
-        if numeric:
+        if numeric and len(xs) < MIN_CORRELATION_POINTS:
+            out.append(Finding("effect", f"`{p}`: {len(xs)} scored trials{at}, too few to judge a rank correlation "
+                                         f"with `{metric}` (at least {MIN_CORRELATION_POINTS}).",
+                               {"param": p, "n": int(len(xs)), "too_few": True,
+                                "budget": budget.epochs if budget else None}))
+        elif numeric:
             rho, pval = spearmanr(xs.astype(float), ys.astype(float))
             if math.isnan(rho):
                 continue
@@ -254,6 +262,9 @@ def size_effect(trials: pd.DataFrame, metric: str, lower: bool, budget: Budget |
     if "model_params" not in ok or ok.model_params.dropna().nunique() < 3:
         return None
     ok = ok[ok.model_params.notna()]
+    if len(ok) < MIN_CORRELATION_POINTS:
+        return Finding("size", f"Model size: {len(ok)} scored trials{at}, too few to judge its relation to "
+                               f"`{metric}` (at least {MIN_CORRELATION_POINTS}).", {"n": len(ok), "too_few": True})
     rho, pval = spearmanr(ok.model_params.astype(float), ok[f"best_{metric}"].astype(float))
     if math.isnan(rho):
         return None
@@ -342,7 +353,7 @@ def next_steps(found: list[Finding], trials: pd.DataFrame, metric: str) -> list[
         low = [p for p, v in ranked if v < 0.05]
         steps.append(f"Focus the next search on {', '.join(f'`{p}`' for p in top)}"
                      + (f"; fix {', '.join(f'`{p}`' for p in low)} at the best trial's values" if low else "") + ".")
-    size = next((f for f in found if f.kind == "size" and abs(f.data["rho"]) >= 0.4), None)
+    size = next((f for f in found if f.kind == "size" and abs(f.data.get("rho", 0.0)) >= 0.4), None)
     if size:
         steps.append(f"Try {size.data['better']} models than the current best, since size and `{metric}` "
                      f"moved together (ρ = {size.data['rho']:+.2f}).")

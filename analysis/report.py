@@ -326,14 +326,44 @@ def summary_items(a: Analysis, extra: dict | None = None) -> list:
     return items
 
 
+# run keys the job layer adds to every trial's config (base_params): never a user's to paste
+_RUN_KEYS = {"family", "preset", "experiment", "select_metric", "select_mode", "skip_bad", "cache_dir"}
+
+
+def best_config(a: Analysis, r) -> dict:
+    """Trial ``r``'s configuration as a job-file fragment of the user's own keys: the family, the
+    preset, and under ``params`` the keys the job set, searched or named (their values in this
+    trial); no machine paths, no keys the job layer adds. Without a record: the config keys that
+    vary across trials."""
+    rec = a.record
+    own = dict.fromkeys([*(rec.job.get("params") or {}), *rec.searched,
+                         *(k for p in rec.trials.values() for k in p)])
+    if not own:
+        own = dict.fromkeys(c.removeprefix("config/") for c in a.params)
+    params = {}
+    for k in own:
+        v = r.get(f"config/{k}")
+        if k in _RUN_KEYS or k.endswith(("_manifest", "_features", "_dir")) or v is None \
+                or (isinstance(v, float) and math.isnan(v)):
+            continue
+        params[k] = v.item() if hasattr(v, "item") else v
+    preset = r.get("config/preset")
+    frag = {"family": rec.family or r.get("config/family"),
+            "preset": preset if isinstance(preset, str) and preset else rec.preset}
+    return {**{k: v for k, v in frag.items() if v}, "params": params}
+
+
 def best_config_blocks(a: Analysis) -> list:
+    import yaml
+
     b = a.best()
     if b is None:
         return []
-    cfg = {k: v for k, v in a.config_of(b).items() if not (isinstance(v, float) and math.isnan(v))}
     size = f" ({b.model_params / 1e6:.2f}M parameters)" if pd.notna(b.get("model_params")) else ""
-    return [blocks.Heading("Best configuration"), blocks.Paragraph(f"`{a.label(b)}`{size}:"),
-            blocks.Code("\n".join(f"{k}: {_fmt(v)}" for k, v in cfg.items()), "yaml")]
+    text = yaml.safe_dump(best_config(a, b), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return [blocks.Heading("Best configuration"),
+            blocks.Paragraph(f"`{a.label(b)}`{size}, as a job file's keys (paste into one):"),
+            blocks.Code(text.rstrip(), "yaml")]
 
 
 def findings_block(a: Analysis):

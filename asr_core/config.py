@@ -5,7 +5,7 @@ import dataclasses
 import typing
 from typing import Any, Mapping, TypeVar
 
-from asr_core.errors import InputError, KeyProblem
+from asr_core.errors import InputError
 
 T = TypeVar("T")
 

@@ -88,32 +88,3 @@ def _p(prob: list[dict], backoff: list[dict], g: tuple) -> float:
     if n == 1:
         return prob[1].get((UNK,), 0.0)
     return backoff[n - 1].get(g[:-1], 1.0) * _p(prob, backoff, g[1:])
-
-
-def sentence_logprob(path: str | os.PathLike, units: list[str]) -> float:
-    """log10 probability of a unit sequence under an ARPA file (for tests; KenLM reads it in use)."""
-    prob: dict[tuple, float] = {}
-    back: dict[tuple, float] = {}
-    section = 0
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.startswith("\\") and line.endswith("-grams:"):
-            section = int(line[1:].split("-")[0])
-            continue
-        if not section or not line.strip() or line.startswith("\\"):
-            continue
-        parts = line.split("\t")
-        g = tuple(parts[1].split(" "))
-        prob[g] = float(parts[0])
-        if len(parts) > 2:
-            back[g] = float(parts[2])
-    order = max(len(g) for g in prob)
-
-    def lp(g: tuple) -> float:
-        if g in prob:
-            return prob[g]
-        if len(g) == 1:
-            return prob[(UNK,)]
-        return back.get(g[:-1], 0.0) + lp(g[1:])
-
-    seq = [BOS] + [u if (u,) in prob else UNK for u in units] + [EOS]
-    return sum(lp(tuple(seq[max(0, i - order + 1):i + 1])) for i in range(1, len(seq)))

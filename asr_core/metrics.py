@@ -92,11 +92,6 @@ def selection_metric(name: str, validation: dict[str, Metric]) -> str | None:
     return None
 
 
-# Counts every ASR family reports at validation; additive, so workers sum them before dividing.
-ASR_COUNT_KEYS = ("char_errors", "chars", "char_hits", "word_errors", "words", "utts", "exact", "lid_correct",
-                  "lid_total")
-
-
 def sentence_edits(out) -> list[tuple[int, int]]:
     """(errors, reference length) of each sentence of a jiwer ``process_characters`` /
     ``process_words`` output, from its per-sentence alignments: the pairs a bootstrap interval

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from analysis.load import MetricNotFound, load_experiment
 from analysis.raycheck import compare_with_ray
@@ -437,9 +438,32 @@ def test_a_record_written_before_records_had_a_version_reads_and_ranks_as_it_did
     text = write_report(exp, tmp_path / "report").read_text()
     ranking = "## Ranking" + text.split("## Ranking")[1].split("Statuses:")[0]
     assert ranking == (data / "record_v0.ranking.md").read_text()
+    # the best configuration as a job file's own keys: no machine paths, nothing the job layer adds
+    block = text.split("## Best configuration")[1].split("```yaml\n")[1].split("```")[0]
+    assert yaml.safe_load(block) == {"family": "crnn_ctc", "preset": "tiny", "params": {
+        "epochs": 2, "n_mels": 40, "batch_bins": 200000, "lr": 1.0e-4, "optimizer": "sgd", "grad_clip": 0,
+        "schedule": "step", "step_size": 1}}
     # written again, it is a record of this version with the same values
     again = ExperimentRecord.from_dict(json.loads(rec.to_json()))
     assert again.version == VERSION and again.to_dict() == rec.to_dict()
     newer = {**json.loads((exp / "speechtune_job.json").read_text()), "version": VERSION + 1}
     with pytest.raises(ValueError, match="newer speechtune"):
         ExperimentRecord.from_dict(newer)
+
+
+def test_three_trials_give_no_correlation_p_value_but_say_they_are_too_few(tmp_path):
+    """A rank correlation of three points is -1 or 1 by chance one time in three (scipy's p for a
+    perfect 3 is 0): the findings say the trials are too few instead of stating one."""
+    trials = [FakeTrial(f"t{i}", {"lr": lr}, [{"epoch": 1, "val_cer": cer, "model_params": size}])
+              for i, (lr, cer, size) in enumerate([(1e-4, 0.9, 1e6), (1e-3, 0.6, 2e6), (1e-2, 0.3, 3e6)])]
+    rec = {"name": "three", "family": "crnn_ctc", "metric": "val_cer", "mode": "min", "epochs": 1,
+           "search_space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "tuned": ["lr"]}
+    exp = write_experiment(tmp_path / "three", trials, rec)
+    write_report(exp, tmp_path / "rep")
+    found = json.loads((tmp_path / "rep" / "report.json").read_text())["findings"]
+    lr = next(f for f in found if f["kind"] == "effect" and f["data"].get("param") == "lr")
+    size = next(f for f in found if f["kind"] == "size")
+    assert lr["data"]["too_few"] and "3 scored trials" in lr["text"] and "too few" in lr["text"]
+    assert size["data"]["too_few"] and "too few" in size["text"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Spearman" not in md and "p = " not in md

@@ -325,3 +325,15 @@ def test_a_partial_store_entry_is_removed_and_extracted_again(corpus, tmp_path):
     got, n = ensure_store(m, cfg, str(tmp_path / "root"), progress=False, parallel=False)
     assert got == str(entry) and n == len(m)
     assert not (entry / "part-00007.arrow").exists() and (entry / "index.json").is_file()
+
+
+def test_decode_tune_of_an_experiment_whose_manifests_are_elsewhere_exits_2_naming_it(tmp_path, capsys):
+    """Library code raises InputError; only the command line turns it into exit 2 (decode-tune
+    raised SystemExit from the library, exit 1). tests/data/record_v0's manifests were on
+    another machine; nothing starts."""
+    from tune_jobs.cli import main
+
+    exp = shutil.copytree(Path(__file__).parent / "data" / "record_v0", tmp_path / "rate")
+    assert main(["decode-tune", str(exp)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {exp}: the train manifest" in err and "is not on this machine" in err

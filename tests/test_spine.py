@@ -4,7 +4,6 @@ refused when the job loads."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest

@@ -62,3 +62,38 @@ def test_ddp_training_reports_every_epoch_and_resumes_at_next_epoch(corpus, cach
     assert df2["epoch"].tolist() == [3, 4]  # continues, does not restart at 1
     # the restored model is the trained one: its first loss is far below a fresh model's
     assert df2["train_loss"].iloc[0] < df["train_loss"].iloc[0]
+
+
+@pytest.mark.parametrize("family", ["crnn_ctc", "conformer_aed"])
+def test_biases_and_norm_gains_take_no_weight_decay_unless_asked(family):
+    """nanoGPT's rule in make_optimizer: matrices and kernels decay, every parameter of fewer than
+    2 dimensions (biases, LayerNorm/BatchNorm gains) does not; a PBT mutation of weight_decay
+    leaves that group at 0; `decay_bias_and_norm: true` is one group, as before; and a
+    checkpoint of one group (written before the split) loads into the run that resumes it."""
+    from asr_core.train.config import TrainConfig
+    from asr_core.train.loop import apply_hyperparameters
+    from asr_core.train.schedules import make_optimizer
+
+    fam = get_family(family)
+    tiny = {k: v for k, v in fam.presets["tiny"].items() if k in fam.config_keys()}  # the model's keys
+    model = fam.build(fam.make_config(tiny), 30, 40)
+    cfg = TrainConfig(optimizer="adamw", weight_decay=0.1)
+    opt = make_optimizer(model, cfg)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0 and no_decay["no_decay"]
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    norms = [m.weight for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm1d,
+                                                                 torch.nn.BatchNorm2d))]
+    assert norms and all(any(w is p for p in no_decay["params"]) for w in norms)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    apply_hyperparameters(opt, TrainConfig(optimizer="adamw", weight_decay=0.3))  # a PBT mutation
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.3, 0.0]
+    one = make_optimizer(model, TrainConfig(optimizer="adamw", weight_decay=0.1, decay_bias_and_norm=True))
+    assert [g["weight_decay"] for g in one.param_groups] == [0.1]
+    # one step of the one-group optimizer, saved; a split optimizer cannot load it, the fallback can
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    one.step()
+    with pytest.raises(ValueError):
+        make_optimizer(model, cfg).load_state_dict(one.state_dict())
+    make_optimizer(model, cfg, split=False).load_state_dict(one.state_dict())

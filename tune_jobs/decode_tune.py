@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import torch
 
 import tune_jobs  # noqa: F401  (Train/Tune env before ray loads)
+from asr_core.errors import InputError
 
 # checkpoint directory -> acoustic forward passes over a split's batches (a test reads it)
 ACOUSTIC_PASSES: Counter = Counter()
@@ -132,6 +133,10 @@ def _trial(config: dict, payload=None) -> None:
                  "edits": [[e[1], e[2], e[3], e[4]] for e in sorted(edits)]})
 
 
+class NothingProduced(RuntimeError):
+    """A search ran and produced no result (the command says so and exits non-zero)."""
+
+
 def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher: str = "grid",
                     num_samples: int = 24, address: str | None = None, num_cpus: int | None = None,
                     progress: bool = True) -> dict:
@@ -151,12 +156,12 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
     record = read_record(local)
     family = get_family(record.family)
     if family.acoustic is None:
-        raise SystemExit(f"error: decode-tune needs an ASR family that decodes from cached outputs; "
-                         f"{family.name} has none")
+        raise InputError(exp, f"decode-tune needs an ASR family that decodes from cached outputs; "
+                              f"{family.name} has none")
     manifests = record.manifests
     for split in ("train", "dev"):
         if not manifests.get(split) or not Path(manifests[split]).is_file():
-            raise SystemExit(f"error: {exp}: the {split} manifest {manifests.get(split)!r} is not on this machine")
+            raise InputError(exp, f"the {split} manifest {manifests.get(split)!r} is not on this machine")
     sel = record.selection
     trials, _ = load_experiment(local)
     ranked = rank(trials, record).head(top)
@@ -170,7 +175,7 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
               flush=True)
         caches[str(t.trial_id)] = acoustic_cache(str(ck), manifests["dev"], progress=progress)
     if not caches:
-        raise SystemExit(f"error: {exp}: no trial with a checkpoint to decode")
+        raise InputError(exp, "no trial with a checkpoint to decode")
     out_dir = local / "decode_cache"  # the dev outputs and the LMs, for a look or a rerun
     torch.save(caches, out_dir.mkdir(parents=True, exist_ok=True) or out_dir / "dev_outputs.pt")
     lms = build_lms(manifests["train"], out_dir / "lm") if _is_ctc(family) else None
@@ -208,7 +213,7 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
         rows.append({"checkpoint": flat.pop("checkpoint"), "settings": flat, "cer": r.metrics["cer"],
                      "wer": r.metrics["wer"], "edits": pairs})
     if not rows:
-        raise SystemExit("error: decode-tune produced nothing: every decoding trial failed")
+        raise NothingProduced("decode-tune produced nothing: every decoding trial failed")
     rows.sort(key=lambda r: r[unit])
     best = rows[0]
     idx = 2 if unit == "wer" else 0
@@ -293,8 +298,12 @@ def main_cli(a) -> int:
         from tune_jobs.yamlio import load_with_lines
 
         space, _ = load_with_lines(a.space)
-    out = run_decode_tune(a.exp, top=a.top, space=space, searcher=a.searcher, num_samples=a.num_samples,
-                          address=a.address, num_cpus=a.num_cpus)
+    try:
+        out = run_decode_tune(a.exp, top=a.top, space=space, searcher=a.searcher, num_samples=a.num_samples,
+                              address=a.address, num_cpus=a.num_cpus)
+    except NothingProduced as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(format_result(out))
     print(f"kept: {a.exp.rstrip('/')}/{RESULT}")
     try:

@@ -60,10 +60,6 @@ def parse_space(space: dict, locate: Callable[[str], str]) -> dict:
     return out
 
 
-def has_grid(space: dict) -> bool:
-    return any(isinstance(s, dict) and "grid" in s for s in space.values())
-
-
 def split_grid(space: dict) -> tuple[dict, dict[str, list]]:
     """(written dimensions that are sampled, {name: values} of grid dimensions)."""
     grid = {k: list(v["grid"]) for k, v in space.items() if isinstance(v, dict) and "grid" in v}

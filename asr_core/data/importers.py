@@ -341,9 +341,6 @@ def _audiofolder(path: Path, audio_column: str, text_column: str) -> RawSource:
     return RawSource(str(path.resolve()), rows, digest_of(str(path.resolve()), meta.read_bytes()))
 
 
-CV_SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")
-
-
 def read_commonvoice(src: str, split: str = "train", **_) -> RawSource:
     uri = storage.normalize(src)
     tsv = uri if uri.endswith(".tsv") else storage.join(uri, f"{split}.tsv")

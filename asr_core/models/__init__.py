@@ -113,15 +113,11 @@ class Family:
         sel = selection_metric(metric, self.validation_metrics) or self.default_metric
         return sel, self.metric(sel).mode
 
-    def make_config(self, params: dict, preset: str | None = None, where: str = "<config>"):
+    def make_config(self, params: dict, where: str = "<config>"):
+        """The model's config from its keys (presets are expanded before, by the job layer)."""
         from asr_core.config import from_dict
 
-        base: dict = {}
-        if preset is not None:
-            if preset not in self.presets:
-                raise ValueError(f"unknown preset for {self.name}: {preset} (known: {sorted(self.presets)})")
-            base = dict(self.presets[preset])
-        return from_dict(self.config_cls, {**base, **params}, where=where)
+        return from_dict(self.config_cls, params, where=where)
 
     def config_keys(self) -> set[str]:
         import dataclasses

@@ -6,7 +6,6 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from asr_core.decoding import CTCPrefixScorer, attention_beam_search
 

@@ -23,6 +23,9 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: Literal["adam", "adamw", "adamax", "adagrad", "sgd"] = "adamw"
     weight_decay: float = 0.0
+    # weight decay on biases and normalisation gains too (every parameter of fewer than 2
+    # dimensions); off by default, as in nanoGPT, torchtune and ESPnet recipes (asr_core.train.schedules)
+    decay_bias_and_norm: bool = False
     momentum: float = 0.9  # sgd only
     batch_bins: int = 400_000  # ESPnet "numel" meaning, see asr_core.data.batching
     batch_size: int = 0  # > 0: this many utterances a batch (seeds 001/002's BATCH) instead of batch_bins
@@ -146,7 +149,7 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
             allowed = sorted(set().union(*known.values(), model_keys))
             raise InputError(where, f"unknown key '{k}' for family {family.name}; known keys: {allowed}", key=k)
     try:
-        model_cfg = family.make_config(model, None, where=where)
+        model_cfg = family.make_config(model, where=where)
     except InputError:
         raise
     except ValueError as e:
@@ -184,7 +187,7 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
 # load), and the selection pair the job sets. Data and feature keys are fixed by the driver, which
 # built the features and the tokenizer before the search.
 FIXED_IN_RUN = {"epochs", "nepochs", "optimizer", "schedule", "finetune", "select_metric", "select_mode",
-                "target_metric", "target_value"}
+                "target_metric", "target_value", "decay_bias_and_norm"}
 
 
 # DataConfig keys each worker applies itself (not what the driver extracted and checked)

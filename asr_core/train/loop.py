@@ -177,7 +177,7 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: TrainConfig) ->
     schedule's (``Schedule.rebase``); loss weights and dropout live in the model config the
     model was built from, so they are this run's already."""
     for g in optimizer.param_groups:
-        g["weight_decay"] = cfg.weight_decay
+        g["weight_decay"] = 0.0 if g.get("no_decay") else cfg.weight_decay
         if "momentum" in g:
             g["momentum"] = cfg.momentum
 
@@ -203,7 +203,12 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
                         shuffle=False)
     per_worker = len(train_batches) // world if len(train_batches) >= world else len(train_batches)
     steps_per_epoch = max(1, math.ceil(per_worker / cfg.accum_grad))
+    # a checkpoint written before biases and norms had their own group holds one group's state:
+    # the optimizer is built as it was then (every parameter decays), so that its state loads
+    saved = (checkpoint_state or {}).get("optimizer", {}).get("param_groups")
     optimizer = make_optimizer(model, cfg)
+    if saved is not None and len(saved) != len(optimizer.param_groups):
+        optimizer = make_optimizer(model, cfg, split=False)
     # the pair that picks the best epoch, early-stops and keeps checkpoints: the job's (runner
     # sets it from the job's metric and mode), else the family's default
     metric = cfg.select_metric or family.default_metric

@@ -20,11 +20,26 @@ OPTIMIZERS = {
 }
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def param_groups(model: torch.nn.Module, cfg: TrainConfig, split: bool = True) -> list[dict]:
+    """The optimizer's parameter groups: weight decay on matrices, embeddings and convolution
+    kernels; none on biases and normalisation gains (every parameter of fewer than 2 dimensions,
+    nanoGPT's rule), unless ``decay_bias_and_norm`` or not ``split`` (one group: every parameter
+    decays, as checkpoints written before the split were trained). The no-decay group carries
+    ``no_decay`` so that a PBT mutation of ``weight_decay`` leaves it at 0. Empty groups are
+    left out."""
+    params = list(model.parameters())
+    if cfg.decay_bias_and_norm or not split:
+        return [{"params": params}]
+    groups = [{"params": [p for p in params if p.dim() >= 2]},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "no_decay": True}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, split: bool = True) -> torch.optim.Optimizer:
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "sgd":
         kwargs["momentum"] = cfg.momentum
-    return OPTIMIZERS[cfg.optimizer](model.parameters(), **kwargs)
+    return OPTIMIZERS[cfg.optimizer](param_groups(model, cfg, split), **kwargs)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
