@@ -308,19 +308,9 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
     if not exp_dir.is_dir():
         raise FileNotFoundError(f"experiment directory not found: {exp_dir}")
     record = read_record(exp_dir)
-    metric, mode, require, res = record.metric, record.mode, record.require, record.resources
-    tuned = record.searched
-    statuses = tune_statuses(exp_dir)
-    last_epochs = _tune_last_epochs(exp_dir)
-    loaded = []
-    for tdir in _trial_dirs(exp_dir):
-        try:
-            params = json.loads((tdir / "params.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            log.warning("%s: unreadable params.json (%s); trial skipped", tdir, e)
-            continue
-        rows = _lineage(_with_progress_csv(_read_results(tdir / "result.json"), tdir / "progress.csv"))
-        loaded.append((tdir, params, rows))
+    metric, mode = record.metric, record.mode
+    statuses, last_epochs = tune_statuses(exp_dir), _tune_last_epochs(exp_dir)
+    loaded = _trial_files(exp_dir)
     found = discover_metrics([r for _, _, rows in loaded for r in rows])
     metrics = tuple(dict.fromkeys((*METRICS, metric, *found)))
     numeric = (*metrics, "epoch_time_s", "utts_per_s", "lr", "cpu_s", "time_this_iter_s", "restored_from_epoch",
@@ -330,58 +320,14 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         cfg = {**_flatten_config(record.params), **_flatten_config(params)}
         trial_id = rows[0].get("trial_id") if rows else tdir.name.split("_")[1] if "_" in tdir.name else tdir.name
         nums = [{k: as_float(r.get(k)) for k in numeric} for r in rows]  # each value converted once
-        for r, n in zip(rows, nums):
-            h = {"trial": tdir.name, "trial_id": trial_id, "epoch": r.get("epoch", r.get("training_iteration")),
-                 **n,
-                 "restored_from_trial": r.get("restored_from_trial"),
-                 "time_total_s": as_float(r.get("time_total_s"))}
-            rcfg = _flatten_config(r.get("config") or {}) if isinstance(r.get("config"), dict) else {}
-            for k in tuned:  # the values in force at this report (PBT changes them over time)
-                v = rcfg.get(k, cfg.get(k))
-                h[f"config/{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-            history.append(h)
-        err_file = tdir / "error.txt"
-        error = err_file.read_text(errors="replace").strip().splitlines() if err_file.is_file() else []
-        error = error[-1] if error else ""
-        planned = cfg.get("epochs", record.epochs)
-        last_epoch = max((r.get("epoch", 0) or 0 for r in rows), default=0)
-        tune_epoch = last_epochs.get(tdir.name, 0)
-        if tune_epoch > last_epoch:
-            log.warning("%s: result.json holds epochs up to %d but Tune's state records epoch %d: the file is "
-                        "truncated; the trial keeps the status Tune gave it", tdir, last_epoch, tune_epoch)
-        status, error = _status(rows, error, planned, statuses.get(tdir.name, ""), tune_epoch)
-        row = {"trial": tdir.name, "trial_id": trial_id, "status": status, "error": error,
-               "epochs_run": last_epoch, "epochs_planned": planned,
-               "time_total_s": as_float(rows[-1].get("time_total_s")) if rows else math.nan,
-               "model_params": as_float(next((r["model_params"] for r in reversed(rows) if "model_params" in r), None))}
-        # when the trial ran (Tune's report timestamps; the first report's time_total_s reaches
-        # back to the trial's start): the search's utilisation of its slots is read from these
-        stamps = [(as_float(r.get("timestamp")), as_float(r.get("time_total_s"))) for r in rows]
-        stamps = [(ts, tt) for ts, tt in stamps if ts == ts]
-        row["started_at"] = stamps[0][0] - (stamps[0][1] if stamps[0][1] == stamps[0][1] else 0.0) \
-            if stamps else math.nan
-        row["ended_at"] = stamps[-1][0] if stamps else math.nan
-        wall = [as_float(r.get("time_this_iter_s")) for r in rows]
-        row["cost_wall_s"] = math.fsum(w for w in wall if not math.isnan(w)) if rows else math.nan
-        row["cost_cpu_s"] = math.fsum(c for c in (as_float(r.get("cpu_s")) for r in rows) if not math.isnan(c)) \
-            if any("cpu_s" in r for r in rows) else math.nan
-        row["cost_cpu_reserved_s"] = row["cost_wall_s"] * as_float(res.cpus_per_trial)
-        row["cost_gpu_s"] = row["cost_wall_s"] * as_float(res.gpus_per_trial)
-        hit = [i for i, r in enumerate(rows) if not math.isnan(as_float(r.get("steps_to_target")))]
-        row["time_to_target_s"] = math.fsum(w for w in wall[:hit[0] + 1] if not math.isnan(w)) if hit else math.nan
-        row["exploits"] = sum(1 for r in rows if r.get("restored_from_trial") not in (None, "", trial_id))
-        row["feasible"] = any(_meets(r, require) for r in rows) if require else True
-        for m in metrics:
-            ok = (lambda r: _meets(r, require)) if (m == metric and require) else (lambda r: True)
-            vals = [(n[m], r.get("epoch")) for r, n in zip(rows, nums) if n[m] == n[m] and ok(r)]  # not NaN
-            if vals:
-                pick = min(vals) if lower_is_better(m, metric, mode) else max(vals, key=lambda v: v[0])
-                row[f"best_{m}"], row[f"best_{m}_epoch"] = pick
-                row[f"last_{m}"] = vals[-1][0]
-            else:
-                row[f"best_{m}"] = row[f"best_{m}_epoch"] = row[f"last_{m}"] = math.nan
-        for k, v in cfg.items():
-            row[f"config/{k}"] = v
+        history += _history_rows(tdir.name, trial_id, rows, nums, cfg, record.searched)
+        row = {"trial": tdir.name, "trial_id": trial_id,
+               **_status_row(tdir, rows, cfg.get("epochs", record.epochs), statuses.get(tdir.name, ""),
+                             last_epochs.get(tdir.name, 0)),
+               **_cost_row(rows, record.resources, trial_id),
+               "feasible": any(_meets(r, record.require) for r in rows) if record.require else True,
+               **_best_row(rows, nums, metrics, record),
+               **{f"config/{k}": v for k, v in cfg.items()}}
         trials.append(row)
     if history and metric not in found:
         raise MetricNotFound(
@@ -394,6 +340,90 @@ def load_experiment(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFr
         tdf = tdf.sort_values(by=[f"best_{metric}"], ascending=(mode == "min"), na_position="last",
                               kind="stable").reset_index(drop=True)
     return tdf, hdf
+
+
+def _trial_files(exp_dir: Path) -> list[tuple[Path, dict, list[dict]]]:
+    """Each trial directory with its params and its reports (progress.csv filling what
+    result.json lacks; rows a restore superseded dropped); an unreadable params.json skips it."""
+    loaded = []
+    for tdir in _trial_dirs(exp_dir):
+        try:
+            params = json.loads((tdir / "params.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("%s: unreadable params.json (%s); trial skipped", tdir, e)
+            continue
+        rows = _lineage(_with_progress_csv(_read_results(tdir / "result.json"), tdir / "progress.csv"))
+        loaded.append((tdir, params, rows))
+    return loaded
+
+
+def _history_rows(trial: str, trial_id: str, rows: list[dict], nums: list[dict], cfg: dict,
+                  tuned: list[str]) -> list[dict]:
+    """One history row per report, with the tuned values in force at it (PBT changes them)."""
+    out = []
+    for r, n in zip(rows, nums):
+        h = {"trial": trial, "trial_id": trial_id, "epoch": r.get("epoch", r.get("training_iteration")), **n,
+             "restored_from_trial": r.get("restored_from_trial"), "time_total_s": as_float(r.get("time_total_s"))}
+        rcfg = _flatten_config(r.get("config") or {}) if isinstance(r.get("config"), dict) else {}
+        for k in tuned:
+            v = rcfg.get(k, cfg.get(k))
+            h[f"config/{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+        out.append(h)
+    return out
+
+
+def _status_row(tdir: Path, rows: list[dict], planned, tune_status: str, tune_epoch: int) -> dict:
+    """The trial's status and error, its epochs run and planned, its size and total time."""
+    err_file = tdir / "error.txt"
+    error = err_file.read_text(errors="replace").strip().splitlines() if err_file.is_file() else []
+    error = error[-1] if error else ""
+    last_epoch = max((r.get("epoch", 0) or 0 for r in rows), default=0)
+    if tune_epoch > last_epoch:
+        log.warning("%s: result.json holds epochs up to %d but Tune's state records epoch %d: the file is "
+                    "truncated; the trial keeps the status Tune gave it", tdir, last_epoch, tune_epoch)
+    status, error = _status(rows, error, planned, tune_status, tune_epoch)
+    return {"status": status, "error": error, "epochs_run": last_epoch, "epochs_planned": planned,
+            "time_total_s": as_float(rows[-1].get("time_total_s")) if rows else math.nan,
+            "model_params": as_float(next((r["model_params"] for r in reversed(rows) if "model_params" in r), None))}
+
+
+def _cost_row(rows: list[dict], res, trial_id: str) -> dict:
+    """When the trial ran and what it cost: Tune's report timestamps (the first report's
+    time_total_s reaches back to the trial's start; the search's utilisation of its slots is read
+    from these), wall and CPU seconds, the reserved CPUs and GPUs, time to target, exploits."""
+    row = {}
+    stamps = [(as_float(r.get("timestamp")), as_float(r.get("time_total_s"))) for r in rows]
+    stamps = [(ts, tt) for ts, tt in stamps if ts == ts]
+    row["started_at"] = stamps[0][0] - (stamps[0][1] if stamps[0][1] == stamps[0][1] else 0.0) \
+        if stamps else math.nan
+    row["ended_at"] = stamps[-1][0] if stamps else math.nan
+    wall = [as_float(r.get("time_this_iter_s")) for r in rows]
+    row["cost_wall_s"] = math.fsum(w for w in wall if not math.isnan(w)) if rows else math.nan
+    row["cost_cpu_s"] = math.fsum(c for c in (as_float(r.get("cpu_s")) for r in rows) if not math.isnan(c)) \
+        if any("cpu_s" in r for r in rows) else math.nan
+    row["cost_cpu_reserved_s"] = row["cost_wall_s"] * as_float(res.cpus_per_trial)
+    row["cost_gpu_s"] = row["cost_wall_s"] * as_float(res.gpus_per_trial)
+    hit = [i for i, r in enumerate(rows) if not math.isnan(as_float(r.get("steps_to_target")))]
+    row["time_to_target_s"] = math.fsum(w for w in wall[:hit[0] + 1] if not math.isnan(w)) if hit else math.nan
+    row["exploits"] = sum(1 for r in rows if r.get("restored_from_trial") not in (None, "", trial_id))
+    return row
+
+
+def _best_row(rows: list[dict], nums: list[dict], metrics: tuple, record: ExperimentRecord) -> dict:
+    """``best_M``, ``best_M_epoch`` and ``last_M`` of every metric (NaN where not reported); for
+    the ranking metric only the epochs that meet the job's ``require`` bounds count."""
+    metric, mode, require = record.metric, record.mode, record.require
+    row = {}
+    for m in metrics:
+        ok = (lambda r: _meets(r, require)) if (m == metric and require) else (lambda r: True)
+        vals = [(n[m], r.get("epoch")) for r, n in zip(rows, nums) if n[m] == n[m] and ok(r)]  # not NaN
+        if vals:
+            pick = min(vals) if lower_is_better(m, metric, mode) else max(vals, key=lambda v: v[0])
+            row[f"best_{m}"], row[f"best_{m}_epoch"] = pick
+            row[f"last_{m}"] = vals[-1][0]
+        else:
+            row[f"best_{m}"] = row[f"best_{m}_epoch"] = row[f"last_{m}"] = math.nan
+    return row
 
 
 def save_tables(trials: pd.DataFrame, history: pd.DataFrame, out_dir: str | os.PathLike) -> None:

@@ -106,54 +106,60 @@ class RayPolicy:
         return int(flat["__config"]) if "__config" in flat else self.curves.index(flat)
 
 
-def replay(curves: Curves, scheduler: str = "asha", searcher: str = "random", seed: int = 0, slots: int = 2,
-           max_trials: int | None = None, budget_s: float | None = None, policy=None,
-           options: dict | None = None) -> Run:
-    """One simulated search over ``curves``: at most ``max_trials`` trials (default: as many as
-    recorded configurations) and ``budget_s`` trial-seconds (default: running all of them to the
-    end); ``options`` over the scheduler's (``grace_period``...). ``policy`` replaces the Ray one
-    (the benchmark's Optuna peer has the same methods)."""
-    from ray.tune.schedulers import TrialScheduler
-    from ray.tune.search import Searcher
+class _Simulation:
+    """One replay's state: the policy, the simulated controller, the events (an epoch's end, at
+    its simulated time) and the limits on trials and trial-seconds."""
 
-    pol = policy or RayPolicy(curves, scheduler, searcher, seed, slots, options)
-    max_trials = max_trials or len(curves.configs)
-    budget_s = budget_s if budget_s is not None else curves.total_seconds()
-    lower = curves.mode == "min"
-    run = Run(scheduler, searcher, seed)
-    ctl, events, now, running, finished = _Controller(pol), [], 0.0, 0, False
-    order = itertools.count()
+    def __init__(self, curves: Curves, pol, run: Run, slots: int, max_trials: int, budget_s: float):
+        self.curves, self.pol, self.run, self.slots = curves, pol, run, slots
+        self.max_trials, self.budget_s = max_trials, budget_s
+        self.ctl, self.events, self.now, self.running, self.finished = _Controller(pol), [], 0.0, 0, False
+        self.order = itertools.count()
 
-    def start_more() -> None:
-        nonlocal running, finished
-        while running < slots:
-            pending = any(t.status == _Trial.PENDING for t in ctl.trials)
-            if not pending and not finished and run.trials < max_trials and run.seconds < budget_s:
-                tid = f"replay_{run.trials:05d}"
-                cfg = pol.searcher.suggest(tid)
-                if cfg == Searcher.FINISHED:
-                    finished = True
-                elif cfg is not None:
-                    trial = _Trial(tid, cfg, pol.index(cfg))
-                    ctl.trials.append(trial)
-                    pol.scheduler.on_trial_add(ctl, trial)
-                    run.trials += 1
-            ctl.search_done = finished or run.trials >= max_trials or run.seconds >= budget_s
-            trial = pol.scheduler.choose_trial_to_run(ctl)
+    def schedule_epoch(self, trial: _Trial) -> None:
+        heapq.heappush(self.events, (self.now + self.curves.seconds[trial.index, trial.epoch], next(self.order), trial))
+
+    def _draw(self) -> None:
+        """A new configuration from the searcher, when nothing is pending and the limits allow."""
+        from ray.tune.search import Searcher
+
+        run, ctl = self.run, self.ctl
+        pending = any(t.status == _Trial.PENDING for t in ctl.trials)
+        if not pending and not self.finished and run.trials < self.max_trials and run.seconds < self.budget_s:
+            tid = f"replay_{run.trials:05d}"
+            cfg = self.pol.searcher.suggest(tid)
+            if cfg == Searcher.FINISHED:
+                self.finished = True
+            elif cfg is not None:
+                trial = _Trial(tid, cfg, self.pol.index(cfg))
+                ctl.trials.append(trial)
+                self.pol.scheduler.on_trial_add(ctl, trial)
+                run.trials += 1
+        ctl.search_done = self.finished or run.trials >= self.max_trials or run.seconds >= self.budget_s
+
+    def start_more(self) -> None:
+        """Fill the free slots with what the scheduler chooses to run."""
+        while self.running < self.slots:
+            self._draw()
+            trial = self.pol.scheduler.choose_trial_to_run(self.ctl)
             if trial is None:
                 return
             trial.status = _Trial.RUNNING
-            running += 1
-            heapq.heappush(events, (now + curves.seconds[trial.index, trial.epoch], next(order), trial))
+            self.running += 1
+            self.schedule_epoch(trial)
 
-    start_more()
-    while events:
-        now, _, trial = heapq.heappop(events)
+    def epoch_ends(self, trial: _Trial) -> bool:
+        """The recorded value of the trial's next epoch, reported to the scheduler and the
+        searcher as under Tune; True when the trial goes on running (its slot stays taken)."""
+        from ray.tune.schedulers import TrialScheduler
+
+        curves, run, pol = self.curves, self.run, self.pol
         e = trial.epoch
         value, secs = float(curves.values[trial.index, e]), float(curves.seconds[trial.index, e])
         trial.epoch += 1
         run.epochs += 1
         run.seconds += secs
+        lower = curves.mode == "min"
         if value == value and (run.best != run.best or (value < run.best if lower else value > run.best)):
             run.best, run.incumbent = value, trial.index
         run.trace.append((run.seconds, run.best, run.incumbent))
@@ -161,25 +167,43 @@ def replay(curves: Curves, scheduler: str = "asha", searcher: str = "random", se
                   "trial_id": trial.trial_id, "config": trial.config}
         trial.last_result = result
         done = trial.epoch >= curves.epochs
-        decision = pol.scheduler.on_trial_result(ctl, trial, result)
+        decision = pol.scheduler.on_trial_result(self.ctl, trial, result)
         if done and decision != TrialScheduler.STOP:
             # as under Tune: the last report goes to both like every other, then the run ends
             pol.searcher.on_trial_result(trial.trial_id, result)
         if done or decision == TrialScheduler.STOP:
-            pol.scheduler.on_trial_complete(ctl, trial, result)
+            pol.scheduler.on_trial_complete(self.ctl, trial, result)
             pol.searcher.on_trial_complete(trial.trial_id, result)
             trial.status = _Trial.TERMINATED
-            running -= 1
         elif decision == TrialScheduler.PAUSE:
             pol.searcher.on_trial_result(trial.trial_id, result)
             trial.status = _Trial.PAUSED
-            running -= 1
         else:
             pol.searcher.on_trial_result(trial.trial_id, result)
-            heapq.heappush(events, (now + curves.seconds[trial.index, trial.epoch], next(order), trial))
-            continue
-        start_more()
-    run.wall = now
+            return True
+        self.running -= 1
+        return False
+
+
+def replay(curves: Curves, scheduler: str = "asha", searcher: str = "random", seed: int = 0, slots: int = 2,
+           max_trials: int | None = None, budget_s: float | None = None, policy=None,
+           options: dict | None = None) -> Run:
+    """One simulated search over ``curves``: at most ``max_trials`` trials (default: as many as
+    recorded configurations) and ``budget_s`` trial-seconds (default: running all of them to the
+    end); ``options`` over the scheduler's (``grace_period``...). ``policy`` replaces the Ray one
+    (the benchmark's Optuna peer has the same methods)."""
+    pol = policy or RayPolicy(curves, scheduler, searcher, seed, slots, options)
+    run = Run(scheduler, searcher, seed)
+    sim = _Simulation(curves, pol, run, slots, max_trials or len(curves.configs),
+                      budget_s if budget_s is not None else curves.total_seconds())
+    sim.start_more()
+    while sim.events:
+        sim.now, _, trial = heapq.heappop(sim.events)
+        if sim.epoch_ends(trial):
+            sim.schedule_epoch(trial)
+        else:
+            sim.start_more()
+    run.wall = sim.now
     return run
 
 

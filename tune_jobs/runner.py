@@ -1,6 +1,7 @@
 """Run a job: resolve its data, check it, then Tuner(TorchTrainer) on a local or remote Ray."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -190,18 +191,52 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     the values chosen by earlier phases, with their provenance, and a checkpoint to start from.
     ``progress`` prints the compact view of the trials (``tune_jobs.progress``), or with
     ``ray_verbose`` Ray's own status tables."""
-    from ray import tune
     from ray.tune import Tuner
 
-    from tune_jobs.progress import CompactProgress
-    from tune_jobs.trial_logs import KeepTrialLogs
-
-    cache_dir = cache_dir or str(default_cache_dir())
     phase = phase or {}
+    run, manifests, params, skipped, storage = _prepare(job, cache_dir or str(default_cache_dir()), phase,
+                                                        address, num_cpus, progress)
+    name, exp_uri = _experiment_name(job, storage, resume)
+    trainer = make_trainer(params, job.resources, metric=params["select_metric"], mode=params["select_mode"],
+                           storage_path=storage,
+                           name=name, max_failures=job.max_failures, resume_from=phase.get("init_checkpoint"))
+    if resume:
+        tuner = Tuner.restore(exp_uri, trainable=trainer, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = _new_tuner(job, trainer, run, name, storage, exp_uri, progress, ray_verbose)
+        write_record(exp_uri, job, manifests, params, phase, skipped)
+    # our view replaces Ray's tables and its banner (whose TensorBoard path is Ray's staging
+    # folder, not the experiment); with Ray's legacy output and verbose 0 Ray prints neither.
+    # Set for the search only: the process's environment is the caller's again afterwards
+    with _environ(RAY_AIR_NEW_OUTPUT="0" if progress and not ray_verbose else None):
+        return tuner.fit(), exp_uri, manifests
+
+
+@contextlib.contextmanager
+def _environ(**values):
+    """``os.environ`` with ``values`` set (None: left as it is), restored on the way out."""
+    import os
+
+    before = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _prepare(job: JobSpec, cache_dir: str, phase: dict, address, num_cpus, progress: bool):
+    """Before any trial: the data resolved and checked (bad rows fail before Ray starts), Ray
+    up, the cluster able to hold a trial, the features extracted. Returns (run config,
+    manifests, base params, skipped rows, storage)."""
     manifests = resolve_data(job, cache_dir)
     extra = {"finetune": True} if phase.get("init_checkpoint") else {}
     run = split_params({**base_params(job, manifests, cache_dir), **extra}, where=job.path)
-    check_manifests(run)  # bad rows fail before Ray starts
+    check_manifests(run)
     init_ray(address, num_cpus=num_cpus)
     check_cluster(job, manifests)
     storage = store.normalize(job.storage_path)
@@ -210,6 +245,12 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
         run = split_params({**base_params(job, manifests, cache_dir), **extra}, where=job.path)
     params, skipped = check_and_cache(run, progress=progress)  # features extracted by Ray tasks on the cluster
     check_fits(job.resources, f"{job.path} (resources)")
+    return run, manifests, params, skipped, storage
+
+
+def _experiment_name(job: JobSpec, storage: str, resume: bool) -> tuple[str, str]:
+    """The experiment's name and URI: the job's, or, when one of that name exists and this is
+    no resume, the job's with a timestamp (the existing one is left alone)."""
     name = job.name
     exp_uri = store.join(storage, name)
     if resume and not can_resume(exp_uri):
@@ -218,62 +259,60 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
         name = f"{job.name}_{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"experiment {exp_uri} exists (resume it with --resume); this run is {name}")
         exp_uri = store.join(storage, name)
-    trainer = make_trainer(params, job.resources, metric=params["select_metric"], mode=params["select_mode"],
-                           storage_path=storage,
-                           name=name, max_failures=job.max_failures, resume_from=phase.get("init_checkpoint"))
-    if resume:
-        tuner = Tuner.restore(exp_uri, trainable=trainer, resume_unfinished=True, resume_errored=True)
-    else:
-        fixed = run.params  # the run config with presets and family defaults (constraints read it)
-        trials = {n: {k: v for k, v in p.items() if v is not None} for n, p in job.trials.items()}
-        searcher, space = None, {}
-        if job.scheduler.name == "pbt":  # Tune's PBT takes only its own variant generator
-            from ray.tune.search import BasicVariantGenerator
+    return name, exp_uri
 
-            searcher = BasicVariantGenerator(points_to_evaluate=[{"train_loop_config": p} for p in job.points()]
-                                             or None, random_state=job.searcher.seed,
-                                             max_concurrent=job.max_concurrent)
-            # every mutated key must be in each trial's config for PBT to perturb it (Ray fills in
-            # only a missing top-level key): the job's own value, else a sample of the mutation
-            space = {"train_loop_config": {**{k: job.params.get(k, dom)
-                                              for k, dom in job.scheduler.mutations.domains.items()},
-                                           **job.tune_space()}}
-        points = job.first_points()
-        # the searcher proposes points[0] first: a baseline (JobSpec.baseline) a pausing scheduler
-        # can run to the end for an equal-budget comparison
-        scheduler = job.scheduler.make(job.metric, job.mode, epochs=run.train.epochs,
-                                       max_concurrent=job.max_concurrent,
-                                       baseline=bool(points) and job.baseline()[0] == points[0])
-        searcher = searcher or make_searcher(job.searcher.name, metric=job.metric, mode=job.mode, seed=job.searcher.seed,
-                                 space=job.tune_space(), grid=job.grid_values(), trials=trials, points=points,
-                                 constraints=job.constraints, fixed=fixed, max_concurrent=job.max_concurrent,
-                                 repeats=job.repeats, scheduler=scheduler)
-        tuner = Tuner(
-            trainer,
-            param_space=space,
-            tune_config=tune.TuneConfig(num_samples=job.num_trials, search_alg=searcher, scheduler=scheduler,
-                                        max_concurrent_trials=job.max_concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress and ray_verbose else 0,
-                                      failure_config=tune.FailureConfig(max_failures=job.max_failures),
-                                      callbacks=[KeepTrialLogs()]
-                                      + make_loggers(job.loggers, name,
-                                                     None if store.is_remote(exp_uri) else exp_uri)
-                                      + ([CompactProgress(name, job.metric, job.mode, job.num_trials,
-                                                          job.max_concurrent, job.tuned_keys(), run.train.epochs)]
-                                         if progress and not ray_verbose else []),
-                                      # the experiment state (and so what a resumed driver finds) is
-                                      # at most a few seconds old (default 300)
-                                      sync_config=tune.SyncConfig(sync_period=5 if not store.is_remote(storage)
-                                                                  else 30)),
-        )
-        write_record(exp_uri, job, manifests, params, phase, skipped)
+
+def _new_tuner(job: JobSpec, trainer, run, name: str, storage: str, exp_uri: str, progress: bool,
+               ray_verbose: bool):
+    """A new search's Tuner: its searcher and scheduler (the job's), loggers and live view."""
+    from ray import tune
+    from ray.tune import Tuner
+
+    from tune_jobs.progress import CompactProgress
+    from tune_jobs.trial_logs import KeepTrialLogs
+
+    searcher, space = _pbt_variants(job) if job.scheduler.name == "pbt" else (None, {})
+    points = job.first_points()
+    # the searcher proposes points[0] first: a baseline (JobSpec.baseline) a pausing scheduler
+    # can run to the end for an equal-budget comparison
+    scheduler = job.scheduler.make(job.metric, job.mode, epochs=run.train.epochs,
+                                   max_concurrent=job.max_concurrent,
+                                   baseline=bool(points) and job.baseline()[0] == points[0])
+    trials = {n: {k: v for k, v in p.items() if v is not None} for n, p in job.trials.items()}
+    searcher = searcher or make_searcher(job.searcher.name, metric=job.metric, mode=job.mode, seed=job.searcher.seed,
+                                         space=job.tune_space(), grid=job.grid_values(), trials=trials, points=points,
+                                         # the run config with presets and family defaults (constraints read it)
+                                         constraints=job.constraints, fixed=run.params,
+                                         max_concurrent=job.max_concurrent, repeats=job.repeats, scheduler=scheduler)
+    callbacks = [KeepTrialLogs(), *make_loggers(job.loggers, name, None if store.is_remote(exp_uri) else exp_uri)]
     if progress and not ray_verbose:
-        # our view replaces Ray's tables and its banner (whose TensorBoard path is Ray's staging
-        # folder, not the experiment); with Ray's legacy output and verbose 0 Ray prints neither
-        import os
+        callbacks.append(CompactProgress(name, job.metric, job.mode, job.num_trials, job.max_concurrent,
+                                         job.tuned_keys(), run.train.epochs))
+    return Tuner(
+        trainer,
+        param_space=space,
+        tune_config=tune.TuneConfig(num_samples=job.num_trials, search_alg=searcher, scheduler=scheduler,
+                                    max_concurrent_trials=job.max_concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress and ray_verbose else 0,
+                                  failure_config=tune.FailureConfig(max_failures=job.max_failures),
+                                  callbacks=callbacks,
+                                  # the experiment state (and so what a resumed driver finds) is at
+                                  # most a few seconds old (default 300)
+                                  sync_config=tune.SyncConfig(sync_period=5 if not store.is_remote(storage) else 30)),
+    )
 
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    return tuner.fit(), exp_uri, manifests
+
+def _pbt_variants(job: JobSpec):
+    """Tune's PBT takes only its own variant generator; every mutated key must be in each trial's
+    config for PBT to perturb it (Ray fills in only a missing top-level key): the job's own
+    value, else a sample of the mutation. Returns (searcher, param space)."""
+    from ray.tune.search import BasicVariantGenerator
+
+    searcher = BasicVariantGenerator(points_to_evaluate=[{"train_loop_config": p} for p in job.points()] or None,
+                                     random_state=job.searcher.seed, max_concurrent=job.max_concurrent)
+    space = {"train_loop_config": {**{k: job.params.get(k, dom) for k, dom in job.scheduler.mutations.domains.items()},
+                                   **job.tune_space()}}
+    return searcher, space
 
 
 def save_outcome(exp_uri: str, outcome: dict) -> None:

@@ -60,10 +60,6 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
            interrupted: bool = False, report_dir: str | None = None) -> int:
     """After a search: the outcome (kept in the experiment's record), the best checkpoint's test
     figures, the report and the Ray check. Returns the exit code."""
-    from analysis.load import MetricNotFound, best_checkpoint
-    from analysis.report import write_report
-    from asr_core import storage as store
-    from asr_core.evaluate import evaluate
     from asr_core.models import get_family
     from tune_jobs.runner import save_outcome
 
@@ -71,65 +67,98 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
     extra = {"search wall time": f"{elapsed:.0f} s"}
     if resumed:
         extra["resumed"] = "yes: continued with `speechtune tune --resume` after an interrupt"
-    if interrupted:  # no test figure, no best checkpoint, exit 130
-        extra["status"] = (f"**interrupted** after {elapsed:.0f} s; no test evaluation. "
-                           f"Resume: `speechtune tune --resume {exp_dir}`")
-        save_outcome(exp_dir, extra)
-        try:
-            print(f"report: {write_report(exp_dir, report_dir)}")
-        except Exception as e:  # nothing reported yet: the record above still says what happened
-            print(f"report: not written ({e})")
-        print(f"search interrupted after {elapsed:.0f} s; Tune's state is saved. "
-              f"Resume with: speechtune tune --resume {exp_dir}", file=sys.stderr)
-        return 130
+    if interrupted:
+        return _finish_interrupted(exp_dir, extra, elapsed, report_dir)
     print(f"search finished in {elapsed:.0f} s: {len(results)} trials, {len(errors)} failed; experiment: {exp_dir}")
     print(f"TensorBoard: tensorboard --logdir {exp_dir}  (every trial's event files)"
           + ("; MLflow: mlflow ui --backend-store-uri " + os.environ.get("MLFLOW_TRACKING_URI", f"{exp_dir}/mlruns")
              if "mlflow" in job.loggers else ""))
     if not any(_reported(r, job.metric) for r in results):
-        save_outcome(exp_dir, extra)
-        try:
-            print(f"report: {write_report(exp_dir, report_dir)}")
-        except (MetricNotFound, FileNotFoundError) as e:
-            print(f"report: not written ({e})")
-        print(f"error: the search produced nothing: no trial of {len(results)} reported {job.metric} "
-              f"({len(errors)} failed)", file=sys.stderr)
-        if errors:
-            print(f"first error: {first_error(errors[0])}", file=sys.stderr)
-        return 1
+        return _finish_empty(job, len(results), errors, exp_dir, extra, report_dir)
+    tested = True
     if job.test_eval and "test" in manifests and get_family(job.family).decode is not None:
-        local = store.local_copy(exp_dir, skip_checkpoints=False)  # once: an S3 experiment is downloaded
-        try:
-            best = best_checkpoint(local, *job.selection())
-        except FileNotFoundError as e:  # e.g. no trial met the job's `require` bounds
-            print(f"test evaluation skipped: {e}")
-            extra["test evaluation"] = f"skipped: {e}" + (f" (required: {job.require})" if job.require else "")
-            save_outcome(exp_dir, extra)
-            print(f"report: {write_report(exp_dir, report_dir)}")
-            return 0
-        ev = evaluate(str(best), manifests["test"], progress=False, per_utterance=True)
-        extra.update({"best checkpoint": f"`{best}` (epoch {ev['epoch']})",
-                      "test CER": f"{100 * ev['cer']:.2f}% on {ev['utterances']} test utterances "
-                                  f"(unseen voices and sentences: `{manifests['test']}`)",
-                      "test WER": f"{100 * ev['wer']:.2f}%"})
-        print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
-        hard = None
-        if manifests.get("test_hard"):
-            hard = evaluate(str(best), manifests["test_hard"], progress=False)
-            ratio = hard["cer"] / ev["cer"] if ev["cer"] > 0 else float("nan")
-            extra["test_hard CER"] = (f"{100 * hard['cer']:.2f}% on {hard['utterances']} utterances, {ratio:.2f}x the "
-                                      f"test CER (unseen voices at speaking rates and noise levels beyond the "
-                                      f"training range: `{manifests['test_hard']}`)")
-            extra["test_hard WER"] = f"{100 * hard['wer']:.2f}%"
-            print(f"best checkpoint on test_hard: CER {100 * hard['cer']:.2f}% ({ratio:.2f}x test)  "
-                  f"WER {100 * hard['wer']:.2f}%")
-        if "rows" in ev:
-            scores = test_against_baseline(exp_dir, job, best, ev, manifests["test"], local, hard)
-            print(scores["line"])
+        tested = _evaluate_on_test(job, exp_dir, manifests, extra)
     save_outcome(exp_dir, extra)
-    print(f"report: {write_report(exp_dir, report_dir)}")
-    check_with_ray(exp_dir)
+    print(f"report: {_report(exp_dir, report_dir)}")
+    if tested:  # (test evaluation skipped: e.g. no trial met `require`; the report says so)
+        check_with_ray(exp_dir)
     return 0
+
+
+def _report(exp_dir: str, report_dir: str | None):
+    from analysis.report import write_report
+
+    return write_report(exp_dir, report_dir)
+
+
+def _finish_interrupted(exp_dir: str, extra: dict, elapsed: float, report_dir: str | None) -> int:
+    """No test figure, no best checkpoint: the record and the report say so; exit 130."""
+    from tune_jobs.runner import save_outcome
+
+    extra["status"] = (f"**interrupted** after {elapsed:.0f} s; no test evaluation. "
+                       f"Resume: `speechtune tune --resume {exp_dir}`")
+    save_outcome(exp_dir, extra)
+    try:
+        print(f"report: {_report(exp_dir, report_dir)}")
+    except Exception as e:  # nothing reported yet: the record above still says what happened
+        print(f"report: not written ({e})")
+    print(f"search interrupted after {elapsed:.0f} s; Tune's state is saved. "
+          f"Resume with: speechtune tune --resume {exp_dir}", file=sys.stderr)
+    return 130
+
+
+def _finish_empty(job: JobSpec, n: int, errors: list, exp_dir: str, extra: dict, report_dir: str | None) -> int:
+    """No trial reported the job's metric: the search produced nothing, and says so; exit 1."""
+    from analysis.load import MetricNotFound
+    from tune_jobs.runner import save_outcome
+
+    save_outcome(exp_dir, extra)
+    try:
+        print(f"report: {_report(exp_dir, report_dir)}")
+    except (MetricNotFound, FileNotFoundError) as e:
+        print(f"report: not written ({e})")
+    print(f"error: the search produced nothing: no trial of {n} reported {job.metric} "
+          f"({len(errors)} failed)", file=sys.stderr)
+    if errors:
+        print(f"first error: {first_error(errors[0])}", file=sys.stderr)
+    return 1
+
+
+def _evaluate_on_test(job: JobSpec, exp_dir: str, manifests: dict, extra: dict) -> bool:
+    """The best checkpoint (the one ranking's) on the test split, and on ``test_hard`` when the
+    job has one, then against the baseline; the figures go into ``extra``. False when there is
+    no checkpoint to test (``extra`` says why)."""
+    from analysis.load import best_checkpoint
+    from asr_core import storage as store
+    from asr_core.evaluate import evaluate
+
+    local = store.local_copy(exp_dir, skip_checkpoints=False)  # once: an S3 experiment is downloaded
+    try:
+        best = best_checkpoint(local, *job.selection())
+    except FileNotFoundError as e:  # e.g. no trial met the job's `require` bounds
+        print(f"test evaluation skipped: {e}")
+        extra["test evaluation"] = f"skipped: {e}" + (f" (required: {job.require})" if job.require else "")
+        return False
+    ev = evaluate(str(best), manifests["test"], progress=False, per_utterance=True)
+    extra.update({"best checkpoint": f"`{best}` (epoch {ev['epoch']})",
+                  "test CER": f"{100 * ev['cer']:.2f}% on {ev['utterances']} test utterances "
+                              f"(unseen voices and sentences: `{manifests['test']}`)",
+                  "test WER": f"{100 * ev['wer']:.2f}%"})
+    print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
+    hard = None
+    if manifests.get("test_hard"):
+        hard = evaluate(str(best), manifests["test_hard"], progress=False)
+        ratio = hard["cer"] / ev["cer"] if ev["cer"] > 0 else float("nan")
+        extra["test_hard CER"] = (f"{100 * hard['cer']:.2f}% on {hard['utterances']} utterances, {ratio:.2f}x the "
+                                  f"test CER (unseen voices at speaking rates and noise levels beyond the "
+                                  f"training range: `{manifests['test_hard']}`)")
+        extra["test_hard WER"] = f"{100 * hard['wer']:.2f}%"
+        print(f"best checkpoint on test_hard: CER {100 * hard['cer']:.2f}% ({ratio:.2f}x test)  "
+              f"WER {100 * hard['wer']:.2f}%")
+    if "rows" in ev:
+        scores = test_against_baseline(exp_dir, job, best, ev, manifests["test"], local, hard)
+        print(scores["line"])
+    return True
 
 
 def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manifest: str, local: Path,
@@ -137,7 +166,7 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
     """The best checkpoint against the baseline trial's best checkpoint on the test split: CER and
     WER with 95% intervals and the probability that the best improves on the baseline (paired
     bootstrap, analysis.confidence). Kept as ``test_scores.json``; the report opens with it."""
-    from analysis.confidence import SURE, baseline_trial, compare, edits_from_rows
+    from analysis.confidence import baseline_trial, compare, edits_from_rows
     from analysis.load import best_checkpoint, load_experiment
     from analysis.record import read_record
     from asr_core import storage as store
@@ -146,8 +175,7 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
     record = read_record(local)
     trials, _ = load_experiment(local)
     base = baseline_trial(trials, record)
-    source = record.baseline.source
-    out = {"split": "test", "manifest": str(test_manifest), "baseline_source": source,
+    out = {"split": "test", "manifest": str(test_manifest), "baseline_source": record.baseline.source,
            "best": {"checkpoint": str(best), "epoch": ev["epoch"], "trial": Path(best).parent.name}}
     base_edits = None
     if base is not None:
@@ -156,34 +184,21 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
                            "params": record.baseline.params,
                            "status": base.status, "epochs_run": _int(base.epochs_run),
                            "epochs_planned": _int(base.epochs_planned)}
-        best_row = trials[trials.trial == Path(best).parent.name]
-        best_run = _int(best_row.epochs_run.iloc[0]) if len(best_row) else None
+        best_run = _epochs_run(trials, Path(best).parent.name)
         out["best"]["epochs_run"] = best_run
         # the scheduler stopped the baseline before the best's budget: its test score is not an
         # equal-budget comparison, and the verdict says so rather than crediting tuning with it
+        n = out["baseline"]["epochs_run"]
         out["baseline"]["short"] = bool(base.status == "early-stopped" or (
-            best_run is not None and out["baseline"]["epochs_run"] is not None
-            and out["baseline"]["epochs_run"] < best_run))
-        n, m = out["baseline"]["epochs_run"], best_run
-        out["budget"] = f"{n} epochs each" if n == m else f"the baseline {n} epochs, the best {m}"
+            best_run is not None and n is not None and n < best_run))
+        out["budget"] = f"{n} epochs each" if n == best_run else f"the baseline {n} epochs, the best {best_run}"
         if Path(bck) == Path(best):
             out["baseline"]["is_best"] = True
             # the tuned configuration that came closest, against the baseline on test: "nothing
             # better" is itself a finding with intervals (by how much, how sure)
-            try:
-                other = best_checkpoint(local, *job.selection(), exclude=base.trial)
-            except FileNotFoundError:
-                other = None
-            if other is not None:
-                evo = evaluate(str(other), test_manifest, progress=False, per_utterance=True)
-                row = trials[trials.trial == other.parent.name]
-                m = _int(row.epochs_run.iloc[0]) if len(row) else None
-                n = out["baseline"]["epochs_run"]
-                out["runner_up"] = {"checkpoint": str(other), "trial": other.parent.name, "epoch": evo["epoch"],
-                                    "trial_id": str(row.trial_id.iloc[0]) if len(row) else None,
-                                    "epochs_run": m, "short": bool(m is not None and n is not None and m < n),
-                                    "budget": f"{n} epochs each" if n == m else f"the baseline {n} epochs, it {m}",
-                                    **compare(edits_from_rows(evo["rows"]), edits_from_rows(ev["rows"]))}
+            runner_up = _runner_up(local, job, base, trials, test_manifest, edits_from_rows(ev["rows"]), n)
+            if runner_up is not None:
+                out["runner_up"] = runner_up
         else:
             evb = evaluate(str(bck), test_manifest, progress=False, per_utterance=True)
             out["baseline"]["epoch"] = evb["epoch"]
@@ -192,32 +207,62 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
     if hard is not None:  # the best checkpoint on the harder split, beside test
         out["test_hard"] = {k: hard[k] for k in ("cer", "wer", "utterances")}
         out["test_hard"]["cer_ratio"] = hard["cer"] / ev["cer"] if ev["cer"] > 0 else float("nan")
-    unit = "wer" if job.metric.endswith("wer") else "cer"
+    out["line"] = _verdict(out, "wer" if job.metric.endswith("wer") else "cer")
+    store.write_text(store.join(exp_dir, "test_scores.json"), json.dumps(out, indent=1))
+    return out
+
+
+def _epochs_run(trials, trial_dir: str) -> int | None:
+    row = trials[trials.trial == trial_dir]
+    return _int(row.epochs_run.iloc[0]) if len(row) else None
+
+
+def _runner_up(local: Path, job: JobSpec, base, trials, test_manifest: str, best_edits: dict,
+               n: int | None) -> dict | None:
+    """When the baseline was the best: the ranking's next trial on test, against the baseline."""
+    from analysis.confidence import compare, edits_from_rows
+    from analysis.load import best_checkpoint
+    from asr_core.evaluate import evaluate
+
+    try:
+        other = best_checkpoint(local, *job.selection(), exclude=base.trial)
+    except FileNotFoundError:
+        return None
+    evo = evaluate(str(other), test_manifest, progress=False, per_utterance=True)
+    row = trials[trials.trial == other.parent.name]
+    m = _epochs_run(trials, other.parent.name)
+    return {"checkpoint": str(other), "trial": other.parent.name, "epoch": evo["epoch"],
+            "trial_id": str(row.trial_id.iloc[0]) if len(row) else None,
+            "epochs_run": m, "short": bool(m is not None and n is not None and m < n),
+            "budget": f"{n} epochs each" if n == m else f"the baseline {n} epochs, it {m}",
+            **compare(edits_from_rows(evo["rows"]), best_edits)}
+
+
+def _verdict(out: dict, unit: str) -> str:
+    """test_scores.json's one line: the best against the baseline, or why there is no comparison."""
+    from analysis.confidence import SURE
+
     b = out[f"best_{unit}"]
-    if base is None:
-        line = f"no baseline trial ({source or 'none given'})"
-    elif out["baseline"].get("is_best"):
+    if "baseline" not in out:
+        return f"no baseline trial ({out['baseline_source'] or 'none given'})"
+    if out["baseline"].get("is_best"):
         line = "the baseline configuration itself was the best checkpoint: tuning found nothing better"
         r = out.get("runner_up")
         if r:
             line += (f"; the best tuned configuration ({r['budget']}): {unit.upper()} {100 * r[f'best_{unit}']['rate']:.2f}% "
                      f"against the baseline's {100 * b['rate']:.2f}%, P(it improves on the baseline) = "
                      f"{r[f'p_best_improves_{unit}']:.3f}")
-    else:
-        a, p, bl = out[f"baseline_{unit}"], out[f"p_best_improves_{unit}"], out["baseline"]
-        if bl["short"]:
-            line = (f"no equal-budget comparison: the scheduler stopped the baseline after {bl['epochs_run']} of "
-                    f"{bl['epochs_planned']} epochs; on test the best's {unit.upper()} is {100 * b['rate']:.2f}%, "
-                    f"the baseline's (at epoch {bl['epochs_run']}) {100 * a['rate']:.2f}%")
-        else:
-            verdict = "better than" if p >= SURE else "not shown to be better than"
-            line = (f"tuned best {verdict} the baseline on test at equal budget ({out['budget']}): "
-                    f"{unit.upper()} {100 * b['rate']:.2f}% "
-                    f"[{100 * max(b['low'], 0):.2f}, {100 * b['high']:.2f}] against {100 * a['rate']:.2f}% "
-                    f"[{100 * max(a['low'], 0):.2f}, {100 * a['high']:.2f}], P(improvement) = {p:.3f}")
-    out["line"] = line
-    store.write_text(store.join(exp_dir, "test_scores.json"), json.dumps(out, indent=1))
-    return out
+        return line
+    a, p, bl = out[f"baseline_{unit}"], out[f"p_best_improves_{unit}"], out["baseline"]
+    if bl["short"]:
+        return (f"no equal-budget comparison: the scheduler stopped the baseline after {bl['epochs_run']} of "
+                f"{bl['epochs_planned']} epochs; on test the best's {unit.upper()} is {100 * b['rate']:.2f}%, "
+                f"the baseline's (at epoch {bl['epochs_run']}) {100 * a['rate']:.2f}%")
+    verdict = "better than" if p >= SURE else "not shown to be better than"
+    return (f"tuned best {verdict} the baseline on test at equal budget ({out['budget']}): "
+            f"{unit.upper()} {100 * b['rate']:.2f}% "
+            f"[{100 * max(b['low'], 0):.2f}, {100 * b['high']:.2f}] against {100 * a['rate']:.2f}% "
+            f"[{100 * max(a['low'], 0):.2f}, {100 * a['high']:.2f}], P(improvement) = {p:.3f}")
 
 
 def _int(v) -> int | None:

@@ -115,8 +115,8 @@ _GROUPS = (("train", TrainConfig), ("data", DataConfig), ("features", FeatureCon
 RESERVED = {"family", "preset", "experiment"}  # experiment: a named trial's name (seed 001)
 
 
-def split_params(params: dict, where: str = "<config>") -> RunConfig:
-    """``{"family": ..., "preset": ..., **flat}`` -> RunConfig; unknown keys name themselves."""
+def _family_of(params: dict, where: str):
+    """The family and the preset ``params`` name, both checked."""
     if "family" not in params:
         raise InputError(where, "key 'family' is required", key="family")
     try:
@@ -127,12 +127,11 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
     if preset is not None and preset not in family.presets:
         raise InputError(where, f"unknown preset for {family.name}: {preset} (known: {sorted(family.presets)})",
                          key="preset")
-    given = dict(params)
-    # A preset is a flat dict like the user's (seed tables mix model and training keys).
-    merged = {**family.train_defaults, **(family.presets[preset] if preset else {}), **params}
-    if "epochs" in params and "nepochs" not in params:  # the user's epochs beat a preset's nepochs
-        merged.pop("nepochs", None)
-    params = merged
+    return family, preset
+
+
+def _grouped(params: dict, family, where: str) -> tuple[dict[str, dict], dict]:
+    """Each key to its config group (``_GROUPS``) or to the model's config; an unknown key names itself."""
     groups: dict[str, dict] = {g: {} for g, _ in _GROUPS}
     model: dict = {}
     known = {g: {f.name for f in dataclasses.fields(cls)} for g, cls in _GROUPS}
@@ -148,6 +147,35 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
         else:
             allowed = sorted(set().union(*known.values(), model_keys))
             raise InputError(where, f"unknown key '{k}' for family {family.name}; known keys: {allowed}", key=k)
+    return groups, model
+
+
+def _check_family_fit(family, train: TrainConfig, augment: AugmentConfig, features: FeatureConfig,
+                      augment_keys: dict, where: str) -> None:
+    """What a config may say only of some families: metrics it reports, augmentation, CMVN."""
+    for key in ("select_metric", "target_metric"):  # names the family reports (asr_core.metrics)
+        name = getattr(train, key)
+        if name and name not in family.validation_metrics:
+            raise InputError(where, f"key '{key}': '{name}' is not a validation metric of {family.name}; "
+                                    f"it reports: {', '.join(sorted(family.validation_metrics))}", key=key)
+    if family.decode is None and not augment.is_default():
+        key = next(iter(augment_keys))
+        raise InputError(where, f"key '{key}': augmentation is for the ASR families; {family.name} learns to "
+                                "produce features, not to transcribe them", key=key)
+    if family.decode is None and features.cmvn != "global":
+        raise InputError(where, f"key 'cmvn': {family.name} predicts the features, which it must learn at the "
+                                "training set's scale; only 'global' applies", key="cmvn")
+
+
+def split_params(params: dict, where: str = "<config>") -> RunConfig:
+    """``{"family": ..., "preset": ..., **flat}`` -> RunConfig; unknown keys name themselves."""
+    family, preset = _family_of(params, where)
+    given = dict(params)
+    # A preset is a flat dict like the user's (seed tables mix model and training keys).
+    merged = {**family.train_defaults, **(family.presets[preset] if preset else {}), **params}
+    if "epochs" in params and "nepochs" not in params:  # the user's epochs beat a preset's nepochs
+        merged.pop("nepochs", None)
+    groups, model = _grouped(merged, family, where)
     try:
         model_cfg = family.make_config(model, where=where)
     except InputError:
@@ -155,31 +183,11 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
     except ValueError as e:
         raise InputError(where, str(e)) from None
     train = from_dict(TrainConfig, groups["train"], where)
-    for key in ("select_metric", "target_metric"):  # names the family reports (asr_core.metrics)
-        name = getattr(train, key)
-        if name and name not in family.validation_metrics:
-            raise InputError(where, f"key '{key}': '{name}' is not a validation metric of {family.name}; "
-                                    f"it reports: {', '.join(sorted(family.validation_metrics))}", key=key)
     augment = from_dict(AugmentConfig, groups["augment"], where)
-    if family.decode is None and not augment.is_default():
-        key = next(iter(groups["augment"]))
-        raise InputError(where, f"key '{key}': augmentation is for the ASR families; {family.name} learns to "
-                                "produce features, not to transcribe them", key=key)
     features = from_dict(FeatureConfig, groups["features"], where)
-    if family.decode is None and features.cmvn != "global":
-        raise InputError(where, f"key 'cmvn': {family.name} predicts the features, which it must learn at the "
-                                "training set's scale; only 'global' applies", key="cmvn")
-    return RunConfig(
-        family=family.name,
-        preset=preset,
-        train=train,
-        data=from_dict(DataConfig, groups["data"], where),
-        features=features,
-        model=model_cfg,
-        augment=augment,
-        params=dict(params),
-        given=given,
-    )
+    _check_family_fit(family, train, augment, features, groups["augment"], where)
+    return RunConfig(family=family.name, preset=preset, train=train, data=from_dict(DataConfig, groups["data"], where),
+                     features=features, model=model_cfg, augment=augment, params=dict(merged), given=given)
 
 
 # What a running trial cannot take changed (a PBT mutation of it is refused when the job loads):

@@ -197,44 +197,17 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
     tok = data.tokenizer
     model = family.build(run.model, tok.vocab_size, run.features.n_mels)
     n_params = sum(p.numel() for p in model.parameters())  # reported: the analysis sets size against metric
-    padding = family.pads(run.model)  # wavenet_ctc (seed 002) can batch without padding
-    train_batches = data.train.batches(cfg.batch_bins, cfg.batch_size, padding=padding)
-    dev_batches = shard(data.dev.batches(cfg.batch_bins, cfg.batch_size, padding=padding), rank, world, 0, 0,
-                        shuffle=False)
-    per_worker = len(train_batches) // world if len(train_batches) >= world else len(train_batches)
-    steps_per_epoch = max(1, math.ceil(per_worker / cfg.accum_grad))
-    # a checkpoint written before biases and norms had their own group holds one group's state:
-    # the optimizer is built as it was then (every parameter decays), so that its state loads
-    saved = (checkpoint_state or {}).get("optimizer", {}).get("param_groups")
-    optimizer = make_optimizer(model, cfg)
-    if saved is not None and len(saved) != len(optimizer.param_groups):
-        optimizer = make_optimizer(model, cfg, split=False)
+    train_batches, dev_batches, steps_per_epoch = _batches(run, family, data, rank, world)
+    optimizer = _optimizer_for(model, cfg, checkpoint_state)
     # the pair that picks the best epoch, early-stops and keeps checkpoints: the job's (runner
     # sets it from the job's metric and mode), else the family's default
     metric = cfg.select_metric or family.default_metric
     mode = cfg.select_mode or family.metric(metric).mode
-    schedule = Schedule(optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)
-    state = StepState()
-    start_epoch = 1
-    restored: dict = {}
+    new_schedule = lambda: Schedule(optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)  # noqa: E731
+    schedule, state, start_epoch, restored = new_schedule(), StepState(), 1, {}
     if checkpoint_state is not None:
-        meta = checkpoint_meta or {}
-        case = restore_case(cfg, meta, trial_id, experiment)
-        model.load_state_dict(checkpoint_state["model"])
-        optimizer.load_state_dict(checkpoint_state["optimizer"])
-        restored = {"restored_from_trial": meta.get("trial_id") or "",
-                    "restored_from_epoch": int(checkpoint_state["epoch"])}
-        apply_hyperparameters(optimizer, cfg)  # load_state_dict brought back the writer's values
-        if case == "finetune":
-            for g in optimizer.param_groups:  # the new stage's rate; Adam's moments are kept
-                g["lr"] = g["initial_lr"] = cfg.lr
-            schedule = Schedule(optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)
-        else:
-            schedule.load_state_dict(checkpoint_state["scheduler"])
-            start_epoch = int(checkpoint_state["epoch"]) + 1
-            state = StepState(**checkpoint_state.get("loop", {}))
-            if case == "exploit" and float(meta.get("params", {}).get("lr", cfg.lr)) != cfg.lr:
-                schedule.rebase(cfg.lr)  # PBT mutated the rate: the schedule keeps its position
+        schedule, state, start_epoch, restored = _take_up(checkpoint_state, checkpoint_meta or {}, cfg, model,
+                                                          optimizer, schedule, new_schedule, trial_id, experiment)
     model = wrap_model(model)
     device = next(model.parameters()).device
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
@@ -262,51 +235,99 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
         loss_sum, n = _all_sum([loss_sum, n])
         edits: list = []
         val = compute_validation_loss(model, family, data.dev, dev_batches, tok, run.data.with_lang_tag, edits)
-        value = val.get(metric, float("nan"))
-        if _improved(value, state.best, mode, cfg.early_stop_min_delta):
-            state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
-        else:
-            state.bad_epochs += 1
-        if cfg.target_metric and state.target_step != state.target_step \
-                and _passed(val.get(cfg.target_metric, float("nan")), cfg.target_value, target_mode):
-            state.target_step = float(state.step)
-        if value == value:
-            state.auc += value
-        schedule.epoch_end(value)
+        _after_validation(state, val, epoch, cfg, metric, mode, target_mode)
+        schedule.epoch_end(val.get(metric, float("nan")))
         cpu_now = time.process_time()
-        cpu_s = _all_sum([cpu_now - cpu0])[0]
-        cpu0 = cpu_now
+        cpu_s, cpu0 = _all_sum([cpu_now - cpu0])[0], cpu_now
         stop = bool(cfg.early_stop_patience) and state.bad_epochs >= cfg.early_stop_patience
-        metrics = {
-            "epoch": epoch,
-            "step": state.step,
-            "train_loss": loss_sum / n if n else float("nan"),
-            **val,
-            f"best_{metric}": state.best,
-            "best_epoch": state.best_epoch,
-            "epoch_time_s": time.perf_counter() - t0,
-            "utts_per_s": n / train_time if train_time > 0 else float("nan"),
-            "lr": optimizer.param_groups[0]["lr"],
-            f"{metric}_auc": state.auc if state.best == state.best else float("nan"),
-            "cpu_s": cpu_s,  # CPU seconds all workers used since the previous report
-            "model_params": n_params,
-            **restored,
-        }
+        metrics = {"epoch": epoch, "step": state.step, "train_loss": loss_sum / n if n else float("nan"), **val,
+                   f"best_{metric}": state.best, "best_epoch": state.best_epoch,
+                   "epoch_time_s": time.perf_counter() - t0,
+                   "utts_per_s": n / train_time if train_time > 0 else float("nan"),
+                   "lr": optimizer.param_groups[0]["lr"],
+                   f"{metric}_auc": state.auc if state.best == state.best else float("nan"),
+                   "cpu_s": cpu_s,  # CPU seconds all workers used since the previous report
+                   "model_params": n_params, **restored,
+                   **({"steps_to_target": state.target_step} if cfg.target_metric else {}),
+                   **({"early_stop": 1} if stop else {})}
         restored = {}
-        if cfg.target_metric:
-            metrics["steps_to_target"] = state.target_step
-        if stop:
-            metrics["early_stop"] = 1
-        inner = getattr(model, "module", model)
-
-        def save(d: str, _m=metrics, _e=epoch, _s=dataclasses.asdict(state), _x=edits) -> None:
-            ckpt.save(d, model=inner, optimizer=optimizer, scheduler=schedule, epoch=_e, run=run,
-                      tokenizer=tok, mean=data.train.mean, std=data.train.std, metrics=_m, loop=_s,
-                      trial_id=trial_id, experiment=experiment, edits=_x)
-
+        save = _saver(getattr(model, "module", model), optimizer, schedule, epoch, run, data, metrics,
+                      dataclasses.asdict(state), edits, trial_id, experiment)
         report(metrics, save if rank == 0 else None)
         if stop:
             return
+
+
+def _batches(run: RunConfig, family: Family, data: RunData, rank: int, world: int):
+    """(this worker's training batches before sharding, its share of the dev batches, optimizer
+    steps an epoch)."""
+    cfg = run.train
+    padding = family.pads(run.model)  # wavenet_ctc (seed 002) can batch without padding
+    train_batches = data.train.batches(cfg.batch_bins, cfg.batch_size, padding=padding)
+    dev_batches = shard(data.dev.batches(cfg.batch_bins, cfg.batch_size, padding=padding), rank, world, 0, 0,
+                        shuffle=False)
+    per_worker = len(train_batches) // world if len(train_batches) >= world else len(train_batches)
+    return train_batches, dev_batches, max(1, math.ceil(per_worker / cfg.accum_grad))
+
+
+def _saver(model, optimizer, schedule: Schedule, epoch: int, run: RunConfig, data: RunData, metrics: dict,
+           loop: dict, edits: list, trial_id: str | None, experiment: str | None):
+    """The checkpoint writer of this epoch (Ray Train calls it with a directory): everything a
+    resumed run needs, as of now (the loop state is copied when it is made)."""
+    def save(d: str) -> None:
+        ckpt.save(d, model=model, optimizer=optimizer, scheduler=schedule, epoch=epoch, run=run,
+                  tokenizer=data.tokenizer, mean=data.train.mean, std=data.train.std, metrics=metrics, loop=loop,
+                  trial_id=trial_id, experiment=experiment, edits=edits)
+    return save
+
+
+def _optimizer_for(model, cfg: TrainConfig, checkpoint_state: dict | None) -> torch.optim.Optimizer:
+    """The run's optimizer. A checkpoint written before biases and norms had their own group
+    holds one group's state: the optimizer is built as it was then (every parameter decays), so
+    that its state loads."""
+    saved = (checkpoint_state or {}).get("optimizer", {}).get("param_groups")
+    optimizer = make_optimizer(model, cfg)
+    if saved is not None and len(saved) != len(optimizer.param_groups):
+        optimizer = make_optimizer(model, cfg, split=False)
+    return optimizer
+
+
+def _take_up(checkpoint_state: dict, meta: dict, cfg: TrainConfig, model, optimizer, schedule: Schedule,
+             new_schedule, trial_id: str | None, experiment: str | None):
+    """Load a checkpoint into the model and the optimizer, in the way of ``restore_case``:
+    continue (schedule, loop state and epoch as saved), exploit (the same, with PBT's mutated
+    rate) or finetune (weights and moments only; a new schedule from epoch 1). Returns
+    (schedule, loop state, first epoch, the keys the first report carries)."""
+    case = restore_case(cfg, meta, trial_id, experiment)
+    model.load_state_dict(checkpoint_state["model"])
+    optimizer.load_state_dict(checkpoint_state["optimizer"])
+    restored = {"restored_from_trial": meta.get("trial_id") or "",
+                "restored_from_epoch": int(checkpoint_state["epoch"])}
+    apply_hyperparameters(optimizer, cfg)  # load_state_dict brought back the writer's values
+    if case == "finetune":
+        for g in optimizer.param_groups:  # the new stage's rate; Adam's moments are kept
+            g["lr"] = g["initial_lr"] = cfg.lr
+        return new_schedule(), StepState(), 1, restored
+    schedule.load_state_dict(checkpoint_state["scheduler"])
+    if case == "exploit" and float(meta.get("params", {}).get("lr", cfg.lr)) != cfg.lr:
+        schedule.rebase(cfg.lr)  # PBT mutated the rate: the schedule keeps its position
+    return schedule, StepState(**checkpoint_state.get("loop", {})), int(checkpoint_state["epoch"]) + 1, restored
+
+
+def _after_validation(state: StepState, val: dict, epoch: int, cfg: TrainConfig, metric: str, mode: str,
+                      target_mode: str) -> None:
+    """The loop's state after an epoch's validation: best value and epoch, epochs without
+    improvement (early stopping), the step the target was first passed at, the metric's sum (AUC)."""
+    value = val.get(metric, float("nan"))
+    if _improved(value, state.best, mode, cfg.early_stop_min_delta):
+        state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
+    else:
+        state.bad_epochs += 1
+    if cfg.target_metric and state.target_step != state.target_step \
+            and _passed(val.get(cfg.target_metric, float("nan")), cfg.target_value, target_mode):
+        state.target_step = float(state.step)
+    if value == value:
+        state.auc += value
 
 
 def train_loop_per_worker(config: dict) -> None:
