@@ -17,6 +17,7 @@ acoustic models again for every setting.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -140,17 +141,12 @@ class NothingProduced(RuntimeError):
 def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher: str = "grid",
                     num_samples: int = 24, address: str | None = None, num_cpus: int | None = None,
                     progress: bool = True) -> dict:
-    from ray import tune
-
-    from analysis.confidence import SURE, compare, interval, p_improves
-    from analysis.load import best_checkpoint, load_experiment, rank
+    """Decoding settings of an experiment's ``top`` checkpoints (the one ranking's), searched on
+    their cached dev outputs (one acoustic pass each); the winner scored on test against the
+    checkpoint's own settings. Kept as ``decode_tune.json`` in the experiment."""
     from analysis.record import read_record
     from asr_core import storage as store
     from asr_core.models import get_family
-    from asr_core.train.checkpoint_files import edits_record
-    from cluster.local import init_ray
-    from tune_jobs.registry import make_searcher
-    from tune_jobs.space import parse_space, split_grid
 
     local = store.local_copy(exp, skip_checkpoints=False)
     record = read_record(local)
@@ -162,24 +158,55 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
     for split in ("train", "dev"):
         if not manifests.get(split) or not Path(manifests[split]).is_file():
             raise InputError(exp, f"the {split} manifest {manifests.get(split)!r} is not on this machine")
-    sel = record.selection
-    trials, _ = load_experiment(local)
-    ranked = rank(trials, record).head(top)
-    unit = "wer" if record.metric.endswith("wer") or family.default_metric.endswith("wer") \
-        else "cer"
+    unit = "wer" if record.metric.endswith("wer") or family.default_metric.endswith("wer") else "cer"
     t0 = time.time()
-    caches = {}
-    for _, t in ranked.iterrows():
-        ck = best_checkpoint(local, *sel, trial=t.trial)
-        print(f"acoustic pass {len(caches) + 1}/{len(ranked)}: trial {t.trial_id}, {ck.name} over the dev set",
-              flush=True)
-        caches[str(t.trial_id)] = acoustic_cache(str(ck), manifests["dev"], progress=progress)
-    if not caches:
-        raise InputError(exp, "no trial with a checkpoint to decode")
+    caches = _acoustic_passes(exp, local, record, top, progress)
     out_dir = local / "decode_cache"  # the dev outputs and the LMs, for a look or a rerun
     torch.save(caches, out_dir.mkdir(parents=True, exist_ok=True) or out_dir / "dev_outputs.pt")
     lms = build_lms(manifests["train"], out_dir / "lm") if _is_ctc(family) else None
-    written = dict(space or family.decode_space)
+    rows = _search_settings(exp, local, caches, lms, dict(space or family.decode_space), searcher, num_samples,
+                            unit, address, num_cpus, progress)
+    best = _rank_settings(rows, unit)
+    test = None
+    if manifests.get("test") and Path(manifests["test"]).is_file():
+        test = _winner_on_test(family, caches[best["checkpoint"]], best, manifests["test"], lms, progress)
+    out = {"unit": unit, "top": len(caches), "checkpoints": {k: c["checkpoint"] for k, c in caches.items()},
+           "settings_tried": len(rows), "acoustic_passes": len(caches), "acoustic_passes_from_scratch": len(rows),
+           "dev_utterances": len(best["edits"]), "ranked": [{k: v for k, v in r.items() if k != "edits"} for r in rows],
+           "test": test, "wall_s": time.time() - t0, "searcher": searcher}
+    store.write_text(store.join(exp, RESULT), json.dumps(out, indent=1, default=str))
+    return out
+
+
+def _acoustic_passes(exp: str, local: Path, record, top: int, progress: bool) -> dict:
+    """trial id -> the dev outputs of its best checkpoint, for the ranking's ``top`` trials."""
+    from analysis.load import best_checkpoint, load_experiment, rank
+
+    trials, _ = load_experiment(local)
+    ranked = rank(trials, record).head(top)
+    caches = {}
+    for _, t in ranked.iterrows():
+        ck = best_checkpoint(local, *record.selection, trial=t.trial)
+        print(f"acoustic pass {len(caches) + 1}/{len(ranked)}: trial {t.trial_id}, {ck.name} over the dev set",
+              flush=True)
+        caches[str(t.trial_id)] = acoustic_cache(str(ck), record.manifests["dev"], progress=progress)
+    if not caches:
+        raise InputError(exp, "no trial with a checkpoint to decode")
+    return caches
+
+
+def _search_settings(exp: str, local: Path, caches: dict, lms, written: dict, searcher: str, num_samples: int,
+                     unit: str, address, num_cpus, progress: bool) -> list[dict]:
+    """The decoding search on Ray Tune (one CPU a trial, the outputs shared): a row per setting
+    that decoded, with its CER, WER and per-utterance edit counts."""
+    from ray import tune
+
+    from asr_core import storage as store
+    from cluster.local import init_ray
+    from tune_jobs.registry import make_searcher
+    from tune_jobs.searchers import NS
+    from tune_jobs.space import parse_space, split_grid
+
     sampled, grid = split_grid(written)
     domains = parse_space(sampled, lambda k: f"decode space: {k}")
     if searcher == "grid":
@@ -188,32 +215,33 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
         domains = {"checkpoint": tune.choice(list(caches)), **domains,
                    **{k: tune.choice(v) for k, v in grid.items()}}
         grid = {}
-    n = 1
-    for v in grid.values():
-        n *= len(v)
+    n = math.prod(len(v) for v in grid.values())
     search = make_searcher(searcher, metric=unit, mode="min", seed=0, space=domains, grid=grid, trials={},
                            points=[], constraints=[], fixed={}, max_concurrent=num_cpus or 64)
     init_ray(address, num_cpus=num_cpus)
-    payload = {"caches": caches, "lms": lms}
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trial, payload=payload), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(_trial, payload={"caches": caches, "lms": lms}), {"cpu": 1}),
         tune_config=tune.TuneConfig(metric=unit, mode="min", search_alg=search, reuse_actors=True,
                                     num_samples=n if searcher == "grid" else num_samples),
         run_config=tune.RunConfig(name="decode_tune", verbose=1 if progress else 0,
                                   storage_path=str(exp) if store.is_remote(exp) else str(Path(local).resolve())))
-    results = tuner.fit()
-    from tune_jobs.searchers import NS
-
     rows = []
-    for r in results:
+    for r in tuner.fit():
         if r.error or not r.metrics or "edits" not in r.metrics:
             continue
         flat = dict(r.config.get(NS, r.config))
-        pairs = r.metrics["edits"]
         rows.append({"checkpoint": flat.pop("checkpoint"), "settings": flat, "cer": r.metrics["cer"],
-                     "wer": r.metrics["wer"], "edits": pairs})
+                     "wer": r.metrics["wer"], "edits": r.metrics["edits"]})
     if not rows:
         raise NothingProduced("decode-tune produced nothing: every decoding trial failed")
+    return rows
+
+
+def _rank_settings(rows: list[dict], unit: str) -> dict:
+    """Sort the rows by ``unit``, give each its intervals and whether the best is shown to beat
+    it (paired bootstrap); returns the best."""
+    from analysis.confidence import SURE, interval, p_improves
+
     rows.sort(key=lambda r: r[unit])
     best = rows[0]
     idx = 2 if unit == "wer" else 0
@@ -226,34 +254,29 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
         r["wer_ci"] = interval([[e[2], e[3]] for e in r["edits"]]).__dict__
         r["p_best_better"] = None if r is best else p_improves(unit_pairs(r), unit_pairs(best))
         r["tied_with_best"] = r is best or r["p_best_better"] < SURE
-    # the winner on the test split: one more acoustic pass, decoded with its settings and with the
-    # checkpoint's own, paired
-    winner = caches[best["checkpoint"]]
-    test = None
-    if manifests.get("test") and Path(manifests["test"]).is_file():
-        print(f"acoustic pass over the test split: {Path(winner['checkpoint']).name} of trial {best['checkpoint']}",
-              flush=True)
-        tc = acoustic_cache(winner["checkpoint"], manifests["test"], progress=progress)
-        tuned_m, tuned_e = score(tc, decode_settings(tc, best["settings"], lms))
-        own_settings = {k: v for k, v in winner["own"].items() if k in ("decoder", "beam_size", "decode_ctc_weight")}
-        if own_settings.get("decoder") == "greedy":
-            own_settings.pop("beam_size", None)
-        own = family.decode_cached(_model(tc), tc["outputs"], _tok(tc),
-                                   **({"decoder": own_settings.get("decoder", "greedy"),
-                                       "beam_size": own_settings.get("beam_size", 8)} if _is_ctc(family)
-                                      else {k: v for k, v in own_settings.items() if k != "decoder"}))
-        own_m, own_e = score(tc, own)
-        cmp = compare(edits_record(tuned_e), edits_record(own_e))
-        test = {"utterances": len(tc["ids"]), "tuned": {**tuned_m, "settings": best["settings"]},
-                "own": {**own_m, "settings": own_settings}, **cmp}
-    total = len(rows)
-    passes = len(caches)
-    out = {"unit": unit, "top": len(caches), "checkpoints": {k: c["checkpoint"] for k, c in caches.items()},
-           "settings_tried": total, "acoustic_passes": passes, "acoustic_passes_from_scratch": total,
-           "dev_utterances": len(best["edits"]), "ranked": [{k: v for k, v in r.items() if k != "edits"} for r in rows],
-           "test": test, "wall_s": time.time() - t0, "searcher": searcher}
-    store.write_text(store.join(exp, RESULT), json.dumps(out, indent=1, default=str))
-    return out
+    return best
+
+
+def _winner_on_test(family, winner: dict, best: dict, test_manifest: str, lms, progress: bool) -> dict:
+    """The winner on the test split: one more acoustic pass, decoded with its settings and with
+    the checkpoint's own, paired."""
+    from analysis.confidence import compare
+    from asr_core.train.checkpoint_files import edits_record
+
+    print(f"acoustic pass over the test split: {Path(winner['checkpoint']).name} of trial {best['checkpoint']}",
+          flush=True)
+    tc = acoustic_cache(winner["checkpoint"], test_manifest, progress=progress)
+    tuned_m, tuned_e = score(tc, decode_settings(tc, best["settings"], lms))
+    own_settings = {k: v for k, v in winner["own"].items() if k in ("decoder", "beam_size", "decode_ctc_weight")}
+    if own_settings.get("decoder") == "greedy":
+        own_settings.pop("beam_size", None)
+    own = family.decode_cached(_model(tc), tc["outputs"], _tok(tc),
+                               **({"decoder": own_settings.get("decoder", "greedy"),
+                                   "beam_size": own_settings.get("beam_size", 8)} if _is_ctc(family)
+                                  else {k: v for k, v in own_settings.items() if k != "decoder"}))
+    own_m, own_e = score(tc, own)
+    return {"utterances": len(tc["ids"]), "tuned": {**tuned_m, "settings": best["settings"]},
+            "own": {**own_m, "settings": own_settings}, **compare(edits_record(tuned_e), edits_record(own_e))}
 
 
 def _tok(cache):

@@ -416,9 +416,42 @@ def expand_trials(spec: dict, carried: dict | None, family: str | None = None) -
 
 
 def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
-    """One job (or one phase laid over its job) from its YAML mapping, checked; ``loc`` names lines."""
-    from asr_core.train.config import split_params
+    """One job (or one phase laid over its job) from its YAML mapping, checked; ``loc`` names
+    lines. One parser a section, in the order a reader meets them; the first error stops it."""
+    _check_top_keys(data, loc, path)
+    dspec = _section(data, loc, DataSpec, "data")
+    searcher = _section(data, loc, SearcherSpec, "searcher")
+    resources = _section(data, loc, ResourcesSpec, "resources")
+    params = data.get("params") or {}
+    space_raw = data.get("search_space") or {}
+    if not isinstance(params, dict):
+        raise InputError(loc("params"), "'params' must be a mapping")
+    space = SearchSpace.parse(space_raw, loc)
+    trials = _named_trials(data, loc)
+    sname, sched, mutations = _method(data, loc, searcher, space, trials)
+    fam, metric_name, mode = _metric_and_mode(data, loc, params)
+    require = _require(data, loc)
+    probe, merged = _check_a_trial_config(data, loc, path, params, space_raw, sname, mutations, trials)
+    constraints = _constraints(data, loc, merged, space_raw, trials)
+    _check_points(searcher, fam, space_raw, loc)
+    num_trials, max_conc, max_failures, repeats = _counts(data, loc, path, trials, space, searcher)
+    init_from = str(data.get("init_from") or "")
+    if init_from not in ("", "best"):
+        raise InputError(loc("init_from"), f"init_from is 'best' (the previous phase's best checkpoint), got {init_from!r}")
+    return JobSpec(
+        path=str(path), name=str(data.get("name", Path(path).stem)), family=data["family"],
+        preset=data.get("preset"), data=dspec, params=params, search_space=space_raw, searcher=searcher,
+        scheduler=SchedulerSpec(sname, {k: v for k, v in sched.items() if k != "hyperparam_mutations"}, mutations),
+        metric=metric_name, mode=mode,
+        num_trials=num_trials, max_concurrent=max_conc, resources=resources,
+        storage_path=str(data.get("storage_path", "experiments")), max_failures=max_failures,
+        test_eval=bool(data.get("test_eval", True)), trials=trials, constraints=constraints,
+        require=require, init_from=init_from, repeats=repeats, storage_shared=_bool(data, "storage_shared", loc),
+        space=space, loggers=_loggers(data, loc),
+    )
 
+
+def _check_top_keys(data: dict, loc: Locator, path: str) -> None:
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
         raise InputError(loc(unknown[0]), f"unknown key '{unknown[0]}' in job file; known keys: {sorted(TOP_KEYS)}")
@@ -426,32 +459,22 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
         if req not in data:
             raise InputError(str(path), f"missing required key '{req}'")
 
-    def sub(cls, key, default=None):
-        raw = data.get(key, default or {})
-        if not isinstance(raw, dict):
-            raise InputError(loc(key), f"'{key}' must be a mapping")
-        try:
-            return from_dict(cls, raw, where=loc(key))
-        except InputError as e:  # point at the offending sub-key's line
-            if e.key in raw:
-                raise InputError(loc(f"{key}.{e.key}"), e.message, key=e.key) from None
-            raise
 
-    dspec = sub(DataSpec, "data")
-    searcher = sub(SearcherSpec, "searcher")
-    default_sched, default_searcher = default_method(str(data.get("family")))
-    if "name" not in (data.get("searcher") or {}):
-        # nothing to model without a space: random (TPE needs one)
-        searcher.name = default_searcher if data.get("search_space") else "random"
-    resources = sub(ResourcesSpec, "resources")
-    params = data.get("params") or {}
-    space_raw = data.get("search_space") or {}
-    if not isinstance(params, dict):
-        raise InputError(loc("params"), "'params' must be a mapping")
-    space = SearchSpace.parse(space_raw, loc)
-    if space.grid and searcher.name in MODEL_SEARCHERS:
-        raise InputError(loc("searcher.name"),
-                         f"grid dimensions need searcher 'random' or 'grid', not {searcher.name}")
+def _section(data: dict, loc: Locator, cls, key: str):
+    """A mapping section as its dataclass; an error names the offending sub-key's line."""
+    raw = data.get(key, {})
+    if not isinstance(raw, dict):
+        raise InputError(loc(key), f"'{key}' must be a mapping")
+    try:
+        return from_dict(cls, raw, where=loc(key))
+    except InputError as e:  # point at the offending sub-key's line
+        if e.key in raw:
+            raise InputError(loc(f"{key}.{e.key}"), e.message, key=e.key) from None
+        raise
+
+
+def _named_trials(data: dict, loc: Locator) -> dict:
+    """``trials``: name -> params, or ``{expand: ..., set: ...}`` expanded."""
     trials_raw = data.get("trials") or {}
     try:
         trials = expand_trials(trials_raw, None, data["family"]) \
@@ -461,6 +484,20 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     if not isinstance(trials, dict) or not all(isinstance(v, dict) for v in trials.values()):
         raise InputError(loc("trials"), "'trials' maps a trial name to its params "
                                         "(or is {expand: {key: [values]}, set: {key: expression}})")
+    return trials
+
+
+def _method(data: dict, loc: Locator, searcher: SearcherSpec, space: SearchSpace, trials: dict):
+    """The searcher's name (defaults set on ``searcher``) and the scheduler: its name, its
+    options as written and PBT's mutations, each checked against the other."""
+    default_sched, default_searcher = default_method(str(data.get("family")))
+    space_raw = data.get("search_space") or {}
+    if "name" not in (data.get("searcher") or {}):
+        # nothing to model without a space: random (TPE needs one)
+        searcher.name = default_searcher if space_raw else "random"
+    if space.grid and searcher.name in MODEL_SEARCHERS:
+        raise InputError(loc("searcher.name"),
+                         f"grid dimensions need searcher 'random' or 'grid', not {searcher.name}")
     if trials and "searcher" not in data:
         searcher.name = "grid"
     if trials and searcher.name != "grid":
@@ -491,17 +528,23 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
         if trials or space.grid or data.get("constraints"):
             raise InputError(loc("scheduler.name"), "pbt samples its population itself: use searcher 'random', "
                                                     "no grid, named trials or constraints")
-    try:
-        from asr_core.models import get_family
+    return sname, sched, mutations
 
+
+def _metric_and_mode(data: dict, loc: Locator, params: dict):
+    """The family (None when unknown: reported with its line later), the job's metric, checked
+    against the family's registry, and its mode; the runs' selection is the metric's, not params'."""
+    from asr_core.models import get_family
+
+    try:
         fam = get_family(str(data.get("family")))
         default_metric, default_mode = fam.default_metric, fam.default_mode
-    except ValueError:  # reported with its line below
+    except ValueError:  # reported with its line by the trial config's check
         fam, default_metric, default_mode = None, "val_cer", "min"
     if fam is not None and data.get("preset") is not None and data["preset"] not in fam.presets:
         raise InputError(loc("preset"), f"unknown preset for {fam.name}: {data['preset']} "
                                         f"(known: {sorted(fam.presets)})")
-    metric_name = str(data.get("metric", default_metric))
+    metric_name = str(data["metric"]) if "metric" in data else default_metric
     if fam is not None:
         try:
             default_mode = fam.metric(metric_name).mode
@@ -510,20 +553,32 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     mode = data.get("mode", default_mode)
     if mode not in ("min", "max"):
         raise InputError(loc("mode"), f"mode must be 'min' or 'max', got {mode!r}")
-    if fam is not None and isinstance(params, dict):
+    if fam is not None:
         # the job's metric decides the runs' selection; a second opinion in params would split it
         sel, _ = fam.selection(metric_name)
         for key, want in (("select_metric", sel), ("select_mode", None)):
             if key in params and (want is None or params[key] != want):
                 raise InputError(loc(f"params.{key}"), f"'{key}' is set from the job's metric ({metric_name}, "
                                                        f"{mode}): set 'metric'/'mode' instead")
+    return fam, metric_name, mode
+
+
+def _require(data: dict, loc: Locator) -> dict:
     require = data.get("require") or {}
     if not isinstance(require, dict) or not all(isinstance(v, dict) and set(v) <= {"min", "max"} and v
                                                  for v in require.values()):
         raise InputError(loc("require"), "'require' maps a metric to {min: x} and/or {max: x}, "
                                          "e.g. {val_lid_acc: {min: 0.9}}")
+    return require
 
-    # Check a representative trial config now: base params + one value per dimension.
+
+def _check_a_trial_config(data: dict, loc: Locator, path: str, params: dict, space_raw: dict, sname: str,
+                          mutations, trials: dict) -> tuple[dict, dict]:
+    """A representative trial config (base params and one value a dimension) through the run's
+    own parser, every named trial too, PBT's mutations against what a running trial can take and
+    the keys the driver builds; an error names the key's line. Returns (probe, merged config)."""
+    from asr_core.train.config import fixed_in_run, split_params
+
     sample = {k: _representative(v) for k, v in space_raw.items()}
     fixed = {k: v for k, v in params.items() if not expr.is_opt(v)}
     probe = {"family": data["family"], "train_manifest": "x", "dev_manifest": "x", **fixed, **sample}
@@ -534,28 +589,8 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     try:
         merged = split_params({**probe, **sample}, where=str(path)).params
     except (InputError, ValueError) as whole:
-        # the key to blame, so the error names its line: the one the error carries, else the
-        # first that fails alone (a check across keys, e.g. heads that must divide a width)
-        k, msg = getattr(whole, "key", None), getattr(whole, "message", str(whole))
-        if k in ("family", "preset"):
-            raise InputError(loc(k), msg, key=k) from None
-        if k not in sample and k not in fixed:
-            k = None
-            for key in [*fixed, *sample]:
-                try:
-                    split_params({"family": data["family"], "preset": data.get("preset"), "train_manifest": "x",
-                                  "dev_manifest": "x", key: {**probe, **sample}[key]}, where=str(path))
-                except InputError as e:
-                    k, msg = key, e.message
-                    break
-        if k is None:
-            raise InputError(str(path), msg) from None
-        section = "params" if k in fixed and k not in sample else (
-            "search_space" if k in space_raw else "scheduler.hyperparam_mutations")
-        raise InputError(loc(f"{section}.{k}"), msg, key=k) from None
+        raise _blame(whole, data, loc, path, probe, sample, fixed, space_raw) from None
     if sname == "pbt":  # a mutation must take effect in the running trial it is applied to
-        from asr_core.train.config import fixed_in_run
-
         for k, dist in mutations.written.items():
             why = fixed_in_run({**probe, **sample}, k, extremes(dist), where=str(path))
             if why:
@@ -567,6 +602,36 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
         except (InputError, ValueError) as e:
             raise InputError(loc(f"trials.{tname}"), getattr(e, "message", str(e))) from None
     _check_driver_settings(fixed, probe, space_raw, trials, loc, str(path))
+    return probe, merged
+
+
+def _blame(whole: Exception, data: dict, loc: Locator, path: str, probe: dict, sample: dict, fixed: dict,
+           space_raw: dict) -> InputError:
+    """The error of a probe config, at the line of the key to blame: the one the error carries,
+    else the first that fails alone (a check across keys, e.g. heads that must divide a width)."""
+    from asr_core.train.config import split_params
+
+    k, msg = getattr(whole, "key", None), getattr(whole, "message", str(whole))
+    if k in ("family", "preset"):
+        return InputError(loc(k), msg, key=k)
+    if k not in sample and k not in fixed:
+        k = None
+        for key in [*fixed, *sample]:
+            try:
+                split_params({"family": data["family"], "preset": data.get("preset"), "train_manifest": "x",
+                              "dev_manifest": "x", key: {**probe, **sample}[key]}, where=str(path))
+            except InputError as e:
+                k, msg = key, e.message
+                break
+    if k is None:
+        return InputError(str(path), msg)
+    section = "params" if k in fixed and k not in sample else (
+        "search_space" if k in space_raw else "scheduler.hyperparam_mutations")
+    return InputError(loc(f"{section}.{k}"), msg, key=k)
+
+
+def _constraints(data: dict, loc: Locator, merged: dict, space_raw: dict, trials: dict) -> list[str]:
+    """``constraints``: expressions over known parameters only."""
     constraints = data.get("constraints") or []
     if not isinstance(constraints, list):
         raise InputError(loc("constraints"), "'constraints' is a list of expressions")
@@ -578,6 +643,11 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
             raise InputError(loc("constraints"), str(e)) from None
         if missing:
             raise InputError(loc("constraints"), f"constraint {c!r} names unknown parameter(s) {sorted(missing)}")
+    return [str(c) for c in constraints]
+
+
+def _check_points(searcher: SearcherSpec, fam, space_raw: dict, loc: Locator) -> None:
+    """``searcher.points_to_evaluate``: presets the family has, values inside the space."""
     for i, p in enumerate(searcher.points_to_evaluate):
         if isinstance(p, str) and (fam is None or p not in fam.presets):
             raise InputError(loc("searcher.points_to_evaluate"),
@@ -589,12 +659,16 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
                 raise InputError(loc("searcher.points_to_evaluate"),
                                  f"point {i}{f' (preset {p})' if isinstance(p, str) else ''}: {k}={v!r} {why}")
 
+
+def _counts(data: dict, loc: Locator, path: str, trials: dict, space: SearchSpace, searcher: SearcherSpec):
+    """(num_trials, max_concurrent, max_failures, repeats): with a grid or named trials, as in
+    Tune, num_trials repeats the whole grid."""
     try:
         max_conc = int(data.get("max_concurrent", 1))
         max_failures = int(data.get("max_failures", 0))
         num_trials = int(data.get("num_trials", 1))
         repeats = 1
-        if trials or space.grid:  # as in Tune: num_trials repeats the whole grid
+        if trials or space.grid:
             from tune_jobs.searchers import grid_size
 
             repeats = num_trials
@@ -605,20 +679,7 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
         value = int(data.get(key, least))  # as written (a grid's num_trials counts repeats)
         if value < least:
             raise InputError(loc(key), f"'{key}' must be >= {least}, got {value}")
-    init_from = str(data.get("init_from") or "")
-    if init_from not in ("", "best"):
-        raise InputError(loc("init_from"), f"init_from is 'best' (the previous phase's best checkpoint), got {init_from!r}")
-    return JobSpec(
-        path=str(path), name=str(data.get("name", Path(path).stem)), family=data["family"],
-        preset=data.get("preset"), data=dspec, params=params, search_space=space_raw, searcher=searcher,
-        scheduler=SchedulerSpec(sname, {k: v for k, v in sched.items() if k != "hyperparam_mutations"}, mutations),
-        metric=metric_name, mode=mode,
-        num_trials=num_trials, max_concurrent=max_conc, resources=resources,
-        storage_path=str(data.get("storage_path", "experiments")), max_failures=max_failures,
-        test_eval=bool(data.get("test_eval", True)), trials=trials, constraints=[str(c) for c in constraints],
-        require=require, init_from=init_from, repeats=repeats, storage_shared=_bool(data, "storage_shared", loc),
-        space=space, loggers=_loggers(data, loc),
-    )
+    return num_trials, max_conc, max_failures, repeats
 
 
 def _loggers(data: dict, loc) -> list[str]:

@@ -186,15 +186,11 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
                rank: int = 0, world: int = 1, wrap_model=lambda m: m, checkpoint_meta: dict | None = None,
                trial_id: str | None = None, experiment: str | None = None) -> None:
     """The epochs of one run: train, validate, report ``(metrics, checkpoint_writer)`` each epoch.
-
     ``report(metrics, save)`` is Ray Train's report (``save(dir)`` writes a checkpoint into dir)
-    or any callable in tests and benchmarks; everything Ray-specific stays in the caller.
-
-    A checkpoint to start from is taken up in one of the three ways of ``restore_case``. The first
-    report after a restore names the trial and epoch the checkpoint came from.
-    """
-    cfg = run.train
-    tok = data.tokenizer
+    or any callable in tests and benchmarks; everything Ray-specific stays in the caller. A
+    checkpoint to start from is taken up in one of the three ways of ``restore_case``; the first
+    report after a restore names the trial and epoch the checkpoint came from."""
+    cfg, tok = run.train, data.tokenizer
     model = family.build(run.model, tok.vocab_size, run.features.n_mels)
     n_params = sum(p.numel() for p in model.parameters())  # reported: the analysis sets size against metric
     train_batches, dev_batches, steps_per_epoch = _batches(run, family, data, rank, world)
@@ -204,38 +200,27 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
     metric = cfg.select_metric or family.default_metric
     mode = cfg.select_mode or family.metric(metric).mode
     new_schedule = lambda: Schedule(optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)  # noqa: E731
-    schedule, state, start_epoch, restored = new_schedule(), StepState(), 1, {}
-    if checkpoint_state is not None:
-        schedule, state, start_epoch, restored = _take_up(checkpoint_state, checkpoint_meta or {}, cfg, model,
-                                                          optimizer, schedule, new_schedule, trial_id, experiment)
+    schedule, state, start_epoch, restored = (new_schedule(), StepState(), 1, {}) if checkpoint_state is None else \
+        _take_up(checkpoint_state, checkpoint_meta or {}, cfg, model, optimizer, new_schedule, trial_id, experiment)
     model = wrap_model(model)
-    device = next(model.parameters()).device
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
-    target_mode = family.metric(cfg.target_metric).mode if cfg.target_metric else "min"
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and next(model.parameters()).device.type == "cuda" else None
 
     cpu0 = time.process_time()  # this worker's CPU seconds (all threads) since the last report
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        # each epoch's random draws (dropout) from (seed, epoch), as fairseq seeds each update: a
-        # run restored from a checkpoint (a paused trial resumed, a retried worker) draws what the
-        # same run straight through would have drawn
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        mine = shard(train_batches, rank, world, cfg.seed, epoch)
-        epoch_data = data.train.for_epoch(cfg.seed, epoch)  # augmented versions and masks of this epoch
         try:
-            loss_sum, n = train_one_epoch(model, family, epoch_data, mine, optimizer, schedule, cfg, state, scaler)
+            loss_sum, n = _train_epoch(model, family, data, train_batches, optimizer, schedule, cfg, state, scaler,
+                                       rank, world, epoch)
         except Diverged as d:
-            # The trial ends here with status "diverged" (analysis.load reads these keys); no
-            # checkpoint of a broken model is written, and the search goes on with other trials.
+            # the trial ends "diverged" (analysis.load reads these keys), with no checkpoint of it
             report({"epoch": epoch, "diverged": 1, "diverged_step": d.step, "diverged_value": str(d.value),
-                    "train_loss": float("nan"), "val_loss": float("nan"), metric: float("nan"), **restored},
-                   None)
+                    "train_loss": float("nan"), "val_loss": float("nan"), metric: float("nan"), **restored}, None)
             return
         train_time = time.perf_counter() - t0
         loss_sum, n = _all_sum([loss_sum, n])
         edits: list = []
         val = compute_validation_loss(model, family, data.dev, dev_batches, tok, run.data.with_lang_tag, edits)
-        _after_validation(state, val, epoch, cfg, metric, mode, target_mode)
+        _after_validation(state, val, epoch, cfg, metric, mode, family)
         schedule.epoch_end(val.get(metric, float("nan")))
         cpu_now = time.process_time()
         cpu_s, cpu0 = _all_sum([cpu_now - cpu0])[0], cpu_now
@@ -281,6 +266,17 @@ def _saver(model, optimizer, schedule: Schedule, epoch: int, run: RunConfig, dat
     return save
 
 
+def _train_epoch(model, family: Family, data: RunData, train_batches, optimizer, schedule: Schedule,
+                 cfg: TrainConfig, state: StepState, scaler, rank: int, world: int, epoch: int) -> tuple[float, int]:
+    """One epoch of training on this worker's shard. Its random draws (dropout) come from (seed,
+    epoch), as fairseq seeds each update: a run restored from a checkpoint (a paused trial
+    resumed, a retried worker) draws what the same run straight through would have drawn."""
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+    mine = shard(train_batches, rank, world, cfg.seed, epoch)
+    epoch_data = data.train.for_epoch(cfg.seed, epoch)  # augmented versions and masks of this epoch
+    return train_one_epoch(model, family, epoch_data, mine, optimizer, schedule, cfg, state, scaler)
+
+
 def _optimizer_for(model, cfg: TrainConfig, checkpoint_state: dict | None) -> torch.optim.Optimizer:
     """The run's optimizer. A checkpoint written before biases and norms had their own group
     holds one group's state: the optimizer is built as it was then (every parameter decays), so
@@ -292,13 +288,16 @@ def _optimizer_for(model, cfg: TrainConfig, checkpoint_state: dict | None) -> to
     return optimizer
 
 
-def _take_up(checkpoint_state: dict, meta: dict, cfg: TrainConfig, model, optimizer, schedule: Schedule,
-             new_schedule, trial_id: str | None, experiment: str | None):
+def _take_up(checkpoint_state: dict, meta: dict, cfg: TrainConfig, model, optimizer, new_schedule,
+             trial_id: str | None, experiment: str | None):
     """Load a checkpoint into the model and the optimizer, in the way of ``restore_case``:
     continue (schedule, loop state and epoch as saved), exploit (the same, with PBT's mutated
     rate) or finetune (weights and moments only; a new schedule from epoch 1). Returns
     (schedule, loop state, first epoch, the keys the first report carries)."""
     case = restore_case(cfg, meta, trial_id, experiment)
+    # built before the optimizer's state loads: a LambdaLR's first step sets each group's rate,
+    # which the loaded state then puts back to the saved one
+    schedule = new_schedule()
     model.load_state_dict(checkpoint_state["model"])
     optimizer.load_state_dict(checkpoint_state["optimizer"])
     restored = {"restored_from_trial": meta.get("trial_id") or "",
@@ -315,9 +314,10 @@ def _take_up(checkpoint_state: dict, meta: dict, cfg: TrainConfig, model, optimi
 
 
 def _after_validation(state: StepState, val: dict, epoch: int, cfg: TrainConfig, metric: str, mode: str,
-                      target_mode: str) -> None:
+                      family: Family) -> None:
     """The loop's state after an epoch's validation: best value and epoch, epochs without
     improvement (early stopping), the step the target was first passed at, the metric's sum (AUC)."""
+    target_mode = family.metric(cfg.target_metric).mode if cfg.target_metric else "min"
     value = val.get(metric, float("nan"))
     if _improved(value, state.best, mode, cfg.early_stop_min_delta):
         state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
