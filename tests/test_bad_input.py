@@ -337,3 +337,22 @@ def test_decode_tune_of_an_experiment_whose_manifests_are_elsewhere_exits_2_nami
     assert main(["decode-tune", str(exp)]) == 2
     err = capsys.readouterr().err
     assert f"error: {exp}: the train manifest" in err and "is not on this machine" in err
+
+
+def test_resources_from_the_command_line_or_the_job_file_are_checked_before_anything_runs(corpus, cache_dir,
+                                                                                          tmp_path, capsys):
+    """`--workers -1` skipped the job file's checks (it was set after them); `cpus_per_worker: 0`
+    failed in Ray with a traceback. Both are refused at load, naming the option or the line."""
+    from tune_jobs.cli import main
+
+    job = tiny_job(tmp_path, corpus, cache_dir, "res")
+    assert main(["tune", str(job), "--workers", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err and "'num_workers' must be >= 1" in err
+    zero = tiny_job(tmp_path, corpus, cache_dir, "zero", edit={"resources.cpus_per_worker": 0})
+    with pytest.raises(InputError, match=r"zero.yaml:9 \(resources.cpus_per_worker\): "
+                                         r"key .cpus_per_worker. must be > 0"):
+        load_job(zero)
+    assert main(["train", "crnn_ctc", "--cpus-per-worker", "0", "--storage", str(tmp_path / "exp")]) == 2
+    assert "'cpus_per_worker' must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()  # nothing was started or written

@@ -65,10 +65,17 @@ def load_for_tune(a):
         job.data.skip_bad = True
     if a.storage:
         job.storage_path = a.storage
-    if getattr(a, "workers", None):
-        job.resources.num_workers = a.workers
-    if getattr(a, "gpus_per_worker", None) is not None:
-        job.resources.gpus_per_worker = a.gpus_per_worker
+    # the command line's resources through the same checks as the job file's
+    over = {k: v for k, v in (("num_workers", getattr(a, "workers", None)),
+                              ("gpus_per_worker", getattr(a, "gpus_per_worker", None))) if v is not None}
+    if over:
+        import dataclasses
+
+        from asr_core.config import from_dict
+        from tune_jobs.spec import ResourcesSpec
+
+        job.resources = from_dict(ResourcesSpec, {**dataclasses.asdict(job.resources), **over},
+                                  where="speechtune tune --workers/--gpus-per-worker")
     return job
 
 
@@ -94,10 +101,15 @@ def cmd_tune(a) -> int:
 
 
 def cmd_train(a) -> int:
+    from asr_core.config import from_dict
     from asr_core.data.synth import default_cache_dir, ensure_corpus
     from tune_jobs.runner import run_train
     from tune_jobs.spec import ResourcesSpec
 
+    # checked as a job file's resources are, before any data is made
+    res = from_dict(ResourcesSpec, {"num_workers": a.workers, "cpus_per_worker": a.cpus_per_worker,
+                                    "gpus_per_worker": a.gpus_per_worker},
+                    where="speechtune train --workers/--cpus-per-worker/--gpus-per-worker")
     params = {"family": a.family, **_parse_sets(a.set or [])}
     if a.preset:
         params["preset"] = a.preset
@@ -115,7 +127,6 @@ def cmd_train(a) -> int:
         params.setdefault("feature_store", store.join(a.storage, "features"))
     if a.skip_bad:
         params["skip_bad"] = True
-    res = ResourcesSpec(num_workers=a.workers, cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker)
     result = run_train(params, res, a.storage, a.name or f"train_{a.family}", address=a.address,
                        num_cpus=a.num_cpus, resume_from=a.resume_from)
     df = result.metrics_dataframe

@@ -69,6 +69,10 @@ class ResourcesSpec:
     def validate(self) -> None:
         if self.num_workers < 1:
             raise KeyProblem("num_workers", "key 'num_workers' must be >= 1")
+        if not self.cpus_per_worker > 0:
+            raise KeyProblem("cpus_per_worker", "key 'cpus_per_worker' must be > 0")
+        if not self.gpus_per_worker >= 0:
+            raise KeyProblem("gpus_per_worker", "key 'gpus_per_worker' must be >= 0")
         if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
             raise ValueError(f"unknown placement_strategy {self.placement_strategy!r}")
 
