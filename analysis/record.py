@@ -78,7 +78,8 @@ class ExperimentRecord:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = JOB_RECORD) -> "ExperimentRecord":
-        """A record as written (any version up to ours; keys it does not know are ignored)."""
+        """A record as written (any version up to ours; keys it does not know are ignored, so not
+        ``asr_core.config.from_dict``, which refuses them, as a job file must)."""
         version = int(d.get("version", 0))
         if version > VERSION:
             raise ValueError(f"{where}: an experiment record of version {version}, written by a newer "

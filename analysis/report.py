@@ -326,29 +326,20 @@ def summary_items(a: Analysis, extra: dict | None = None) -> list:
     return items
 
 
-# run keys the job layer adds to every trial's config (base_params): never a user's to paste
-_RUN_KEYS = {"family", "preset", "experiment", "select_metric", "select_mode", "skip_bad", "cache_dir"}
-
-
 def best_config(a: Analysis, r) -> dict:
     """Trial ``r``'s configuration as a job-file fragment of the user's own keys: the family, the
-    preset, and under ``params`` the keys the job set, searched or named (their values in this
-    trial); no machine paths, no keys the job layer adds. Without a record: the config keys that
-    vary across trials."""
+    preset, and under ``params`` the keys the job set, searched or named, with their values in
+    this trial (``config_of``: no machine paths). Without a record: the keys that vary."""
     rec = a.record
     own = dict.fromkeys([*(rec.job.get("params") or {}), *rec.searched,
-                         *(k for p in rec.trials.values() for k in p)])
-    if not own:
-        own = dict.fromkeys(c.removeprefix("config/") for c in a.params)
-    params = {}
-    for k in own:
-        v = r.get(f"config/{k}")
-        if k in _RUN_KEYS or k.endswith(("_manifest", "_features", "_dir")) or v is None \
-                or (isinstance(v, float) and math.isnan(v)):
-            continue
-        params[k] = v.item() if hasattr(v, "item") else v
-    preset = r.get("config/preset")
-    frag = {"family": rec.family or r.get("config/family"),
+                         *(k for p in rec.trials.values() for k in p)]) \
+        or dict.fromkeys(c.removeprefix("config/") for c in a.params)
+    cfg = a.config_of(r)
+    params = {k: cfg[k].item() if hasattr(cfg[k], "item") else cfg[k] for k in own
+              if k in cfg and k not in ("family", "preset", "experiment") and cfg[k] is not None
+              and not (isinstance(cfg[k], float) and math.isnan(cfg[k]))}
+    preset = cfg.get("preset")
+    frag = {"family": rec.family or cfg.get("family"),
             "preset": preset if isinstance(preset, str) and preset else rec.preset}
     return {**{k: v for k, v in frag.items() if v}, "params": params}
 

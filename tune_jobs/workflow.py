@@ -60,6 +60,7 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
            interrupted: bool = False, report_dir: str | None = None) -> int:
     """After a search: the outcome (kept in the experiment's record), the best checkpoint's test
     figures, the report and the Ray check. Returns the exit code."""
+    from analysis.report import write_report
     from asr_core.models import get_family
     from tune_jobs.runner import save_outcome
 
@@ -79,27 +80,22 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
     if job.test_eval and "test" in manifests and get_family(job.family).decode is not None:
         tested = _evaluate_on_test(job, exp_dir, manifests, extra)
     save_outcome(exp_dir, extra)
-    print(f"report: {_report(exp_dir, report_dir)}")
+    print(f"report: {write_report(exp_dir, report_dir)}")
     if tested:  # (test evaluation skipped: e.g. no trial met `require`; the report says so)
         check_with_ray(exp_dir)
     return 0
 
 
-def _report(exp_dir: str, report_dir: str | None):
-    from analysis.report import write_report
-
-    return write_report(exp_dir, report_dir)
-
-
 def _finish_interrupted(exp_dir: str, extra: dict, elapsed: float, report_dir: str | None) -> int:
     """No test figure, no best checkpoint: the record and the report say so; exit 130."""
+    from analysis.report import write_report
     from tune_jobs.runner import save_outcome
 
     extra["status"] = (f"**interrupted** after {elapsed:.0f} s; no test evaluation. "
                        f"Resume: `speechtune tune --resume {exp_dir}`")
     save_outcome(exp_dir, extra)
     try:
-        print(f"report: {_report(exp_dir, report_dir)}")
+        print(f"report: {write_report(exp_dir, report_dir)}")
     except Exception as e:  # nothing reported yet: the record above still says what happened
         print(f"report: not written ({e})")
     print(f"search interrupted after {elapsed:.0f} s; Tune's state is saved. "
@@ -110,11 +106,12 @@ def _finish_interrupted(exp_dir: str, extra: dict, elapsed: float, report_dir: s
 def _finish_empty(job: JobSpec, n: int, errors: list, exp_dir: str, extra: dict, report_dir: str | None) -> int:
     """No trial reported the job's metric: the search produced nothing, and says so; exit 1."""
     from analysis.load import MetricNotFound
+    from analysis.report import write_report
     from tune_jobs.runner import save_outcome
 
     save_outcome(exp_dir, extra)
     try:
-        print(f"report: {_report(exp_dir, report_dir)}")
+        print(f"report: {write_report(exp_dir, report_dir)}")
     except (MetricNotFound, FileNotFoundError) as e:
         print(f"report: not written ({e})")
     print(f"error: the search produced nothing: no trial of {n} reported {job.metric} "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import tempfile
 import time
@@ -199,7 +200,7 @@ def run_epochs(run: RunConfig, family: Family, data: RunData, report, checkpoint
     # sets it from the job's metric and mode), else the family's default
     metric = cfg.select_metric or family.default_metric
     mode = cfg.select_mode or family.metric(metric).mode
-    new_schedule = lambda: Schedule(optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)  # noqa: E731
+    new_schedule = functools.partial(Schedule, optimizer, cfg, steps_per_epoch * cfg.epochs, steps_per_epoch, mode=mode)
     schedule, state, start_epoch, restored = (new_schedule(), StepState(), 1, {}) if checkpoint_state is None else \
         _take_up(checkpoint_state, checkpoint_meta or {}, cfg, model, optimizer, new_schedule, trial_id, experiment)
     model = wrap_model(model)
