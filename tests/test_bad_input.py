@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -43,6 +44,33 @@ def test_unmappable_character_names_file_and_utterance(corpus, cache_dir, tmp_pa
     run = split_params(make_params(corpus, cache_dir, dev_manifest=str(m)))
     with pytest.raises(InputError, match=rf"{m}: utterance 'dev-00001'.*'Ω'.*cannot be mapped"):
         prepare_data(run.data, run.features, progress=False)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"duration": float("nan")}, "duration/offset must be finite numbers, got nan/0.0"),
+    ({"duration": float("inf")}, "duration/offset must be finite numbers, got inf/0.0"),
+    ({"duration": 0}, r"offset must be >= 0 and duration > 0 \(leave duration out .*got offset 0.0, duration 0.0"),
+    ({"offset": 0.5, "duration": 60.0}, r"offset 0.5 s \+ duration 60.0 s runs past the end of .*dev-00002.flac"),
+])
+def test_a_duration_that_is_not_finite_positive_or_runs_past_the_audio_names_the_line(corpus, tmp_path, edit,
+                                                                                     message):
+    """``data stats`` printed "nan hours"; a segment past the file's end failed later as "unreadable"."""
+    m = copy_manifest(corpus["dev"], tmp_path / "dev.jsonl", lambda i, r: {**r, **edit} if i == 2 else r)
+    with pytest.raises(InputError, match=rf"{m}:3: {message}"):
+        read_manifest(m)
+
+
+def test_transcripts_are_read_in_nfc_and_a_bom_is_tolerated(corpus, tmp_path):
+    """"é" typed as e + combining accent (NFD) is the composed "é" (NFC) of another corpus; a
+    manifest saved with a BOM (Windows editors) reads (both were refused)."""
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café")
+    assert nfd != "café"
+    m = copy_manifest(corpus["dev"], tmp_path / "dev.jsonl", lambda i, r: {**r, "text": nfd} if i == 0 else r)
+    m.write_bytes(b"\xef\xbb\xbf" + m.read_bytes())
+    man = read_manifest(m)
+    assert man.utterances[0].text == "café" and len(man) == 24
 
 
 def test_skip_bad_skips_and_counts(corpus, tmp_path):
@@ -118,6 +146,11 @@ def test_unknown_key_in_job_names_line_and_key(tmp_path):
     ("lr: 0.001", r"a distribution is one of"),
     ("lstm_layers: {choice: []}", r"choice takes a non-empty list"),
     ("lsmt_layers: {choice: [1, 2]}", r"unknown key 'lsmt_layers'"),
+    # every value, not only the first (each case started the search and failed trials mid-way)
+    ("lr: {grid: [1.0e-3, -1.0e-2]}", r"value -0.01 of grid \[0.001, -0.01\]: key 'lr' must be > 0"),
+    ("lstm_layers: {choice: [2, 0]}", r"value 0 of choice \[2, 0\]: lstm_layers and lstm_hidden must be >= 1"),
+    ("lstm_dropout: {uniform: [0.0, 1.5]}", r"value 1.5 of uniform \[0.0, 1.5\]: key 'lstm_dropout' must be in"),
+    ("lstm_hidden: {uniform: [64, 256]}", r"'lstm_hidden' takes integers: search it with randint"),
 ])
 def test_malformed_search_space_names_line_and_key(tmp_path, space, message):
     import yaml
@@ -237,11 +270,62 @@ def test_repaired_or_replaced_audio_is_extracted_again(corpus, cache_dir, tmp_pa
     ("metric: val_bleu", "metric", "family crnn_ctc does not report 'val_bleu'; it reports: .*val_cer.*val_wer"),
     ("constraints: ['lr < 9**9**8']", "constraints", "an exponent must be a parameter or a number within"),
     ("constraints: ['lr.real < 1']", "constraints", "not allowed in an expression: Attribute"),
+    # mode against the metric's direction: the worst checkpoint would be selected and tested
+    ("mode: max", "mode", r"val_cer is better lower \(mode min\); mode max would select the worst"),
+    # require: a metric the family reports, bounds something can meet (else "test evaluation skipped")
+    ("require: {val_bleu: {min: 0.5}}", "require.val_bleu", "require: family crnn_ctc does not report 'val_bleu'"),
+    ("require: {val_cer: {min: 0.9, max: 0.1}}", "require.val_cer", "require.val_cer: min 0.9 > max 0.1: no trial can meet it"),
+    ("require: {val_cer: {max: low}}", "require.val_cer", "require.val_cer.max is a number, got 'low'"),
+    # scheduler options by Ray's own rules, before Ray starts (each was a traceback after the data check)
+    ("scheduler: {name: asha, grace_period: 5, max_t: 3}", "scheduler.grace_period",
+     "scheduler asha refuses .*grace_period must be <= max_t"),
+    ("scheduler: {name: asha, max_t: two}", "scheduler.max_t",
+     r"scheduler option 'max_t' is a number \(default 100\), got 'two'"),
+    ("scheduler: {name: asha, reduction_factor: 1}", "scheduler.reduction_factor",
+     "scheduler asha refuses .*Reduction Factor not valid"),
+    ("scheduler: {name: promotion, reduction_factor: 1}", "scheduler.reduction_factor",
+     "scheduler promotion refuses .*reduction_factor > 1"),
 ])
 def test_job_values_are_checked_at_load_naming_line_and_key(tmp_path, line, key, message):
     p = _job(tmp_path, BASE + line + "\n")
     with pytest.raises(InputError, match=rf"{p}:8 \({key}\): {message}"):
         load_job(p)
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    """YAML keeps the last of two equal keys: ``family`` twice trained the second family."""
+    p = _job(tmp_path, BASE + "family: seq2seq\n")
+    with pytest.raises(InputError, match=rf"{p}:8: key 'family' is written twice in one mapping \(first at line 1\)"):
+        load_job(p)
+    p = _job(tmp_path, BASE.replace("  epochs: 2\n", "  epochs: 2\n  lr: 0.01\n  epochs: 3\n"))
+    with pytest.raises(InputError, match=rf"{p}:7: key 'epochs' is written twice .*\(first at line 5\)"):
+        load_job(p)
+
+
+def test_exponent_floats_read_as_numbers_in_a_job_file_and_in_set(tmp_path, capsys):
+    """YAML 1.1 (PyYAML's) reads 1e-3 and 1.0e6 as strings: a choice handed trials the string."""
+    from tune_jobs.cli import _parse_sets
+
+    p = _job(tmp_path, BASE.replace("{loguniform: [1.0e-4, 1.0e-2]}", "{choice: [1e-3, 3E-3, 1.0e6]}"))
+    job = load_job(p)
+    assert job.search_space["lr"] == {"choice": [0.001, 0.003, 1e6]}
+    assert all(isinstance(v, float) for v in job.search_space["lr"]["choice"])
+    assert _parse_sets(["lr=1e-3", "optimizer=adam"]) == {"lr": 0.001, "optimizer": "adam"}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("family=seq2seq", "--set family=seq2seq: 'family' names the run itself: give it as the FAMILY argument"),
+    ("preset=small", "'preset' names the run itself: give it as --preset"),
+    ("lr=[1, 2", r"--set lr=\[1, 2: not a valid YAML value"),
+])
+def test_train_set_refuses_the_run_s_own_keys_and_bad_values_before_any_data(tmp_path, capsys, monkeypatch, item,
+                                                                            message):
+    from tune_jobs.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "crnn_ctc", "--set", item, "--storage", str(tmp_path / "exp")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "exp").exists()
 
 
 def test_a_preset_typo_names_the_preset_line(tmp_path):

@@ -154,7 +154,7 @@ def test_hf_saved_dataset_and_audio_folder_import(corpus, tmp_path, capsys):
     got = [json.loads(l) for l in out.read_text().splitlines()]
     assert [g["text"] for g in got] == [r["text"] for r in rows]
     assert soundfile.read(got[2]["audio"])[0].shape == soundfile.read(rows[2]["audio"])[0].shape
-    assert main(["data", "import", "hf", str(tmp_path / "saved"), str(out)]) == 2  # no column 'text'
+    assert main(["data", "import", "hf", str(tmp_path / "saved"), str(out), "--force"]) == 2  # no column 'text'
     assert "no column 'text'" in capsys.readouterr().err
 
     folder = tmp_path / "folder"
@@ -213,3 +213,27 @@ def test_data_stats_equals_a_hand_count(corpus, tmp_path, capsys):
     median = float(np.median([r["duration"] for r in rows]))
     assert f"median {median:.2f}" in out and "languages: en 24" in out
     assert not math.isnan(seconds)
+
+
+def test_import_never_overwrites_its_source_nor_an_existing_manifest_without_force(corpus, tmp_path, capsys):
+    """``data import nemo a.json a.json`` destroyed a.json; an existing OUT was replaced silently;
+    an OUT that is a folder left a temporary file behind."""
+    rows = _utts(corpus, 3)
+    src = tmp_path / "a.json"
+    src.write_text("".join(json.dumps({"audio_filepath": r["audio"], "duration": r["duration"], "text": r["text"]})
+                           + "\n" for r in rows))
+    before = src.read_bytes()
+    assert main(["data", "import", "nemo", str(src), str(src)]) == 2
+    assert main(["data", "import", "nemo", str(src), str(src), "--force"]) == 2
+    assert "OUT is the source itself" in capsys.readouterr().err and src.read_bytes() == before
+    out = tmp_path / "out.jsonl"
+    out.write_text("mine\n")
+    assert main(["data", "import", "nemo", str(src), str(out)]) == 2
+    assert "exists: give another OUT, or --force" in capsys.readouterr().err and out.read_text() == "mine\n"
+    assert main(["data", "import", "nemo", str(src), str(out), "--force"]) == 0
+    assert len(out.read_text().splitlines()) == 3
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert main(["data", "import", "nemo", str(src), str(folder)]) == 2
+    assert "OUT is a folder" in capsys.readouterr().err and list(folder.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "folder", "out.jsonl"]  # no temporary file

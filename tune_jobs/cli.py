@@ -9,21 +9,31 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 import tune_jobs  # noqa: F401  (Train/Tune integration env)
 from analysis.record import JOB_RECORD
 from asr_core.errors import InputError
 from cluster.head import ClusterError
 
 
+# keys a run takes from its own arguments, not from --set (``--set family=seq2seq`` trained
+# seq2seq under the name train_crnn_ctc)
+_RUN_ARGS = {"family": "the FAMILY argument", "preset": "--preset", "train_manifest": "--train-manifest",
+             "dev_manifest": "--dev-manifest"}
+
+
 def _parse_sets(items: list[str]) -> dict:
+    """``--set key=value`` items, each value read as a job file's values are (``lr=1e-3`` a number)."""
+    from tune_jobs.yamlio import load_value
+
     out = {}
     for item in items:
         if "=" not in item:
             raise InputError("--set", f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        k = k.strip()
+        if k in _RUN_ARGS:
+            raise InputError(f"--set {item}", f"'{k}' names the run itself: give it as {_RUN_ARGS[k]}", key=k)
+        out[k] = load_value(v, f"--set {item}")
     return out
 
 
@@ -166,6 +176,22 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def _check_import_target(out: Path, src: str, force: bool) -> None:
+    """``data import``'s OUT, before anything is read: never its own source (nor a file inside a
+    source folder's own files), never a folder, and an existing file only with ``--force``."""
+    from asr_core import storage as store
+
+    if not store.is_remote(src):
+        source = Path(src).resolve()
+        if out.resolve() == source:
+            raise InputError(str(out), f"OUT is the source itself ({src}): writing it would destroy what is read")
+    if out.is_dir():
+        raise InputError(str(out), "OUT is a folder: give the JSONL manifest to write (e.g. "
+                                   f"{out / 'train.jsonl'})")
+    if out.exists() and not force:
+        raise InputError(str(out), "exists: give another OUT, or --force to replace it")
+
+
 def cmd_data(a) -> int:
     """``data import FORMAT SRC OUT.jsonl`` and ``data stats MANIFEST``."""
     from asr_core.data.manifest import manifest_stats, read_manifest, write_manifest
@@ -183,6 +209,7 @@ def cmd_data(a) -> int:
                   file=sys.stderr)
             return 2
         out = Path(a.out)
+        _check_import_target(out, a.src, a.force)
         m = read_manifest(f"{a.format}:{a.src}", skip_bad=a.skip_bad, audio_dir=str(out.parent / f"{out.stem}_audio"),
                           allow_pipes=a.allow_pipes, **options)
         write_manifest(out, m.utterances)
@@ -297,6 +324,7 @@ def cmd_replay(a) -> int:
     import logging
 
     from analysis.replay import Curves, format_table
+    from tune_jobs.yamlio import load_value
     from tune_jobs.replay import replay_table
 
     logging.getLogger("ray.tune.search.hyperopt").setLevel(logging.ERROR)
@@ -317,7 +345,7 @@ def cmd_replay(a) -> int:
     options = {}
     for kv in a.option or []:
         k, _, v = kv.partition("=")
-        options[k] = yaml.safe_load(v)
+        options[k] = load_value(v, f"--option {kv}")
     rows = replay_table(curves, methods, repeats=a.repeats, slots=a.slots, max_trials=a.max_trials, options=options)
     print(format_table(curves, rows))
     return 0
@@ -464,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument("src", nargs="?", help="import: the source (data dir, manifest, dataset folder; local or s3://)")
     da.add_argument("out", nargs="?", help="import: the JSONL manifest to write")
     da.add_argument("--skip-bad", action="store_true", help="skip bad rows (each is listed) instead of stopping")
+    da.add_argument("--force", action="store_true", help="import: replace an existing OUT")
     da.add_argument("--allow-pipes", action="store_true",
                     help="kaldi/lhotse: run wav.scp pipe commands (`... |`) and keep their output as wav files")
     da.add_argument("--audio-column", help="hf: the audio column (default: audio)")

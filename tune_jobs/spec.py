@@ -433,20 +433,23 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     space = SearchSpace.parse(space_raw, loc)
     trials = _named_trials(data, loc)
     sname, sched, mutations = _method(data, loc, searcher, space, trials)
+    scheduler = SchedulerSpec(sname, {k: v for k, v in sched.items() if k != "hyperparam_mutations"}, mutations)
     fam, metric_name, mode = _metric_and_mode(data, loc, params)
-    require = _require(data, loc)
-    probe, merged = _check_a_trial_config(data, loc, path, params, space_raw, sname, mutations, trials)
-    constraints = _constraints(data, loc, merged, space_raw, trials)
+    require = _require(data, loc, fam)
+    probe, run = _check_a_trial_config(data, loc, path, params, space_raw, sname, mutations, trials)
+    constraints = _constraints(data, loc, run.params, space_raw, trials)
+    _check_every_value(probe, {"search_space": space_raw, "scheduler.hyperparam_mutations":
+                               mutations.written if mutations is not None else {}}, constraints, run.params, loc, path)
     _check_points(searcher, fam, space_raw, loc)
     num_trials, max_conc, max_failures, repeats = _counts(data, loc, path, trials, space, searcher)
+    _check_scheduler(scheduler, metric_name, mode, run.train.epochs, max_conc, loc)
     init_from = str(data.get("init_from") or "")
     if init_from not in ("", "best"):
         raise InputError(loc("init_from"), f"init_from is 'best' (the previous phase's best checkpoint), got {init_from!r}")
     return JobSpec(
         path=str(path), name=str(data.get("name", Path(path).stem)), family=data["family"],
         preset=data.get("preset"), data=dspec, params=params, search_space=space_raw, searcher=searcher,
-        scheduler=SchedulerSpec(sname, {k: v for k, v in sched.items() if k != "hyperparam_mutations"}, mutations),
-        metric=metric_name, mode=mode,
+        scheduler=scheduler, metric=metric_name, mode=mode,
         num_trials=num_trials, max_concurrent=max_conc, resources=resources,
         storage_path=str(data.get("storage_path", "experiments")), max_failures=max_failures,
         test_eval=bool(data.get("test_eval", True)), trials=trials, constraints=constraints,
@@ -557,6 +560,10 @@ def _metric_and_mode(data: dict, loc: Locator, params: dict):
     mode = data.get("mode", default_mode)
     if mode not in ("min", "max"):
         raise InputError(loc("mode"), f"mode must be 'min' or 'max', got {mode!r}")
+    if fam is not None and mode != default_mode:  # the worst checkpoint would be kept, tested and carried
+        raise InputError(loc("mode"), f"{metric_name} is better {'lower' if default_mode == 'min' else 'higher'} "
+                                      f"(mode {default_mode}); mode {mode} would select the worst trial and "
+                                      f"checkpoint: write mode: {default_mode}, or leave mode out", key="mode")
     if fam is not None:
         # the job's metric decides the runs' selection; a second opinion in params would split it
         sel, _ = fam.selection(metric_name)
@@ -567,20 +574,37 @@ def _metric_and_mode(data: dict, loc: Locator, params: dict):
     return fam, metric_name, mode
 
 
-def _require(data: dict, loc: Locator) -> dict:
+def _require(data: dict, loc: Locator, fam) -> dict:
+    """``require``: metric -> {min: x} and/or {max: x}, each metric one the family reports, each
+    bound a number, min <= max (else nothing could meet it and test evaluation would be skipped
+    after the whole search)."""
     require = data.get("require") or {}
     if not isinstance(require, dict) or not all(isinstance(v, dict) and set(v) <= {"min", "max"} and v
                                                  for v in require.values()):
         raise InputError(loc("require"), "'require' maps a metric to {min: x} and/or {max: x}, "
                                          "e.g. {val_lid_acc: {min: 0.9}}")
+    for m, bounds in require.items():
+        where = loc(f"require.{m}")
+        if fam is not None:
+            try:
+                fam.metric(str(m))
+            except ValueError as e:
+                raise InputError(where, f"require: {e}", key=m) from None
+        for side, v in bounds.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+                raise InputError(where, f"require.{m}.{side} is a number, got {v!r}", key=m)
+        if bounds.get("min", float("-inf")) > bounds.get("max", float("inf")):
+            raise InputError(where, f"require.{m}: min {bounds['min']} > max {bounds['max']}: no trial can meet it",
+                             key=m)
     return require
 
 
 def _check_a_trial_config(data: dict, loc: Locator, path: str, params: dict, space_raw: dict, sname: str,
                           mutations, trials: dict) -> tuple[dict, dict]:
     """A representative trial config (base params and one value a dimension) through the run's
-    own parser, every named trial too, PBT's mutations against what a running trial can take and
-    the keys the driver builds; an error names the key's line. Returns (probe, merged config)."""
+    own parser, then every value of each dimension, every named trial too, PBT's mutations against
+    what a running trial can take and the keys the driver builds; an error names the key's line.
+    Returns (probe, the representative trial's RunConfig)."""
     from asr_core.train.config import fixed_in_run, split_params
 
     sample = {k: _representative(v) for k, v in space_raw.items()}
@@ -591,7 +615,7 @@ def _check_a_trial_config(data: dict, loc: Locator, path: str, params: dict, spa
     if sname == "pbt":
         sample.update({k: _representative(v) for k, v in mutations.written.items()})
     try:
-        merged = split_params({**probe, **sample}, where=str(path)).params
+        run = split_params({**probe, **sample}, where=str(path))
     except (InputError, ValueError) as whole:
         raise _blame(whole, data, loc, path, probe, sample, fixed, space_raw) from None
     if sname == "pbt":  # a mutation must take effect in the running trial it is applied to
@@ -606,7 +630,91 @@ def _check_a_trial_config(data: dict, loc: Locator, path: str, params: dict, spa
         except (InputError, ValueError) as e:
             raise InputError(loc(f"trials.{tname}"), getattr(e, "message", str(e))) from None
     _check_driver_settings(fixed, probe, space_raw, trials, loc, str(path))
-    return probe, merged
+    return probe, run
+
+
+def _check_every_value(probe: dict, sections: dict[str, dict], constraints: list[str], fixed: dict,
+                       loc: Locator, path: str) -> None:
+    """Every value a searched dimension can hand a trial, through the run's own parser, one
+    dimension at a time over the representative config: every listed value, a range's two ends
+    (Tune's uniform never reaches ``high``: the float just below it), and a continuous
+    distribution of an integer key refused (each draw would fail its trial mid-search). A value
+    that fails a check across keys passes when the job's constraints keep it to combinations
+    that parse (``hidden_dim % attention_heads == 0``)."""
+    import math
+
+    from asr_core.train.config import key_type
+
+    dims = {k: d for section in sections.values() for k, d in section.items()}
+    base = {**probe, **{k: _representative(d) for k, d in dims.items()}}
+    for section, space in sections.items():
+        for k, dist in space.items():
+            (kind, args), = dist.items()
+            where = loc(f"{section}.{k}")
+            if kind in ("uniform", "loguniform") and key_type(probe["family"], k) is int:
+                raise InputError(where, f"'{k}' takes integers: search it with randint: [low, high) or "
+                                        f"choice: [...], not {kind}", key=k)
+            values = extremes(dist)
+            if kind in ("uniform", "loguniform"):
+                values[1] = math.nextafter(values[1], values[0])
+            for v in values:
+                e = _parse_error({**base, k: v}, path)
+                if e is not None and constraints and _constrained_ok(base, dims, k, v, constraints, fixed, path):
+                    e = None
+                if e is not None:
+                    shown = f"{v:.6g}" if isinstance(v, float) else repr(v)
+                    raise InputError(where, f"value {shown} of {kind} {args}: {getattr(e, 'message', e)}", key=k)
+
+
+def _parse_error(params: dict, path: str) -> Exception | None:
+    from asr_core.train.config import split_params
+
+    try:
+        split_params(params, where=path)
+    except (InputError, ValueError) as e:
+        return e
+    return None
+
+
+def _constrained_ok(base: dict, dims: dict, key: str, value, constraints: list[str], fixed: dict, path: str,
+                    most: int = 256) -> bool:
+    """Does ``key=value`` parse in every combination of the other dimensions' end values that the
+    constraints let through (``most`` combinations at most)? True when none gets through: the
+    searcher never hands that value to a trial."""
+    import itertools
+
+    others = {k: extremes(d) for k, d in dims.items() if k != key}
+    for combo in itertools.islice(itertools.product(*others.values()), most):
+        cfg = {**base, **dict(zip(others, combo)), key: value}
+        if all(expr.evaluate(c, {**fixed, **cfg}) for c in constraints) and _parse_error(cfg, path) is not None:
+            return False
+    return True
+
+
+def _check_scheduler(spec: SchedulerSpec, metric: str, mode: str, epochs: int, max_concurrent: int,
+                     loc: Locator) -> None:
+    """The scheduler built once at load, so that Ray's own rules (its constructor's asserts:
+    grace_period <= max_t, reduction_factor > 1, ...) stop a bad option here, named, before Ray
+    starts; an option whose default is a number must be one (Ray would compare 'two' > 0)."""
+    import inspect
+
+    from tune_jobs.registry import scheduler_class
+
+    params = inspect.signature(scheduler_class(spec.name).__init__).parameters
+    for k, v in spec.options.items():
+        d = params[k].default
+        if isinstance(d, (int, float)) and not isinstance(d, bool) and (
+                isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise InputError(loc(f"scheduler.{k}"), f"scheduler option '{k}' is a number (default {d}), got {v!r}",
+                             key=k)
+    try:
+        spec.make(metric, mode, epochs=epochs, max_concurrent=max_concurrent)
+    except (AssertionError, ValueError, TypeError) as e:
+        said = str(e).lower().replace(" ", "_")
+        named = [k for k in spec.options if k in said]
+        raise InputError(loc(f"scheduler.{named[0]}" if named else "scheduler"),
+                         f"scheduler {spec.name} refuses {spec.options or 'its defaults'}: {e}",
+                         key=named[0] if named else None) from None
 
 
 def _blame(whole: Exception, data: dict, loc: Locator, path: str, probe: dict, sample: dict, fixed: dict,

@@ -1,6 +1,13 @@
-"""YAML with line numbers, so that an error can say ``job.yaml:12 (search_space.lr)``."""
+"""YAML with line numbers, so that an error can say ``job.yaml:12 (search_space.lr)``.
+
+Read with ``Loader``: PyYAML's safe loader with two YAML 1.2 rules it lacks. ``1e-3`` and
+``1.0e6`` are numbers (YAML 1.1, PyYAML's, needs a dot and a signed exponent, and reads them as
+strings, so ``choice: [1e-3, 3e-3]`` would hand a trial the string "1e-3"), and a key written
+twice in one mapping is an error naming both lines (YAML 1.1 keeps the last silently:
+``family`` twice trained the second family)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -8,21 +15,59 @@ import yaml
 from asr_core.errors import InputError
 
 
+class Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` reading floats as YAML 1.2 does."""
+
+
+# YAML 1.2 core schema floats not already PyYAML's: a mantissa with or without a dot, an exponent
+# with or without a sign (yaml.resolver's own float pattern stays first for everything it matches)
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_value(text: str, where: str):
+    """One YAML value (``--set key=VALUE``), read as a job file's values are."""
+    try:
+        return yaml.load(text, Loader=Loader)
+    except yaml.YAMLError as e:
+        raise InputError(where, f"not a valid YAML value: {text!r} ({getattr(e, 'problem', e)})") from None
+
+
+def _duplicate(node, path: Path) -> None:
+    """A key written twice in one mapping: an error naming the file and both lines."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                if k.value in first:
+                    raise InputError(f"{path}:{k.start_mark.line + 1}",
+                                     f"key '{k.value}' is written twice in one mapping (first at line "
+                                     f"{first[k.value]}); YAML keeps only one of them: delete one")
+                first[k.value] = k.start_mark.line + 1
+            _duplicate(v, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            _duplicate(v, path)
+
+
 def load_with_lines(path: str | Path) -> tuple[dict, dict[str, int]]:
     """Return (data, {dotted.key: line}) for a YAML mapping file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), "file not found")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no key
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=Loader)
+        data = yaml.load(text, Loader=Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise InputError(where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise InputError(str(path), "a job file must be a YAML mapping")
+    _duplicate(node, path)
     lines: dict[str, int] = {}
 
     def walk(n, prefix: str) -> None:

@@ -51,7 +51,7 @@ def read_jsonl(src: str, **_) -> RawSource:
     except FileNotFoundError:
         raise InputError(str(src), "manifest not found") from None
     rows: list[tuple[str, dict | InputError]] = []
-    for lineno, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(data.decode("utf-8-sig").splitlines(), start=1):  # a BOM is no text
         if not raw.strip():
             continue
         where = f"{src}:{lineno}"
@@ -78,7 +78,7 @@ def _lines(uri: str, required: bool = True) -> tuple[list[str], bytes]:
         if required:
             raise InputError(uri, "file not found") from None
         return [], b""
-    return data.decode("utf-8").splitlines(), data
+    return data.decode("utf-8-sig").splitlines(), data  # -sig: a BOM (Windows editors) is no text
 
 
 def _kv(uri: str, required: bool = True) -> tuple[dict[str, tuple[str, str]], bytes, list[tuple[str, InputError]]]:

@@ -6,6 +6,12 @@ The same form serves the synthesized demo corpora and real corpora. A manifest i
 speech teams keep (``kaldi:``, ``nemo:``, ``lhotse:``, ``hf:``, ``commonvoice:``; see
 ``asr_core.data.importers``), read into the same rows and checked by the same rules. Audio
 paths may be absolute, URIs, or relative to the manifest's own folder (local or remote).
+
+Every transcript is read in Unicode NFC (composed) form, as torchaudio's and ESPnet's text
+front-ends expect: "é" typed as e + a combining accent (NFD, as macOS file names and some
+exports write it) is the same character as the composed "é" of another corpus. A UTF-8 byte
+order mark at a file's start is tolerated. Durations and offsets are finite, a duration is
+> 0 when given, and ``offset + duration`` lies within the audio file.
 """
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -27,6 +35,9 @@ from asr_core.errors import InputError
 log = logging.getLogger(__name__)
 
 REQUIRED = ("id", "audio", "text")
+# how far past the audio's end ``offset + duration`` may reach: one 10 ms feature frame (segment
+# times are written rounded)
+END_SLACK_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,7 @@ def _check_row(d: dict, where: str, base: str, check_audio: bool) -> Utterance:
     if missing:
         raise InputError(where, f"missing key(s) {missing}; a row needs id, audio, text (duration, language, "
                                 "offset, speaker optional)")
-    text = str(d["text"]).strip()
+    text = unicodedata.normalize("NFC", str(d["text"])).strip()
     if not text:
         raise InputError(where, f"utterance '{d['id']}' has an empty transcript")
     audio = storage.resolve_against(base, str(d["audio"]))
@@ -111,8 +122,11 @@ def _check_row(d: dict, where: str, base: str, check_audio: bool) -> Utterance:
     except (TypeError, ValueError):
         raise InputError(where, f"duration/offset must be numbers, got {d.get('duration')!r}/{d.get('offset')!r}") \
             from None
-    if offset < 0 or (duration is not None and duration < 0):
-        raise InputError(where, f"negative offset or duration ({offset}, {duration})")
+    if not math.isfinite(offset) or (duration is not None and not math.isfinite(duration)):
+        raise InputError(where, f"duration/offset must be finite numbers, got {duration}/{offset}")
+    if offset < 0 or (duration is not None and duration <= 0):
+        raise InputError(where, f"offset must be >= 0 and duration > 0 (leave duration out to read it from "
+                                f"the audio), got offset {offset}, duration {duration}")
     # Local audio is checked here (cheap); remote audio when features are extracted (each file is
     # read there anyway, by the node that extracts it), which names the same file and line.
     if check_audio and not storage.is_remote(audio):
@@ -129,6 +143,9 @@ def _check_row(d: dict, where: str, base: str, check_audio: bool) -> Utterance:
             raise InputError(where, f"offset {offset} s is past the end of {audio} ({length:.2f} s)")
         if duration is None:
             duration = length - offset
+        elif offset + duration > length + END_SLACK_S:
+            raise InputError(where, f"offset {offset} s + duration {duration} s runs past the end of {audio} "
+                                    f"({length:.2f} s)")
     return Utterance.from_dict({**d, "text": text, "audio": audio, "duration": duration or 0.0, "offset": offset})
 
 
@@ -169,16 +186,21 @@ def read_manifest(spec: str | os.PathLike, *, skip_bad: bool = False, check_audi
 
 
 def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance], relative_to: str | None = None) -> None:
+    """Write a manifest atomically: a partial file is never left at ``path`` nor beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for u in utts:
-            d = u.to_dict()
-            if relative_to is not None and not storage.is_remote(d["audio"]):
-                d["audio"] = os.path.relpath(d["audio"], relative_to)
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for u in utts:
+                d = u.to_dict()
+                if relative_to is not None and not storage.is_remote(d["audio"]):
+                    d["audio"] = os.path.relpath(d["audio"], relative_to)
+                f.write(json.dumps(d, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def manifest_stats(m: Manifest) -> dict:

@@ -190,6 +190,21 @@ def split_params(params: dict, where: str = "<config>") -> RunConfig:
                      features=features, model=model_cfg, augment=augment, params=dict(merged), given=given)
 
 
+def key_type(family: str, key: str) -> Any:
+    """The declared type of run key ``key`` of ``family`` (``int | None`` -> int), None when the
+    key is no field (a job's loader asks before it draws a value of a searched key)."""
+    import types
+    import typing
+
+    for cls in (*(c for _, c in _GROUPS), get_family(family).config_cls):
+        if key in {f.name for f in dataclasses.fields(cls)}:
+            tp = typing.get_type_hints(cls)[key]
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1
+            return args[0] if optional else tp
+    return None
+
+
 # What a running trial cannot take changed (a PBT mutation of it is refused when the job loads):
 # the length of the run, the optimizer's and the schedule's kind (their saved states would not
 # load), and the selection pair the job sets. Data and feature keys are fixed by the driver, which
