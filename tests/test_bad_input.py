@@ -270,6 +270,7 @@ def test_repaired_or_replaced_audio_is_extracted_again(corpus, cache_dir, tmp_pa
     ("metric: val_bleu", "metric", "family crnn_ctc does not report 'val_bleu'; it reports: .*val_cer.*val_wer"),
     ("constraints: ['lr < 9**9**8']", "constraints", "an exponent must be a parameter or a number within"),
     ("constraints: ['lr.real < 1']", "constraints", "not allowed in an expression: Attribute"),
+    ("keep_checkpoints: 1", "keep_checkpoints", "'keep_checkpoints' is an integer >= 2"),
     # mode against the metric's direction: the worst checkpoint would be selected and tested
     ("mode: max", "mode", r"val_cer is better lower \(mode min\); mode max would select the worst"),
     # require: a metric the family reports, bounds something can meet (else "test evaluation skipped")

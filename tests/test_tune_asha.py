@@ -53,6 +53,13 @@ def test_asha_stops_trials_and_none_waits_for_held_resources(asha_run, ray_start
     assert by_lr.loc[3.0e-3].status == "finished" and by_lr.loc[3.0e-3].epochs_run == 3
     assert list(by_lr.loc[[1.0e-6, 2.0e-6]].status) == ["early-stopped"] * 2, trials[["trial_id", "status"]]
     assert list(by_lr.loc[[1.0e-6, 2.0e-6]].epochs_run) == [1, 1]
+    # the job's keep_checkpoints (default 2) holds under Tune: the finished trial ran 3 epochs and
+    # keeps its best and its latest (Tune's own default kept every one)
+    from pathlib import Path
+
+    for t in trials.itertuples():
+        kept = sorted(p.name for p in (Path(exp_dir) / t.trial).glob("checkpoint_*"))
+        assert 1 <= len(kept) <= 2, (t.trial_id, kept)
     # every stopped trial's workers and placement group are gone: the node is whole again
     wait_for(lambda: ray.available_resources().get("CPU", 0) >= 2, 30, "both CPUs free again", poll=0.5)
     assert ray.available_resources().get("CPU", 0) == 2

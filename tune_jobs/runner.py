@@ -136,9 +136,20 @@ def check_and_cache(run: RunConfig, progress: bool = True) -> tuple[dict, list[s
     return {**params, **entries}, checked.skipped
 
 
+def checkpoint_config(keep: int, metric: str, mode: str):
+    """A run keeps ``keep`` checkpoints: its ``keep - 1`` best by the selection metric (what test
+    evaluation, ``evaluate`` and ``init_from: best`` read) and its latest, which Ray keeps
+    whatever its score (a paused, resumed or exploited trial continues from it). Tune's RunConfig
+    needs it too: under a Tuner the trainer's own RunConfig is replaced, and Tune's default keeps
+    every checkpoint (the demo's finished trial kept 18, 246 MB)."""
+    from ray.train import CheckpointConfig
+
+    return CheckpointConfig(num_to_keep=keep - 1, checkpoint_score_attribute=metric, checkpoint_score_order=mode)
+
+
 def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, storage_path: str, name: str,
-                 max_failures: int = 0, resume_from: str | None = None):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+                 max_failures: int = 0, resume_from: str | None = None, keep_checkpoints: int = 2):
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     scaling = ScalingConfig(
@@ -150,8 +161,7 @@ def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, st
     )
     run_config = RunConfig(
         name=name, storage_path=store.normalize(storage_path),
-        checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
-                                           checkpoint_score_order=mode),
+        checkpoint_config=checkpoint_config(keep_checkpoints, metric, mode),
         failure_config=FailureConfig(max_failures=max_failures),
     )
     resume = None
@@ -199,7 +209,8 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     name, exp_uri = _experiment_name(job, storage, resume)
     trainer = make_trainer(params, job.resources, metric=params["select_metric"], mode=params["select_mode"],
                            storage_path=storage,
-                           name=name, max_failures=job.max_failures, resume_from=phase.get("init_checkpoint"))
+                           name=name, max_failures=job.max_failures, resume_from=phase.get("init_checkpoint"),
+                           keep_checkpoints=job.keep_checkpoints)
     if resume:
         tuner = Tuner.restore(exp_uri, trainable=trainer, resume_unfinished=True, resume_errored=True)
     else:
@@ -295,6 +306,7 @@ def _new_tuner(job: JobSpec, trainer, run, name: str, storage: str, exp_uri: str
                                     max_concurrent_trials=job.max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress and ray_verbose else 0,
                                   failure_config=tune.FailureConfig(max_failures=job.max_failures),
+                                  checkpoint_config=checkpoint_config(job.keep_checkpoints, *job.selection()),
                                   callbacks=callbacks,
                                   # the experiment state (and so what a resumed driver finds) is at
                                   # most a few seconds old (default 300)

@@ -148,6 +148,8 @@ class JobSpec:
     init_from: str = field(default="", metadata=PHASE)  # "best": start from the previous phase's best checkpoint
     repeats: int = field(default=1, metadata=INTERNAL)  # grid / named trials: how many times each combination runs
     profile: str = field(default="", metadata=INTERNAL)
+    # checkpoints a trial keeps: its best (by the job's metric) and its latest (runner.checkpoint_config)
+    keep_checkpoints: int = field(default=2, metadata=PHASE)
     # the user says storage_path (and local manifests) are mounted at the same path on every node
     storage_shared: bool = False
     # where trials log besides the experiment directory: tensorboard (always), mlflow, wandb
@@ -454,7 +456,7 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
         storage_path=str(data.get("storage_path", "experiments")), max_failures=max_failures,
         test_eval=bool(data.get("test_eval", True)), trials=trials, constraints=constraints,
         require=require, init_from=init_from, repeats=repeats, storage_shared=_bool(data, "storage_shared", loc),
-        space=space, loggers=_loggers(data, loc),
+        space=space, loggers=_loggers(data, loc), keep_checkpoints=_keep_checkpoints(data, loc),
     )
 
 
@@ -807,6 +809,14 @@ def _loggers(data: dict, loc) -> list[str]:
         if why:
             raise InputError(loc("loggers"), why)
     return list(dict.fromkeys(["tensorboard", *names]))
+
+
+def _keep_checkpoints(data: dict, loc) -> int:
+    v = data.get("keep_checkpoints", 2)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+        raise InputError(loc("keep_checkpoints"), f"'keep_checkpoints' is an integer >= 2 (a trial's best and its "
+                                                  f"latest, which a paused trial resumes from), got {v!r}")
+    return v
 
 
 def _bool(data: dict, key: str, loc) -> bool:
