@@ -180,3 +180,37 @@ def test_every_trial_logs_tensorboard_events_an_mlflow_run_and_a_wandb_offline_r
     assert sorted(runs) == sorted(trials.trial_id), runs.keys()
     for tid, h in history.groupby("trial_id"):
         assert json.dumps(float(h.val_loss.iloc[-1])).encode() in runs[tid], tid
+
+
+def test_a_truncated_checkpoint_is_named_and_the_newest_intact_one_is_resumed_from(asha_run, tmp_path, capsys):
+    """``truncate -s 500`` of the latest state.pt: ``evaluate`` named no file (a torch zip traceback)
+    and ``--resume`` failed the trial. Each checkpoint's meta.json now records the state's size and
+    checksum: a broken one is named, and a run resumes from the newest intact one beside it, or
+    from scratch, saying so, when none is left."""
+    import shutil
+    from pathlib import Path
+
+    from ray.train import Checkpoint
+
+    from asr_core.train import checkpoint as ckpt
+    from tune_jobs.cli import main
+
+    results, exp_dir, manifests = asha_run
+    trial_dir = next(p.parent.parent for p in Path(exp_dir).glob("*/checkpoint_*/meta.json"))
+    copy = tmp_path / trial_dir.name
+    latest = sorted(trial_dir.glob("checkpoint_*"))[-1]
+    shutil.copytree(latest, copy / "checkpoint_000009")
+    shutil.copytree(latest, copy / "checkpoint_000010")  # the one a resume reads, about to be cut short
+    state = copy / "checkpoint_000010" / ckpt.STATE
+    with open(state, "r+b") as f:
+        f.truncate(500)
+    assert main(["evaluate", str(copy / "checkpoint_000010"), "--manifest", manifests["dev"]]) == 2
+    err = capsys.readouterr().err
+    assert f"{state}: checkpoint is broken: 500 bytes" in err and "meta.json recorded" in err, err
+    got, meta, note = ckpt.restore_intact(Checkpoint.from_directory(str(copy / "checkpoint_000010")))
+    assert got is not None and meta["epoch"] == ckpt.load_meta(latest)["epoch"]
+    assert f"{state}: checkpoint is broken" in note and "resumed from" in note and "checkpoint_000009" in note
+    (copy / "checkpoint_000009" / ckpt.STATE).unlink()
+    got, meta, note = ckpt.restore_intact(Checkpoint.from_directory(str(copy / "checkpoint_000010")))
+    assert got is None and meta is None and "no intact checkpoint left: the run starts again from epoch 1" in note
+    assert "checkpoint_000009" in note and "checkpoint state is missing" in note

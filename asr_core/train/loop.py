@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import tempfile
 import time
@@ -23,6 +24,8 @@ from asr_core.train import checkpoint as ckpt
 from asr_core.train.config import RunConfig, TrainConfig, split_params
 from asr_core.train.data import RunData, duration_limit, prepare_data
 from asr_core.train.schedules import Schedule, make_optimizer  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 def _world() -> tuple[int, int]:
@@ -346,9 +349,10 @@ def train_loop_per_worker(config: dict) -> None:
                         augment=run.augment)
     restored = ray.train.get_checkpoint()
     state = meta = None
-    if restored is not None:
-        with restored.as_directory() as d:
-            state, meta = ckpt.load_state(d), ckpt.load_meta(d)
+    if restored is not None:  # a broken one is named and skipped (issue 25's truncated checkpoint)
+        state, meta, note = ckpt.restore_intact(restored)
+        if note and ctx.get_world_rank() == 0:
+            log.warning("%s", note)
 
     # how many nodes this trial's workers run on (reported: placement across nodes is visible in
     # the results, and a trial retried after losing a node shows it)
