@@ -83,6 +83,29 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.move(tmp, path)  # readers never see half a file
 
 
+def check_writable(uri: str, where: str) -> None:
+    """An ``InputError`` naming ``where`` unless an object can be written under ``uri`` (and is
+    removed again): a path that is a file, a read-only folder, an unreachable endpoint or missing
+    credentials, found before anything runs rather than by the first checkpoint."""
+    from asr_core.errors import InputError
+
+    if not is_remote(uri):  # nothing is created: a refused job leaves no folder behind
+        target = Path(normalize(uri))
+        existing = next(a for a in (target, *target.parents) if a.exists())
+        if not existing.is_dir():
+            raise InputError(where, f"{uri} cannot be written: {existing} is a file, not a folder; nothing was run")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError(where, f"{uri} cannot be written: {existing} is read-only; nothing was run")
+        return
+    probe = join(uri, f".speechtune-write-check-{os.getpid()}")
+    try:
+        write_bytes(probe, b"")
+        fs, path = resolve(probe)
+        fs.delete_file(path)
+    except (OSError, ValueError) as e:  # pyarrow's errors are OSError subclasses
+        raise InputError(where, f"{uri} cannot be written ({type(e).__name__}: {e}); nothing was run") from None
+
+
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 

@@ -99,6 +99,17 @@ def speechtune(*args, env=None, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def unshare_works() -> str:
+    """'' when this machine lets a process mount in its own namespace (``unshare -m``), else why not."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return "no unshare command"
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /mnt"],
+                       capture_output=True, text=True)
+    return "" if p.returncode == 0 else f"unshare -m is not permitted here: {p.stderr.strip()}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -329,6 +329,12 @@ def test_train_set_refuses_the_run_s_own_keys_and_bad_values_before_any_data(tmp
     assert not (tmp_path / "exp").exists()
 
 
+def test_an_unknown_demo_corpus_names_its_line_at_load(tmp_path):
+    p = _job(tmp_path, _base_with({"data.corpus": "demo-klingon"}))
+    with pytest.raises(InputError, match=rf"{p}:3 \(data.corpus\): unknown demo corpus 'demo-klingon' \(known: demo-mono"):
+        load_job(p)
+
+
 def test_a_preset_typo_names_the_preset_line(tmp_path):
     p = _job(tmp_path, _base_with({"preset": "tinyy"}))
     with pytest.raises(InputError, match=rf"{p}:2 \(preset\): unknown preset for crnn_ctc: tinyy"):
@@ -441,3 +447,40 @@ def test_resources_from_the_command_line_or_the_job_file_are_checked_before_anyt
     assert main(["train", "crnn_ctc", "--cpus-per-worker", "0", "--storage", str(tmp_path / "exp")]) == 2
     assert "'cpus_per_worker' must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()  # nothing was started or written
+
+
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_a_storage_path_that_cannot_be_written_is_refused_before_anything_runs(tmp_path, capsys, under):
+    """A storage_path that is a file (or below one) was a traceback after Ray started and the data
+    were checked; now exit 2 naming it, before any data are made or Ray starts."""
+    from tune_jobs.cli import main
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("mine\n")
+    storage = blocker / under if under else blocker
+    job = _job(tmp_path, BASE)
+    assert main(["tune", str(job), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert f"{job} (storage_path): {storage} cannot be written" in err and "nothing was run" in err, err
+    assert blocker.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "not_a_folder"]
+
+
+def test_a_read_only_storage_path_is_refused_before_anything_runs(tmp_path):
+    """A read-only storage (a read-only tmpfs mounted in the command's own namespace: root writes
+    through file modes) ended the search at its first checkpoint; now exit 2 naming it."""
+    import subprocess
+    import sys
+
+    from tests.factories import unshare_works
+
+    why = unshare_works()
+    if why:
+        pytest.skip(why)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    job = _job(tmp_path, BASE)
+    cli = f"{sys.executable} -m tune_jobs.cli tune {job} --storage {ro / 'exp'}"
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        f"mount -t tmpfs -o ro none {ro} && exec {cli}"], capture_output=True, text=True)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"{ro / 'exp'} cannot be written: {ro} is read-only; nothing was run" in p.stderr, p.stderr

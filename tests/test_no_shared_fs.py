@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.factories import edited_job, free_port, stop_process_tree, wait_for
+from tests.factories import edited_job, free_port, stop_process_tree, unshare_works, wait_for
 from tune_jobs.runner import resolve_data
 from tune_jobs.spec import load_job
 
@@ -27,17 +27,9 @@ RAY = str(Path(sys.executable).parent / "ray")
 pytestmark = pytest.mark.ray  # every test here starts Ray (a process, a cluster)
 
 
-def _unshare_works() -> str:
-    if shutil.which("unshare") is None:
-        return "no unshare command"
-    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /mnt"],
-                       capture_output=True, text=True)
-    return "" if p.returncode == 0 else f"unshare -m is not permitted here: {p.stderr.strip()}"
-
-
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory, s3_server, cache_dir):
-    why = _unshare_works()
+    why = unshare_works()
     if why:
         pytest.skip(why)
     import ray

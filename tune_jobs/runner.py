@@ -244,6 +244,7 @@ def _prepare(job: JobSpec, cache_dir: str, phase: dict, address, num_cpus, progr
     """Before any trial: the data resolved and checked (bad rows fail before Ray starts), Ray
     up, the cluster able to hold a trial, the features extracted. Returns (run config,
     manifests, base params, skipped rows, storage)."""
+    store.check_writable(store.normalize(job.storage_path), f"{job.path} (storage_path)")
     manifests = resolve_data(job, cache_dir)
     extra = {"finetune": True} if phase.get("init_checkpoint") else {}
     run = split_params({**base_params(job, manifests, cache_dir), **extra}, where=job.path)

@@ -41,6 +41,11 @@ class DataSpec:
     skip_bad: bool = False
 
     def validate(self) -> None:
+        from asr_core.data.synth import CORPORA
+
+        if self.corpus and self.corpus not in CORPORA:  # was found after Ray started and the data step began
+            raise KeyProblem("corpus", f"unknown demo corpus '{self.corpus}' (known: {', '.join(CORPORA)}); "
+                                       f"your own data go in train_manifest / dev_manifest / test_manifest")
         if not self.corpus and not (self.train_manifest and self.dev_manifest):
             raise ValueError("data needs either 'corpus' (demo-mono, demo-bilingual) or "
                              "'train_manifest' and 'dev_manifest'")
