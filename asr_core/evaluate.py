@@ -66,6 +66,23 @@ def open_split(meta: dict, run, tok, manifest_path: str, cache_dir: str | None =
     return manifest, data
 
 
+def check_decode_overrides(family, model_cfg, overrides: dict, ckpt_dir: str) -> None:
+    """Decoding options given over a checkpoint's own: each one its family has, each value one its
+    config accepts (``--decoder prefix_beam`` on a conformer_aed checkpoint printed "(overridden:
+    decoder)" and changed nothing)."""
+    import dataclasses
+
+    from asr_core.config import from_dict
+    from asr_core.errors import InputError
+
+    unknown = sorted(set(overrides) - set(family.decode_keys))
+    if unknown:
+        raise InputError(str(ckpt_dir), f"a {family.name} checkpoint has no decoding option {', '.join(unknown)} "
+                                        f"(its decoding: {', '.join(sorted(family.decoding(model_cfg, {})))})")
+    if overrides:
+        from_dict(type(model_cfg), {**dataclasses.asdict(model_cfg), **overrides}, where=f"{ckpt_dir} (decoding)")
+
+
 @torch.no_grad()
 def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, batch_bins: int = 1_000_000,
              skip_bad: bool = False, progress: bool = True, per_utterance: bool = False,
@@ -74,6 +91,7 @@ def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, ba
     ``lexicon`` ...) replace the checkpoint's own decoding settings, and ``decoding`` in the result
     says which were used. ``per_utterance`` (ASR families) adds ``rows``: one per utterance."""
     model, family, tok, run, meta = load_model(ckpt_dir)
+    check_decode_overrides(family, run.model, decode_overrides, ckpt_dir)
     manifest, data = open_split(meta, run, tok, manifest_path, cache_dir, skip_bad, progress)
     counts: dict[str, float] = {}
     rows: list[dict] = []

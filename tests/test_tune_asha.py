@@ -214,3 +214,19 @@ def test_a_truncated_checkpoint_is_named_and_the_newest_intact_one_is_resumed_fr
     got, meta, note = ckpt.restore_intact(Checkpoint.from_directory(str(copy / "checkpoint_000010")))
     assert got is None and meta is None and "no intact checkpoint left: the run starts again from epoch 1" in note
     assert "checkpoint_000009" in note and "checkpoint state is missing" in note
+
+
+def test_evaluate_refuses_decoding_options_the_family_lacks_and_a_folder_that_is_no_experiment(asha_run, tmp_path,
+                                                                                               capsys):
+    """``--ctc-weight`` on a crnn_ctc checkpoint printed "(overridden: ...)" and changed nothing;
+    ``evaluate`` of a folder that is no experiment was a traceback."""
+    from tune_jobs.cli import main
+
+    results, exp_dir, manifests = asha_run
+    assert main(["evaluate", exp_dir, "--manifest", manifests["dev"], "--ctc-weight", "0.3"]) == 2
+    assert "a crnn_ctc checkpoint has no decoding option decode_ctc_weight (its decoding: " in capsys.readouterr().err
+    assert main(["evaluate", exp_dir, "--manifest", manifests["dev"], "--beam-size", "0"]) == 2
+    assert "(decoding): key 'beam_size' must be >= 1" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    assert main(["evaluate", str(tmp_path / "mine"), "--manifest", manifests["dev"]]) == 2
+    assert "not an experiment or study directory" in capsys.readouterr().err

@@ -153,6 +153,8 @@ def cmd_evaluate(a) -> int:
     from asr_core.evaluate import evaluate
 
     target = Path(a.target)
+    if not (target / "meta.json").is_file():
+        require_experiment(str(target))  # a folder that is no experiment: exit 2, not a traceback
     ckpt = target if (target / "meta.json").is_file() else best_checkpoint(target)
     overrides = {k: v for k, v in (("decoder", a.decoder), ("beam_size", a.beam_size), ("lexicon", a.lexicon),
                                    ("kenlm", a.kenlm), ("decode_ctc_weight", a.ctc_weight)) if v is not None}
