@@ -69,20 +69,22 @@ def _store_round_trip(corpus, tmp_path, s3):
 
 def test_search_in_which_every_trial_fails_exits_nonzero_with_the_first_error(corpus, cache_dir, tmp_path,
                                                                               ray_address):
-    """Every sampled lstm_dropout is >= 1, which the family refuses in the trial's worker: the
+    """A combination the trial's worker refuses: attention_heads 6 does not divide hidden_dim 100,
+    though each value alone passes the job's load-time check (every value of every dimension over
+    the others' first values; a combination of two non-first values is the worker's to find). The
     InputError reaches the driver with its type and message, and the CLI exits 1 saying so."""
     job = tiny_job(tmp_path, corpus, cache_dir, "allfail", """\
-        num_trials: 2
-        max_concurrent: 2
-        search_space: {lstm_dropout: {uniform: [0.0, 1000.0]}}
-        searcher: {name: random, seed: 3, points_to_evaluate: [{lstm_dropout: 500.0}]}   # not the preset's 0
-        """, epochs=1)
+        num_trials: 1
+        search_space: {hidden_dim: {choice: [96, 100]}, attention_heads: {choice: [4, 6]}}
+        searcher: {name: random, seed: 3, points_to_evaluate: [{hidden_dim: 100, attention_heads: 6}]}
+        """, epochs=1, edit={"family": "conformer_aed", "preset": "cpu_small"})
     p = speechtune("tune", str(job), "--address", ray_address)
     out, _ = p.communicate(timeout=400)
     assert p.returncode == 1, out[-3000:]
     last = out.strip().splitlines()[-2:]
-    assert "the search produced nothing: no trial of 2 reported val_loss (2 failed)" in last[0], out[-3000:]
-    assert last[1].startswith("first error: InputError: trial config: key 'lstm_dropout' must be in [0, 1)"), last
+    assert "the search produced nothing: no trial of 1 reported val_loss (1 failed)" in last[0], out[-3000:]
+    assert last[1].startswith("first error: InputError: trial config: key 'attention_heads' (6) must divide "
+                              "'hidden_dim' (100)"), last
 
 
 def test_background_batches_equal_the_inline_ones_and_errors_surface(corpus, cache_dir):

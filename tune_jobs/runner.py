@@ -210,7 +210,7 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     trainer = make_trainer(params, job.resources, metric=params["select_metric"], mode=params["select_mode"],
                            storage_path=storage,
                            name=name, max_failures=job.max_failures, resume_from=phase.get("init_checkpoint"),
-                           keep_checkpoints=job.keep_checkpoints)
+                           keep_checkpoints=job.checkpoints_kept())
     if resume:
         tuner = Tuner.restore(exp_uri, trainable=trainer, resume_unfinished=True, resume_errored=True)
     else:
@@ -307,7 +307,7 @@ def _new_tuner(job: JobSpec, trainer, run, name: str, storage: str, exp_uri: str
                                     max_concurrent_trials=job.max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if progress and ray_verbose else 0,
                                   failure_config=tune.FailureConfig(max_failures=job.max_failures),
-                                  checkpoint_config=checkpoint_config(job.keep_checkpoints, *job.selection()),
+                                  checkpoint_config=checkpoint_config(job.checkpoints_kept(), *job.selection()),
                                   callbacks=callbacks,
                                   # the experiment state (and so what a resumed driver finds) is at
                                   # most a few seconds old (default 300)

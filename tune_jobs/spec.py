@@ -162,6 +162,11 @@ class JobSpec:
     raw: dict = field(default_factory=dict, metadata=INTERNAL)  # the job as loaded (profile applied)
     space: SearchSpace | None = field(default=None, metadata=INTERNAL)  # search_space parsed at load
 
+    def checkpoints_kept(self) -> int:
+        """``keep_checkpoints`` and what the scheduler needs besides: PBT two more, so that a donor's
+        checkpoint is still there when its recipient loads it (Ray warns at num_to_keep <= 2)."""
+        return self.keep_checkpoints + (2 if self.scheduler.name == "pbt" else 0)
+
     def tune_space(self) -> dict:
         """Tune domains of the sampled dimensions (grid dimensions: ``grid_values``)."""
         return dict(self.space.domains)
