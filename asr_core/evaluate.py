@@ -78,7 +78,7 @@ def check_decode_overrides(family, model_cfg, overrides: dict, ckpt_dir: str) ->
     unknown = sorted(set(overrides) - set(family.decode_keys))
     if unknown:
         raise InputError(str(ckpt_dir), f"a {family.name} checkpoint has no decoding option {', '.join(unknown)} "
-                                        f"(its decoding: {', '.join(sorted(family.decoding(model_cfg, {})))})")
+                                        f"(its decoding: {', '.join(sorted(family.decode_keys))})")
     if overrides:
         from_dict(type(model_cfg), {**dataclasses.asdict(model_cfg), **overrides}, where=f"{ckpt_dir} (decoding)")
 

@@ -9,6 +9,7 @@ analysis side reads experiments through this module too.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import tempfile
@@ -78,9 +79,14 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
     fs.create_dir(os.path.dirname(path), recursive=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)  # readers never see half a file
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)  # readers never see half a file
+    except BaseException:
+        with contextlib.suppress(OSError):  # nothing half-written is left beside it either
+            fs.delete_file(tmp)
+        raise
 
 
 def check_writable(uri: str, where: str) -> None:

@@ -179,13 +179,12 @@ def cmd_evaluate(a) -> int:
 
 
 def _check_import_target(out: Path, src: str, force: bool) -> None:
-    """``data import``'s OUT, before anything is read: never its own source (nor a file inside a
-    source folder's own files), never a folder, and an existing file only with ``--force``."""
+    """``data import``'s OUT, before anything is read: never its own source, never a folder, and
+    an existing file only with ``--force``."""
     from asr_core import storage as store
 
     if not store.is_remote(src):
-        source = Path(src).resolve()
-        if out.resolve() == source:
+        if out.resolve() == Path(src).resolve():
             raise InputError(str(out), f"OUT is the source itself ({src}): writing it would destroy what is read")
     if out.is_dir():
         raise InputError(str(out), "OUT is a folder: give the JSONL manifest to write (e.g. "

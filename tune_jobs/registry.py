@@ -86,13 +86,19 @@ def scheduler_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def scheduler_options(name: str) -> set[str]:
-    """The options a job may give scheduler ``name``: its Tune class's constructor arguments, read
-    from the signature (as Tune's own ``create_scheduler`` trims them), less those set here."""
+def scheduler_parameters(name: str) -> dict:
+    """The options a job may give scheduler ``name`` (option -> ``inspect.Parameter``, its default
+    with it): its Tune class's constructor arguments, read from the signature (as Tune's own
+    ``create_scheduler`` trims them), less those set here."""
     import inspect
 
     params = inspect.signature(scheduler_class(name).__init__).parameters.values()
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - _SET_HERE
+    return {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in _SET_HERE}
+
+
+def scheduler_options(name: str) -> set[str]:
+    return set(scheduler_parameters(name))
 
 
 def make_scheduler(name: str, *, metric: str, mode: str, epochs: int = 0, max_concurrent: int = 0,

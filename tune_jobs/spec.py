@@ -708,11 +708,9 @@ def _check_scheduler(spec: SchedulerSpec, metric: str, mode: str, epochs: int, m
     """The scheduler built once at load, so that Ray's own rules (its constructor's asserts:
     grace_period <= max_t, reduction_factor > 1, ...) stop a bad option here, named, before Ray
     starts; an option whose default is a number must be one (Ray would compare 'two' > 0)."""
-    import inspect
+    from tune_jobs.registry import scheduler_parameters
 
-    from tune_jobs.registry import scheduler_class
-
-    params = inspect.signature(scheduler_class(spec.name).__init__).parameters
+    params = scheduler_parameters(spec.name)
     for k, v in spec.options.items():
         d = params[k].default
         if isinstance(d, (int, float)) and not isinstance(d, bool) and (

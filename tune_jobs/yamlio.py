@@ -58,9 +58,13 @@ def load_with_lines(path: str | Path) -> tuple[dict, dict[str, int]]:
     if not path.is_file():
         raise InputError(str(path), "file not found")
     text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no key
-    try:
-        node = yaml.compose(text, Loader=Loader)
-        data = yaml.load(text, Loader=Loader)
+    try:  # parsed once: the node tree gives the lines, the same tree the data
+        loader = Loader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -23,7 +23,6 @@ import math
 import os
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
 
 import soundfile
@@ -186,21 +185,15 @@ def read_manifest(spec: str | os.PathLike, *, skip_bad: bool = False, check_audi
 
 
 def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance], relative_to: str | None = None) -> None:
-    """Write a manifest atomically: a partial file is never left at ``path`` nor beside it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for u in utts:
-                d = u.to_dict()
-                if relative_to is not None and not storage.is_remote(d["audio"]):
-                    d["audio"] = os.path.relpath(d["audio"], relative_to)
-                f.write(json.dumps(d, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a manifest atomically (``storage.write_text``): a partial file is never left at
+    ``path`` nor beside it."""
+    rows = []
+    for u in utts:
+        d = u.to_dict()
+        if relative_to is not None and not storage.is_remote(d["audio"]):
+            d["audio"] = os.path.relpath(d["audio"], relative_to)
+        rows.append(json.dumps(d, ensure_ascii=False) + "\n")
+    storage.write_text(str(path), "".join(rows))
 
 
 def manifest_stats(m: Manifest) -> dict:

@@ -91,11 +91,15 @@ def restore_intact(checkpoint) -> tuple[dict | None, dict | None, str]:
 
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
     parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
-    older = sorted((i.path for i in fs.get_file_info(pafs.FileSelector(parent))
-                    if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
-                    and i.base_name < name), reverse=True)
+
+    def candidates():  # the folder is listed only once the latest is found broken (a resume's common case: not)
+        yield path
+        yield from sorted((i.path for i in fs.get_file_info(pafs.FileSelector(parent))
+                           if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+                           and i.base_name < name), reverse=True)
+
     broken = []
-    for candidate in [path, *older]:
+    for candidate in candidates():
         with Checkpoint(candidate, filesystem=fs).as_directory() as d:
             try:
                 state, meta = load_state(d), load_meta(d)
