@@ -1,6 +1,7 @@
 """Score a checkpoint on any manifest: CER and WER with the checkpoint's own tokenizer and CMVN."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -14,7 +15,9 @@ from asr_core.metrics import asr_counts
 from asr_core.models import get_family
 from asr_core.train import checkpoint as ckpt
 from asr_core.train.config import split_params
-from asr_core.train.data import dataset_for
+from asr_core.train.data import dataset_for, duration_limit, within_limit
+
+EVAL_BATCH_BINS = 1_000_000  # frames x mels in one evaluation batch
 
 
 def load_model(ckpt_dir: str):
@@ -52,12 +55,21 @@ def utterance_rows(hyp_ids: list[list[int]], batch, tokenizer) -> list[dict]:
 
 
 def open_split(meta: dict, run, tok, manifest_path: str, cache_dir: str | None = None, skip_bad: bool = False,
-               progress: bool = True):
-    """(manifest, dataset) of a manifest read with a checkpoint's features, tokenizer and CMVN."""
+               progress: bool = True, batch_bins: int = EVAL_BATCH_BINS, max_duration: float | None = None):
+    """(manifest, dataset) of a manifest read with a checkpoint's features, tokenizer and CMVN.
+    Rows over ``max_duration`` seconds (default: the longest whose frames fit ``batch_bins``) are
+    refused naming their line, or skipped under ``skip_bad``, before any feature is extracted (a
+    3-hour row ran past 240 s in extraction and decoding)."""
+    feats = FeatureConfig(**meta["features"])
     manifest = read_manifest(manifest_path, skip_bad=skip_bad)
+    limit = max_duration or duration_limit(dataclasses.replace(run.data, max_duration=0.0), feats, batch_bins, 0)
+    kept = within_limit(manifest.utterances, limit, lambda u: manifest.where.get(u.id, manifest.path), skip_bad,
+                        manifest.skipped)
+    if len(kept) < len(manifest.utterances):  # a subset: its own feature-store entry
+        manifest = dataclasses.replace(manifest, utterances=kept, key=f"{manifest.key}|<= {limit:g} s")
     mean = np.asarray(meta["cmvn"]["mean"], np.float32)
     std = np.asarray(meta["cmvn"]["std"], np.float32)
-    data = dataset_for(manifest, tok, FeatureConfig(**meta["features"]),
+    data = dataset_for(manifest, tok, feats,
                        # this machine's cache: the environment first, then what the run recorded
                        cache_dir or os.environ.get("SPEECHTUNE_CACHE") or run.data.cache_dir or str(default_cache_dir()),
                        mean, std,
@@ -84,15 +96,16 @@ def check_decode_overrides(family, model_cfg, overrides: dict, ckpt_dir: str) ->
 
 
 @torch.no_grad()
-def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, batch_bins: int = 1_000_000,
+def evaluate(ckpt_dir: str, manifest_path: str, cache_dir: str | None = None, batch_bins: int = EVAL_BATCH_BINS,
              skip_bad: bool = False, progress: bool = True, per_utterance: bool = False,
-             **decode_overrides) -> dict:
+             max_duration: float | None = None, **decode_overrides) -> dict:
     """Metrics of a checkpoint on a manifest; ``decode_overrides`` (``decoder``, ``beam_size``,
     ``lexicon`` ...) replace the checkpoint's own decoding settings, and ``decoding`` in the result
     says which were used. ``per_utterance`` (ASR families) adds ``rows``: one per utterance."""
     model, family, tok, run, meta = load_model(ckpt_dir)
     check_decode_overrides(family, run.model, decode_overrides, ckpt_dir)
-    manifest, data = open_split(meta, run, tok, manifest_path, cache_dir, skip_bad, progress)
+    manifest, data = open_split(meta, run, tok, manifest_path, cache_dir, skip_bad, progress, batch_bins,
+                                max_duration)
     counts: dict[str, float] = {}
     rows: list[dict] = []
     padding = family.pads(run.model)

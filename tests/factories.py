@@ -36,6 +36,16 @@ def copy_manifest(src: str, dst: Path, edit=None) -> Path:
     return dst
 
 
+def with_audio(corpus, tmp_path: Path, i: int, wav) -> Path:
+    """The dev manifest with row ``i``'s audio replaced by ``wav`` (a 16 kHz float array)."""
+    import soundfile
+
+    path = tmp_path / f"row{i}.wav"
+    soundfile.write(str(path), wav, 16000)
+    return copy_manifest(corpus["dev"], tmp_path / "dev.jsonl",
+                         lambda j, r: {**r, "audio": str(path), "duration": len(wav) / 16000} if j == i else r)
+
+
 def _flow(value) -> str:
     """One YAML line: a mapping or list in flow style, a path or number as itself."""
     return yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip().removesuffix("\n...")

@@ -13,7 +13,7 @@ from asr_core.data.manifest import read_manifest
 from asr_core.errors import InputError
 from asr_core.train.config import split_params
 from asr_core.train.data import prepare_data
-from tests.factories import _flow, _set, copy_manifest, make_params, speechtune, tiny_job
+from tests.factories import _flow, _set, copy_manifest, make_params, speechtune, tiny_job, with_audio
 from tune_jobs.spec import load_job
 
 
@@ -175,23 +175,13 @@ def test_bad_input_stops_tune_before_any_trial(corpus, cache_dir, tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
-def _with_audio(corpus, tmp_path, i: int, wav) -> Path:
-    """The dev manifest with row ``i``'s audio replaced by ``wav`` (a 16 kHz float array)."""
-    import soundfile
-
-    path = tmp_path / f"row{i}.wav"
-    soundfile.write(str(path), wav, 16000)
-    return copy_manifest(corpus["dev"], tmp_path / "dev.jsonl",
-                         lambda j, r: {**r, "audio": str(path), "duration": len(wav) / 16000} if j == i else r)
-
-
 def test_audio_shorter_than_one_window_names_file_and_line_before_any_trial(corpus, cache_dir, tmp_path,
                                                                             ray_address):
     import numpy as np
 
     from asr_core.train.data import check_data
 
-    dev = _with_audio(corpus, tmp_path, 5, np.zeros(160, np.float32) + 0.01)  # 0.01 s
+    dev = with_audio(corpus, tmp_path, 5, np.zeros(160, np.float32) + 0.01)  # 0.01 s
     job = tiny_job(tmp_path, corpus, cache_dir, "job", SEARCH, edit={"data.dev_manifest": str(dev)})
     p = speechtune("tune", str(job), "--address", ray_address)
     out, _ = p.communicate(timeout=300)
@@ -212,7 +202,7 @@ def test_utterance_longer_than_max_duration_names_file_and_line_before_any_trial
     from tune_jobs.cli import main
 
     x, _ = soundfile.read(str(Path(corpus["dev"]).parent / "audio" / "dev" / "dev-00000.flac"), dtype="float32")
-    dev = _with_audio(corpus, tmp_path, 2, np.tile(x, int(60 * 16000 / len(x)) + 1))  # over a minute
+    dev = with_audio(corpus, tmp_path, 2, np.tile(x, int(60 * 16000 / len(x)) + 1))  # over a minute
     job = tiny_job(tmp_path, corpus, cache_dir, "job", SEARCH, edit={"data.dev_manifest": str(dev)})
     assert main(["tune", str(job)]) == 2
     assert not (tmp_path / "exp").exists()
@@ -416,6 +406,35 @@ def test_a_partial_store_entry_is_removed_and_extracted_again(corpus, tmp_path):
     got, n = ensure_store(m, cfg, str(tmp_path / "root"), progress=False, parallel=False)
     assert got == str(entry) and n == len(m)
     assert not (entry / "part-00007.arrow").exists() and (entry / "index.json").is_file()
+
+
+def test_report_compare_with_a_folder_that_is_no_experiment_writes_nothing(tmp_path, capsys):
+    """`report EXP --compare OTHER` with OTHER no experiment wrote EXP's tables and plots into
+    --out and then failed with a traceback; now exit 2 naming OTHER, and --out is not made."""
+    from tune_jobs.cli import main
+
+    exp = shutil.copytree(Path(__file__).parent / "data" / "record_v0", tmp_path / "rate")
+    (tmp_path / "mine").mkdir()
+    out = tmp_path / "out"
+    assert main(["report", str(exp), "--compare", str(tmp_path / "mine"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'mine'}: not an experiment or study directory" in err, err
+    assert not out.exists() and sorted(p.name for p in (tmp_path / "mine").iterdir()) == []
+
+
+@pytest.mark.parametrize("record", ["{}", "[1, 2]", '{"job": "crnn"}', '{"job": {'])
+def test_resume_of_a_folder_whose_record_holds_no_job_names_the_record(tmp_path, capsys, record):
+    """`tune --resume EXP` whose speechtune_job.json is `{}` was a KeyError traceback."""
+    from tune_jobs.cli import main
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "speechtune_job.json").write_text(record)
+    assert main(["tune", "--resume", str(exp)]) == 2
+    err = capsys.readouterr().err
+    assert f"{exp / 'speechtune_job.json'}: " in err and ("holds no job" in err or "not JSON" in err), err
+    assert sorted(p.name for p in exp.iterdir()) == ["speechtune_job.json"]
+    assert (exp / "speechtune_job.json").read_text() == record
 
 
 def test_decode_tune_of_an_experiment_whose_manifests_are_elsewhere_exits_2_naming_it(tmp_path, capsys):

@@ -230,3 +230,43 @@ def test_evaluate_refuses_decoding_options_the_family_lacks_and_a_folder_that_is
     (tmp_path / "mine").mkdir()
     assert main(["evaluate", str(tmp_path / "mine"), "--manifest", manifests["dev"]]) == 2
     assert "not an experiment or study directory" in capsys.readouterr().err
+
+
+def test_resume_of_a_completed_search_leaves_its_record_and_starts_nothing(asha_run, tmp_path, capsys):
+    """`tune --resume` of a finished experiment ran test evaluation again and rewrote its record as
+    "resumed after an interrupt" with the resume's own wall time (17 s for a 43 s search)."""
+    import shutil
+
+    from tune_jobs.cli import main
+    from tune_jobs.runner import save_outcome
+
+    results, exp_dir, manifests = asha_run
+    exp = shutil.copytree(exp_dir, tmp_path / "asha_trap")
+    save_outcome(str(exp), {"search wall time": "43 s"})  # as `speechtune tune` leaves a search that ended
+    before = {p: p.read_bytes() for p in exp.rglob("*") if p.is_file()}
+    assert main(["tune", "--resume", str(exp)]) == 0
+    out = capsys.readouterr().out
+    assert f"{exp}: the search is complete (3 trials terminated, in 43 s); nothing to resume" in out, out
+    assert {p: p.read_bytes() for p in exp.rglob("*") if p.is_file()} == before
+
+
+def test_evaluate_refuses_or_skips_an_utterance_longer_than_its_batch_naming_the_line(asha_run, corpus, tmp_path,
+                                                                                      capsys):
+    """`evaluate` had no duration limit: a 3-hour row ran past 240 s (extraction, then a batch of one).
+    Now a row longer than an evaluation batch holds (1,000,000 bins / 40 mels = 250 s), or than
+    ``--max-duration``, is refused naming its line before any extraction, or skipped with --skip-bad."""
+    import numpy as np
+
+    from tests.factories import with_audio
+    from tune_jobs.cli import main
+
+    results, exp_dir, manifests = asha_run
+    rng = np.random.default_rng(0)
+    dev = with_audio(corpus, tmp_path, 2, (0.01 * rng.standard_normal(260 * 16000)).astype(np.float32))
+    assert main(["evaluate", exp_dir, "--manifest", str(dev)]) == 2
+    assert f"{dev}:3: utterance 'dev-00002' is 260.0 s long, over max_duration 250.0 s" in capsys.readouterr().err
+    assert main(["evaluate", exp_dir, "--manifest", str(dev), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "23 utterances, skipped 1 bad row(s)" in out and "CER " in out, out
+    assert main(["evaluate", exp_dir, "--manifest", manifests["dev"], "--max-duration", "0.5"]) == 2
+    assert "over max_duration 0.5 s" in capsys.readouterr().err

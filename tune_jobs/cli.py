@@ -62,7 +62,15 @@ def load_for_tune(a):
         if text is None:
             raise InputError(exp, "not an experiment or study directory of speechtune (no speechtune_job.json "
                                   "or study.json)")
-        rec = json.loads(text)
+        where = store.join(exp, JOB_RECORD if store.exists(store.join(exp, JOB_RECORD)) else "study.json")
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(where, f"line {e.lineno}: not JSON ({e.msg}); the record cannot say which job to "
+                                    "resume") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("job"), dict):
+            raise InputError(where, "the record holds no job (no 'job' mapping): it was not written by "
+                                    "`speechtune tune`, or was cut short; run the job file again instead of --resume")
         job = job_from_dict(rec["job"], Locator(exp, {}), exp)
         job.profile = rec.get("profile", "")
         if "study" not in rec and not rec.get("phase"):  # a single job: its experiment is EXP itself
@@ -148,6 +156,19 @@ def cmd_train(a) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is no number of seconds") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return v
+
+
 def cmd_evaluate(a) -> int:
     from analysis.load import best_checkpoint
     from asr_core.evaluate import evaluate
@@ -158,7 +179,8 @@ def cmd_evaluate(a) -> int:
     ckpt = target if (target / "meta.json").is_file() else best_checkpoint(target)
     overrides = {k: v for k, v in (("decoder", a.decoder), ("beam_size", a.beam_size), ("lexicon", a.lexicon),
                                    ("kenlm", a.kenlm), ("decode_ctc_weight", a.ctc_weight)) if v is not None}
-    ev = evaluate(str(ckpt), a.manifest, skip_bad=a.skip_bad, per_utterance=bool(a.out), **overrides)
+    ev = evaluate(str(ckpt), a.manifest, skip_bad=a.skip_bad, per_utterance=bool(a.out), max_duration=a.max_duration,
+                  **overrides)
     _print_skipped(ev["skipped_rows"])
     skipped = f", skipped {ev['skipped']} bad row(s)" if ev["skipped"] else ""
     print(f"checkpoint {ckpt} (epoch {ev['epoch']}) on {a.manifest}: {ev['utterances']} utterances{skipped}")
@@ -283,6 +305,8 @@ def cmd_report(a) -> int:
     from analysis.report import write_report, write_study_report
 
     require_experiment(a.exp_dir)
+    if a.compare:
+        require_experiment(a.compare)  # before any table or plot is written into --out
     try:
         exps = _experiments(a.exp_dir)
         if exps is not None:
@@ -476,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="experiment directory or checkpoint directory")
     e.add_argument("--manifest", required=True, help="the utterances to score: JSONL path or URI, or FORMAT:SOURCE")
     e.add_argument("--skip-bad", action="store_true", help="skip bad manifest rows and report how many")
+    e.add_argument("--max-duration", type=_positive_seconds, metavar="S",
+                   help="refuse (or with --skip-bad skip) utterances longer than S seconds; default: the longest "
+                        "an evaluation batch holds (1,000,000 frame x mel bins: 125 s at 80 mels)")
     e.add_argument("--out", metavar="HYPS.jsonl",
                    help="write one row per utterance: id, reference, hypothesis, character and word errors")
     e.add_argument("--decoder", choices=["greedy", "prefix_beam", "flashlight"], help="CTC families")

@@ -192,6 +192,29 @@ def can_resume(exp_uri: str) -> bool:
     return store.exists(exp_uri) and Tuner.can_restore(exp_uri)
 
 
+def completed_search(exp_uri: str) -> str | None:
+    """What says the search at ``exp_uri`` is over (for ``--resume``), or None when a resume has
+    work to do. Over: its record holds the outcome of a search that ended (not an interrupt: that
+    outcome has a ``status``), and Tune's newest state lists every trial TERMINATED (an errored
+    trial is one ``--resume`` retries). A driver killed before it wrote the outcome leaves none,
+    so such an experiment is resumed. Read for a local experiment only: Tune's state file is
+    found by a folder listing (``analysis.load.tune_state_file``)."""
+    from analysis.load import tune_statuses
+
+    if store.is_remote(exp_uri):
+        return None
+    text = store.read_text(store.join(exp_uri, JOB_RECORD))
+    try:
+        outcome = json.loads(text).get("outcome") if text else None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    statuses = tune_statuses(Path(exp_uri))
+    if not outcome or "status" in outcome or not statuses or set(statuses.values()) != {"TERMINATED"}:
+        return None
+    wall = outcome.get("search wall time")
+    return f"the search is complete ({len(statuses)} trials terminated{f', in {wall}' if wall else ''})"
+
+
 def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = None, resume: bool = False,
              cache_dir: str | None = None, progress: bool = True, phase: dict | None = None,
              ray_verbose: bool = False):

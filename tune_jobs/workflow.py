@@ -22,6 +22,16 @@ def tune_job(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     """One job's search and what follows it; returns the exit code (0, 1: nothing reported, 130)."""
     from tune_jobs.runner import run_tune
 
+    if resume:
+        from asr_core import storage as store
+        from tune_jobs.runner import completed_search
+
+        exp_uri = store.join(store.normalize(job.storage_path), job.name)
+        done = completed_search(exp_uri)
+        if done:  # Tune would return its results at once and we would rewrite the record as resumed
+            print(f"{exp_uri}: {done}; nothing to resume, its record and report are left as they are "
+                  f"(rebuild the report with: speechtune report {exp_uri})")
+            return 0
     t0 = time.time()
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     signal.signal(signal.SIGINT, _interrupt_before_tune)
