@@ -41,6 +41,7 @@ class Snapshot:
     elapsed_s: float = math.nan
     started: bool = False
     leader: int | None = None  # the index in ``trials`` of the ranking's best (analysis.load.rank)
+    epochs: float = math.nan  # a trial's planned epochs, for those not yet created
 
     def count(self, *statuses: str) -> int:
         return sum(t.status in statuses for t in self.trials)
@@ -64,13 +65,26 @@ class Snapshot:
 
     @property
     def remaining_s(self) -> float:
-        """Remaining trials x the mean wall time of a finished one / the slots (NaN before one ends)."""
-        ended = [t.epoch * t.epoch_s for t in self.trials
-                 if t.status in ("finished", "early-stopped") and not math.isnan(t.epoch_s)]
-        if not ended:
+        """The epochs left, timed: each running trial's at its own time per epoch; each pending or
+        paused one's, and those of planned trials not yet created (the job's epochs), at the mean
+        time per epoch (an interrupted one's too: a resume runs them); shared over the slots, and never less than the longest running trial's
+        (NaN before any epoch is timed). Paused trials are counted in full: a promotion scheduler
+        resumes most of them, a stopping one none."""
+        timed = [t.epoch_s for t in self.trials if not math.isnan(t.epoch_s)]
+        if not timed:
             return math.nan
-        left = self.pending + 0.5 * self.running
-        return left * (sum(ended) / len(ended)) / max(1, self.max_concurrent)
+        per = sum(timed) / len(timed)
+
+        def left(t: TrialLine) -> float:
+            planned = t.planned if not math.isnan(t.planned) else self.epochs
+            return max(0.0, planned - t.epoch) if not math.isnan(planned) else 0.0
+
+        running = [left(t) * (t.epoch_s if not math.isnan(t.epoch_s) else per) for t in self.trials
+                   if t.status == "running"]
+        waiting = sum(left(t) for t in self.trials if t.status in ("pending", "paused", "interrupted", "incomplete"))
+        unlisted = max(0, self.planned - len(self.trials)) * (0.0 if math.isnan(self.epochs) else self.epochs)
+        total = sum(running) + (waiting + unlisted) * per
+        return max(total / max(1, self.max_concurrent), max(running, default=0.0))
 
 
 def snapshot(exp_dir: str | os.PathLike, copy_to: str | os.PathLike | None = None) -> Snapshot:
@@ -81,7 +95,10 @@ def snapshot(exp_dir: str | os.PathLike, copy_to: str | os.PathLike | None = Non
     local = Path(store.local_copy(exp_dir, copy_to) if store.is_remote(exp_dir) else exp_dir)
     record = read_record(local)
     metric, mode = record.metric, record.mode
-    snap = Snapshot(str(exp_dir), metric, mode, record.num_trials, record.max_concurrent or 1)
+    snap = Snapshot(str(exp_dir), metric, mode, record.num_trials, record.max_concurrent or 1,
+                    epochs=as_float(record.epochs))
+    # a search whose driver was interrupted: what Tune saved as running runs no more
+    interrupted = "interrupted" in str(record.outcome.get("status", ""))
     state = tune_state_file(local)
     if state is None and not list(local.glob("*/params.json")):
         return snap
@@ -101,6 +118,8 @@ def snapshot(exp_dir: str | os.PathLike, copy_to: str | os.PathLike | None = Non
             values = ", ".join(f"{k}={_short(r[f'config/{k}'])}" for k in tuned)
             name = f"{str(r.trial_id)[:8]}" + (f" {values}" if values else "")
         status = _LIVE.get(live.get(r.trial, ""), r.status)
+        if interrupted and status in ("running", "incomplete"):
+            status = "interrupted"
         now = float(h[metric].iloc[-1]) if metric in h and len(h) else math.nan
         snap.trials.append(TrialLine(name, status, int(r.epochs_run or 0), as_float(r.epochs_planned), now,
                                      as_float(r.get(f"best_{metric}")),
@@ -148,7 +167,7 @@ def _clock(s: float) -> str:
 
 
 STYLE = {"running": "bold cyan", "pending": "dim", "finished": "green", "early-stopped": "yellow",
-         "failed": "bold red", "diverged": "bold red", "paused": "magenta"}
+         "failed": "bold red", "diverged": "bold red", "paused": "magenta", "interrupted": "bold yellow"}
 
 
 def render(snap: Snapshot):
@@ -167,14 +186,22 @@ def render(snap: Snapshot):
         f"elapsed {_clock(snap.elapsed_s)}, remaining ~{_clock(snap.remaining_s)}, "
         f"slots in use {snap.running}/{snap.max_concurrent}")
     table = Table(show_edge=False, header_style="bold")
-    for col, justify in (("trial", "left"), ("status", "left"), ("epoch", "right"), (f"{snap.metric} now", "right"),
-                         (f"best {snap.metric}", "right"), ("s/epoch", "right")):
-        table.add_column(col, justify=justify)
     spec = _spec(snap.metric)
+    rows = []
     for t in snap.trials:
         planned = f"/{int(t.planned)}" if t.planned == t.planned else ""
-        table.add_row(t.name, Text(t.status, style=STYLE.get(t.status, "")), f"{t.epoch}{planned}",
-                      _fmt(t.now, spec), _fmt(t.best, spec), _fmt(t.epoch_s, ".1f"))
+        rows.append((t.name, t.status, f"{t.epoch}{planned}", _fmt(t.now, spec), _fmt(t.best, spec),
+                     _fmt(t.epoch_s, ".1f")))
+    # a narrow console wraps a trial's name between its values and a header between its words,
+    # never inside a value (rich cut "lstm_hidden=160" to "16…"): each column is at least as wide
+    # as the longest value in it
+    cols = (("trial", "left"), ("status", "left"), ("epoch", "right"), (f"{snap.metric} now", "right"),
+            (f"best {snap.metric}", "right"), ("s/epoch", "right"))
+    for i, (col, justify) in enumerate(cols):
+        widest = max(len(w) for text in (col, *(r[i] for r in rows)) for w in text.split())
+        table.add_column(col, justify=justify, min_width=widest, overflow="fold")
+    for r in rows:
+        table.add_row(r[0], Text(r[1], style=STYLE.get(r[1], "")), *r[2:])
     return Group(head, table)
 
 

@@ -467,3 +467,38 @@ def test_three_trials_give_no_correlation_p_value_but_say_they_are_too_few(tmp_p
     assert size["data"]["too_few"] and "too few" in size["text"]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Spearman" not in md and "p = " not in md
+
+
+def test_watch_times_the_epochs_left_shows_an_interrupt_and_never_cuts_a_value(tmp_path, capsys, monkeypatch):
+    """The live view said "remaining ~0:00:17" with 9 epochs of 33 s left (it waited for a trial
+    to end, then halved the running ones), showed the trials of an interrupted search as running or
+    early-stopped (the report says interrupted), and cut `lstm_hidden=160` to `16…` in a narrow
+    console. One trial of three has run 1 of its 10 epochs at 33 s; one slot."""
+    from analysis.watch import snapshot
+    from tune_jobs.cli import main
+    from tune_jobs.runner import save_outcome
+
+    record = {**RECORD, "num_trials": 3, "max_concurrent": 1, "epochs": 10, "tuned": ["lstm_hidden", "lr"],
+              "search_space": {"lstm_hidden": {}, "lr": {}}}
+    exp = write_experiment(tmp_path / "slow", [
+        FakeTrial("first000", {"lstm_hidden": 160, "lr": 0.00123, "epochs": 10},
+                  [{"epoch": 1, "val_char_acc": 0.2, "time_this_iter_s": 33.0}], status="RUNNING")], record)
+    snap = snapshot(exp)
+    # 9 epochs x 33 s of the running trial, and 2 trials not yet created x 10 epochs x 33 s, one slot
+    assert snap.remaining_s == pytest.approx(9 * 33 + 2 * 10 * 33)
+    monkeypatch.setenv("COLUMNS", "80")  # rich's width off a terminal
+    capsys.readouterr()
+    assert main(["watch", str(exp), "--once"]) == 0
+    view = capsys.readouterr().out
+    assert "remaining ~0:15:57" in view and "…" not in view, view
+    words = view.split()
+    assert "lstm_hidden=160," in words and "lr=0.00123" in words and "running" in words, view
+    assert "val_char_acc" in words and "33.0" in words  # no header cut inside a word, no column lost
+
+    save_outcome(str(exp), {"status": f"**interrupted** after 40 s; no test evaluation. Resume: "
+                                      f"`speechtune tune --resume {exp}`"})
+    assert main(["watch", str(exp), "--once"]) == 0
+    view = capsys.readouterr().out
+    line = next(ln for ln in view.splitlines() if "first000" in ln and "│" in ln)
+    assert "interrupted" in line and "running" not in line and "0 running, 3 pending" in view, view
+    assert "remaining ~0:15:57" in view  # what a resume has left to run

@@ -127,3 +127,54 @@ def test_batches_respect_batch_bins_and_shards_are_even():
             assert len(b) * (max(frames[i] for i in b) * 40 + max(tokens[i] for i in b)) <= 100_000
     s0, s1 = shard(batches, 0, 2, 0, 1), shard(batches, 1, 2, 0, 1)
     assert len(s0) == len(s1) and not {id(b) for b in s0} & {id(b) for b in s1}
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_tenth_elsewhere(corpus, tmp_path, capsys):
+    """Off a terminal tqdm wrote every redraw (``make demo > log`` held megabytes of bars). Now a
+    log gets a plain line at each tenth of the work; a terminal (a real pty here) gets tqdm's bar."""
+    import io
+    import os
+    import pty
+
+    from asr_core.data.features import FeatureConfig, ensure_store
+    from asr_core.data.manifest import read_manifest
+    from asr_core.progress_bar import progress_bar
+
+    log = io.StringIO()
+    with progress_bar(50, "features dev.jsonl", "utt", file=log) as bar:
+        for _ in range(50):
+            bar.update(1)
+    lines = log.getvalue().splitlines()
+    assert [ln.split(": ")[1].split("%")[0] for ln in lines] == [str(p) for p in range(10, 101, 10)], lines
+    assert lines[-1].startswith("features dev.jsonl: 100% (50/50 utt, ") and "\r" not in log.getvalue()
+    cut = io.StringIO()
+    bar = progress_bar(100, "synthesizing demo", "utt", file=cut)
+    bar.update(35)
+    bar.update(2)
+    bar.close()  # a step cut short says how far it got
+    shown = cut.getvalue().splitlines()
+    assert [s.split(" (")[0] for s in shown] == ["synthesizing demo: 35%", "synthesizing demo: 37%"], shown
+
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w") as term:
+        bar = progress_bar(4, "features dev.jsonl", "utt", file=term)
+        bar.update(4)
+        bar.close()
+    chunks = []
+    while True:  # all the terminal got: reading stops with EIO once the closed side is drained
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    drawn = b"".join(chunks).decode()
+    assert "\r" in drawn and "4/4" in drawn and "features dev.jsonl: 100%|" in drawn, drawn
+
+    # the real step, its progress into pytest's captured (not a terminal) standard error
+    m = read_manifest(corpus["dev"])
+    ensure_store(m, FeatureConfig(n_mels=40), str(tmp_path / "root"), progress=True, parallel=False)
+    err = capsys.readouterr().err
+    assert f"features dev.jsonl: 100% ({len(m)}/{len(m)} utt, " in err and "\r" not in err, err

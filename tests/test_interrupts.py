@@ -77,6 +77,14 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
     assert "**interrupted**" in report and "best checkpoint" not in report and "test CER" not in report
     record = json.loads((exp / "speechtune_job.json").read_text())
     assert "interrupted" in record["outcome"]["status"]
+    # the trial that was running is shown interrupted, not early-stopped (its last view printed at
+    # the search's end) nor running (the live view read afterwards)
+    last_view = out.rsplit("ranked by val_cer", 1)[-1]
+    assert "interrupted" in last_view and "early-stopped" not in last_view, out[-3000:]
+    assert main(["watch", str(exp), "--once"]) == 0
+    view = capsys.readouterr().out
+    rows = [ln for ln in view.splitlines() if "│" in ln]
+    assert any("interrupted" in ln for ln in rows) and not any("running" in ln for ln in rows), view
 
     r = speechtune("tune", "--resume", str(exp), "--address", ray_cluster.address, env=env)
     out, _ = r.communicate(timeout=300)

@@ -38,12 +38,21 @@ def test_crnn_ctc_loss_falls_when_overfitting_a_small_batch(corpus, cache_dir):
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
-def test_ddp_training_reports_every_epoch_and_resumes_at_next_epoch(corpus, cache_dir, tmp_path, ray_start_2_cpus):
+RAY_TABLES = ("╭", "Trial Status", "== Status ==", "Current time:", "Training started with configuration")
+
+
+def test_ddp_training_reports_every_epoch_and_resumes_at_next_epoch(corpus, cache_dir, tmp_path, ray_start_2_cpus,
+                                                                    capfd):
     params = make_params(corpus, cache_dir, epochs=2)
     res = ResourcesSpec(num_workers=2, cpus_per_worker=1)
-    first = run_train(params, res, str(tmp_path), "first", progress=False)
+    first = run_train(params, res, str(tmp_path), "first")
     df = first.metrics_dataframe
     assert df["epoch"].tolist() == [1, 2]
+    # a line per epoch in place of Ray's tables (`speechtune train` printed them in full)
+    printed = capfd.readouterr()
+    lines = [ln for ln in printed.out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"] and "val_cer " in lines[-1], printed.out
+    assert not [t for t in RAY_TABLES if t in printed.out + printed.err], printed.out[-3000:]
     for key in ("train_loss", "val_loss", "val_cer", "val_wer", "epoch_time_s", "utts_per_s"):
         assert df[key].notna().all(), key
     ckpt = first.checkpoint.path

@@ -109,7 +109,7 @@ def test_replaying_fifo_over_the_recorded_grid_reproduces_its_best_and_asha_spen
 @pytest.mark.ray
 @pytest.mark.timeout(500)
 def test_a_search_starts_from_its_baseline_reports_the_test_gain_and_decode_tune_caches_each_checkpoint_once(
-        corpus, cache_dir, tmp_path, ray_start_2_cpus):
+        corpus, cache_dir, tmp_path, ray_start_2_cpus, capfd):
     from analysis.load import load_experiment, trial_number
     from tune_jobs import decode_tune
     from tune_jobs.workflow import tune_job
@@ -138,8 +138,13 @@ def test_a_search_starts_from_its_baseline_reports_the_test_gain_and_decode_tune
 
     decode_tune.ACOUSTIC_PASSES.clear()
     space = {"beam_size": {"grid": [4]}, "lm_weight": {"grid": [0.0, 0.5]}, "lexicon": {"grid": [False, True]}}
-    out = decode_tune.run_decode_tune(str(exp), top=2, space=space, progress=False)
+    capfd.readouterr()
+    out = decode_tune.run_decode_tune(str(exp), top=2, space=space)
     assert out["settings_tried"] == 8 and out["top"] == 2  # 4 settings x 2 checkpoints
+    # a line per tenth of the settings in place of Ray's tables (1,345 lines of them before)
+    printed = capfd.readouterr()
+    assert "decoding settings: 100% (8/8 settings, " in printed.err, printed.err[-3000:]
+    assert not [t for t in ("╭", "Trial Status", "== Status ==", "Current time:") if t in printed.out + printed.err]
     dev_passes = {ck: n for ck, n in decode_tune.ACOUSTIC_PASSES.items()}
     # each checkpoint ran over the dev set once (one forward per dev batch, 24 utterances), then
     # the winner once over test: 8 settings decoded, 2 + 1 acoustic passes

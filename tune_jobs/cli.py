@@ -146,7 +146,7 @@ def cmd_train(a) -> int:
     if a.skip_bad:
         params["skip_bad"] = True
     result = run_train(params, res, a.storage, a.name or f"train_{a.family}", address=a.address,
-                       num_cpus=a.num_cpus, resume_from=a.resume_from)
+                       num_cpus=a.num_cpus, resume_from=a.resume_from, ray_verbose=a.ray_verbose)
     df = result.metrics_dataframe
     shown = ("epoch", "train_loss", "val_loss", "val_cer", "val_wer", "val_seq_acc", "val_lid_acc", "val_mel_loss",
              "val_stop_acc", "utts_per_s")
@@ -494,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     r.add_argument("--skip-bad", action="store_true", help="skip bad manifest rows and report how many")
     r.add_argument("--resume-from", metavar="CHECKPOINT_DIR", help="continue from a checkpoint's next epoch")
+    r.add_argument("--ray-verbose", action="store_true",
+                   help="print Ray Train's own status tables instead of a line per epoch")
     r.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="CER/WER of a checkpoint (or an experiment's best) on a manifest")
@@ -563,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--num-samples", type=int, default=24, help="settings tried by hyperopt / random")
     dt.add_argument("--address", default=None, help="existing Ray cluster (default: start a local one)")
     dt.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray")
+    dt.add_argument("--ray-verbose", action="store_true",
+                    help="print Ray Tune's own status tables instead of a progress line per tenth of the settings")
     dt.set_defaults(fn=lambda a: __import__("tune_jobs.decode_tune", fromlist=["main_cli"]).main_cli(a))
 
     rp = sub.add_parser("replay", help="replay a finished search's recorded learning curves through Tune's "

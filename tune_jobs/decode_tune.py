@@ -140,7 +140,7 @@ class NothingProduced(RuntimeError):
 
 def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher: str = "grid",
                     num_samples: int = 24, address: str | None = None, num_cpus: int | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, ray_verbose: bool = False) -> dict:
     """Decoding settings of an experiment's ``top`` checkpoints (the one ranking's), searched on
     their cached dev outputs (one acoustic pass each); the winner scored on test against the
     checkpoint's own settings. Kept as ``decode_tune.json`` in the experiment."""
@@ -165,7 +165,7 @@ def run_decode_tune(exp: str, top: int = 2, space: dict | None = None, searcher:
     torch.save(caches, out_dir.mkdir(parents=True, exist_ok=True) or out_dir / "dev_outputs.pt")
     lms = build_lms(manifests["train"], out_dir / "lm") if _is_ctc(family) else None
     rows = _search_settings(exp, local, caches, lms, dict(space or family.decode_space), searcher, num_samples,
-                            unit, address, num_cpus, progress)
+                            unit, address, num_cpus, progress, ray_verbose)
     best = _rank_settings(rows, unit)
     test = None
     if manifests.get("test") and Path(manifests["test"]).is_file():
@@ -196,14 +196,16 @@ def _acoustic_passes(exp: str, local: Path, record, top: int, progress: bool) ->
 
 
 def _search_settings(exp: str, local: Path, caches: dict, lms, written: dict, searcher: str, num_samples: int,
-                     unit: str, address, num_cpus, progress: bool) -> list[dict]:
+                     unit: str, address, num_cpus, progress: bool, ray_verbose: bool = False) -> list[dict]:
     """The decoding search on Ray Tune (one CPU a trial, the outputs shared): a row per setting
     that decoded, with its CER, WER and per-utterance edit counts."""
     from ray import tune
 
     from asr_core import storage as store
     from cluster.local import init_ray
+    from tune_jobs.progress import TrialsDone
     from tune_jobs.registry import make_searcher
+    from tune_jobs.runner import ray_output
     from tune_jobs.searchers import NS
     from tune_jobs.space import parse_space, split_grid
 
@@ -219,14 +221,19 @@ def _search_settings(exp: str, local: Path, caches: dict, lms, written: dict, se
     search = make_searcher(searcher, metric=unit, mode="min", seed=0, space=domains, grid=grid, trials={},
                            points=[], constraints=[], fixed={}, max_concurrent=num_cpus or 64)
     init_ray(address, num_cpus=num_cpus)
+    planned = n if searcher == "grid" else num_samples
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trial, payload={"caches": caches, "lms": lms}), {"cpu": 1}),
         tune_config=tune.TuneConfig(metric=unit, mode="min", search_alg=search, reuse_actors=True,
-                                    num_samples=n if searcher == "grid" else num_samples),
-        run_config=tune.RunConfig(name="decode_tune", verbose=1 if progress else 0,
+                                    num_samples=planned),
+        run_config=tune.RunConfig(name="decode_tune", verbose=1 if progress and ray_verbose else 0,
+                                  callbacks=[TrialsDone(planned, "decoding settings", "settings")]
+                                  if progress and not ray_verbose else None,
                                   storage_path=str(exp) if store.is_remote(exp) else str(Path(local).resolve())))
+    with ray_output(progress, ray_verbose):
+        results = tuner.fit()
     rows = []
-    for r in tuner.fit():
+    for r in results:
         if r.error or not r.metrics or "edits" not in r.metrics:
             continue
         flat = dict(r.config.get(NS, r.config))
@@ -323,7 +330,7 @@ def main_cli(a) -> int:
         space, _ = load_with_lines(a.space)
     try:
         out = run_decode_tune(a.exp, top=a.top, space=space, searcher=a.searcher, num_samples=a.num_samples,
-                              address=a.address, num_cpus=a.num_cpus)
+                              address=a.address, num_cpus=a.num_cpus, ray_verbose=a.ray_verbose)
     except NothingProduced as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

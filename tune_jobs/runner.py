@@ -148,7 +148,8 @@ def checkpoint_config(keep: int, metric: str, mode: str):
 
 
 def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, storage_path: str, name: str,
-                 max_failures: int = 0, resume_from: str | None = None, keep_checkpoints: int = 2):
+                 max_failures: int = 0, resume_from: str | None = None, keep_checkpoints: int = 2,
+                 verbose: int = 1, callbacks: list | None = None):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -163,6 +164,7 @@ def make_trainer(params: dict, res: ResourcesSpec, *, metric: str, mode: str, st
         name=name, storage_path=store.normalize(storage_path),
         checkpoint_config=checkpoint_config(keep_checkpoints, metric, mode),
         failure_config=FailureConfig(max_failures=max_failures),
+        verbose=verbose, callbacks=callbacks,  # (under a Tuner, Tune's RunConfig sets both)
     )
     resume = None
     if resume_from:
@@ -236,14 +238,23 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
                            keep_checkpoints=job.checkpoints_kept())
     if resume:
         tuner = Tuner.restore(exp_uri, trainable=trainer, resume_unfinished=True, resume_errored=True)
+        # the interrupt's outcome no longer holds: the live view would show this run's trials as
+        # interrupted (the search's end writes its own outcome)
+        save_outcome(exp_uri, {})
     else:
         tuner = _new_tuner(job, trainer, run, name, storage, exp_uri, progress, ray_verbose)
         write_record(exp_uri, job, manifests, params, phase, skipped)
     # our view replaces Ray's tables and its banner (whose TensorBoard path is Ray's staging
     # folder, not the experiment); with Ray's legacy output and verbose 0 Ray prints neither.
     # Set for the search only: the process's environment is the caller's again afterwards
-    with _environ(RAY_AIR_NEW_OUTPUT="0" if progress and not ray_verbose else None):
+    with ray_output(progress, ray_verbose):
         return tuner.fit(), exp_uri, manifests
+
+
+def ray_output(progress: bool, ray_verbose: bool):
+    """Ray's legacy output (``RAY_AIR_NEW_OUTPUT=0``) for a run that prints our own progress: with
+    it and verbose 0 Ray prints no status table and no banner (whose paths are Ray's staging folders)."""
+    return _environ(RAY_AIR_NEW_OUTPUT="0" if progress and not ray_verbose else None)
 
 
 @contextlib.contextmanager
@@ -384,8 +395,10 @@ def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phas
 
 def run_train(params: dict, res: ResourcesSpec, storage_path: str, name: str, address: str | None = None,
               num_cpus: int | None = None, resume_from: str | None = None,
-              progress: bool = True):
+              progress: bool = True, ray_verbose: bool = False):
     """One training run (no search). ``resume_from`` continues a checkpoint at its next epoch.
+    ``progress`` prints a line per epoch (``tune_jobs.progress.EpochLines``), or with
+    ``ray_verbose`` Ray's own tables.
     Checkpoints are kept by the run's selection pair (``select_metric``, default the family's; its
     mode from the metric registry), the same pair the loop uses for the best epoch."""
     from asr_core.models import get_family
@@ -399,6 +412,11 @@ def run_train(params: dict, res: ResourcesSpec, storage_path: str, name: str, ad
     init_ray(address, num_cpus=num_cpus)
     params, _ = check_and_cache(run, progress=progress)
     check_fits(res, "--workers/--cpus-per-worker")
+    from tune_jobs.progress import EpochLines
+
+    ours = progress and not ray_verbose
     trainer = make_trainer(params, res, metric=metric, mode=mode, storage_path=storage_path, name=name,
-                           resume_from=resume_from)
-    return trainer.fit()
+                           resume_from=resume_from, verbose=1 if progress and ray_verbose else 0,
+                           callbacks=[EpochLines(run.train.epochs)] if ours else None)
+    with ray_output(progress, ray_verbose):
+        return trainer.fit()

@@ -41,11 +41,11 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 from filelock import FileLock
-from tqdm import tqdm
 
 from asr_core import storage
 from asr_core.data.manifest import Manifest, Utterance
 from asr_core.errors import InputError, KeyProblem
+from asr_core.progress_bar import progress_bar
 
 if TYPE_CHECKING:
     from asr_core.data.augment import Perturbation
@@ -234,7 +234,7 @@ def ensure_store(manifest: Manifest, cfg: FeatureConfig, root: str, *, skip_bad:
         args = [(utts[a:b], {u.id: manifest.where.get(u.id, manifest.path) for u in utts[a:b]}, cfg,
                  storage.join(entry, p), skip_bad, perturb) for (a, b), p in zip(ranges, parts)]
         name = Path(manifest.path.split(':')[-1]).name + (f" (augmented copy {perturb.copy})" if perturb else "")
-        bar = tqdm(total=len(utts), desc=f"features {name}", unit="utt", disable=not progress)
+        bar = progress_bar(len(utts), f"features {name}", "utt", enabled=progress)
         results = _run_ray(args, bar) if use_ray else [_tick(bar, extract_shard(*a)) for a in args]
         bar.close()
         frames = sum(r["frames"] for r in results)

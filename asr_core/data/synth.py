@@ -27,9 +27,9 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio.functional as AF
-from tqdm import tqdm
 
 from asr_core.data.manifest import Utterance, write_manifest
+from asr_core.progress_bar import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def synthesize_corpus(spec: CorpusSpec, out_dir: str | os.PathLike, progress: bo
         voice_split[HARD] = voice_split["test"]
     paths = {}
     total = sum(len(v) for v in sents.values())
-    bar = tqdm(total=total, desc=f"synthesizing {spec.name}", unit="utt", disable=not progress)
+    bar = progress_bar(total, f"synthesizing {spec.name}", "utt", enabled=progress)
     for split in spec.splits():
         audio_dir = out_dir / "audio" / split
         audio_dir.mkdir(parents=True, exist_ok=True)
