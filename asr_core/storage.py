@@ -95,13 +95,20 @@ def check_writable(uri: str, where: str) -> None:
     credentials, found before anything runs rather than by the first checkpoint."""
     from asr_core.errors import InputError
 
-    if not is_remote(uri):  # nothing is created: a refused job leaves no folder behind
+    if not is_remote(uri):  # nothing is left: a refused job leaves no folder behind
         target = Path(normalize(uri))
         existing = next(a for a in (target, *target.parents) if a.exists())
         if not existing.is_dir():
             raise InputError(where, f"{uri} cannot be written: {existing} is a file, not a folder; nothing was run")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise InputError(where, f"{uri} cannot be written: {existing} is read-only; nothing was run")
+        try:  # modes do not tell all (root under /proc, a full disk): a folder made and removed again
+            import tempfile
+
+            os.rmdir(tempfile.mkdtemp(prefix=".speechtune-write-check-", dir=existing))
+        except OSError as e:
+            raise InputError(where, f"{uri} cannot be written: no folder can be made in {existing} "
+                                    f"({e.strerror or e}); nothing was run") from None
         return
     probe = join(uri, f".speechtune-write-check-{os.getpid()}")
     try:

@@ -484,6 +484,18 @@ def test_a_storage_path_that_cannot_be_written_is_refused_before_anything_runs(t
     assert blocker.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "not_a_folder"]
 
 
+def test_a_storage_path_where_no_folder_can_be_made_is_refused_before_anything_runs(tmp_path, capsys):
+    """Under /proc root passes every mode check, yet nothing can be made there: Ray failed at its
+    first folder with a traceback (seen in a submitted job)."""
+    from tune_jobs.cli import main
+
+    job = _job(tmp_path, BASE)
+    assert main(["tune", str(job), "--storage", "/proc/speechtune-exp"]) == 2
+    err = capsys.readouterr().err
+    assert "/proc/speechtune-exp cannot be written: no folder can be made in /proc" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+
+
 def test_a_read_only_storage_path_is_refused_before_anything_runs(tmp_path):
     """A read-only storage (a read-only tmpfs mounted in the command's own namespace: root writes
     through file modes) ended the search at its first checkpoint; now exit 2 naming it."""

@@ -40,6 +40,36 @@ def _gcs_servers(home: Path) -> set[int]:
     return found
 
 
+def test_submit_uploads_no_untracked_data_and_refuses_an_upload_over_its_limit(tmp_path, monkeypatch):
+    """`submit` from a checkout holding 179 MB of local data (neither tracked nor ignored) failed
+    with "FAILED" and no reason: Ray's upload limit. Untracked folders and untracked files that
+    are not source now stay behind, measured with Ray's own traversal; an upload over the limit is
+    refused before anything is sent, naming its largest entries. A real git checkout."""
+    from asr_core.errors import InputError
+    from cluster.jobs import check_upload, upload_excludes, upload_size
+
+    root = tmp_path / "checkout"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "model.py").write_text("x = 1\n")
+    (root / ".gitignore").write_text("ignored.bin\n")
+    for cmd in (["init", "-q"], ["add", "."], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c"]):
+        subprocess.run(["git", "-C", str(root), *cmd], check=True)
+    (root / "pkg" / "new_family.py").write_text("y = 2\n")  # not committed yet: still travels
+    (root / "local_data").mkdir()
+    (root / "local_data" / "utt [1].flac").write_bytes(os.urandom(3 << 20))
+    (root / "notes.wav").write_bytes(os.urandom(1 << 20))
+    (root / "ignored.bin").write_bytes(os.urandom(1 << 20))
+    excludes = upload_excludes(root)
+    total, sizes = upload_size(root, excludes)
+    assert "/local_data/" in excludes and "/notes.wav" in excludes and "/pkg/new_family.py" not in excludes
+    assert sizes == {"pkg": 12, ".gitignore": 12}, sizes
+    assert upload_size(root, [])[1]["local_data"] == 3 << 20  # what went up before
+    monkeypatch.setenv("SPEECHTUNE_UPLOAD_LIMIT_MB", "3")
+    (root / "pkg" / "weights.yaml").write_bytes(b"w: 0\n" * (800 << 10))  # 4 MB of "source"
+    with pytest.raises(InputError, match=r"would upload 3\.9 MiB, over the 3 MiB limit .*largest: pkg \(3\.9 MiB\)"):
+        check_upload(root, upload_excludes(root))
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir, ray_start_2_cpus):
@@ -87,19 +117,28 @@ def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir,
         gone = _st("jobs", "list", "--address", f"http://127.0.0.1:{free_port()}", env=bare)
         assert gone.returncode == 2 and "cannot reach a Ray Jobs API" in gone.stderr, gone.stderr
 
-        # with the token (the way a user of a remote cluster gives it): the demo job runs
+        # with the token (the way a user of a remote cluster gives it): the demo job runs. An
+        # experiment of its name is there already: submit printed `experiments/demo` while the
+        # driver wrote `demo_<timestamp>`; now the name is chosen where the storage is seen
         authed = {**bare, "RAY_AUTH_TOKEN_PATH": str(token_file)}
+        from analysis.synthetic import FakeTrial, write_experiment
+
+        earlier = write_experiment(tmp_path / "experiments" / "demo", [FakeTrial("old00000", {"lr": 1e-3})])
+        (earlier / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for: a resumable experiment
+        kept = sorted(p.name for p in earlier.iterdir())
         sub = _st("submit", demo, "--profile", "smoke", "--address", url, env=authed, cwd=tmp_path)
         assert sub.returncode == 0, sub.stdout + sub.stderr
         job_id = re.search(r"submitted (\S+) to", sub.stdout).group(1)
+        exp = Path(re.search(r"experiment: (\S+)", sub.stdout).group(1))
+        assert exp.parent == tmp_path / "experiments" and exp.name.startswith("demo_"), sub.stdout
         logs = _st("jobs", "logs", job_id, "--follow", "--address", url, env=authed, timeout=400)
         assert logs.returncode == 0 and f"job {job_id}: SUCCEEDED" in logs.stdout, logs.stdout[-3000:] + logs.stderr
         assert "search finished" in logs.stdout and "all agree" in logs.stdout
         listed = _st("jobs", "list", env=env)  # the local cluster's own token, from the state directory
         assert re.search(rf"{job_id}\s+SUCCEEDED", listed.stdout), listed.stdout + listed.stderr
 
-        # the experiment is where the job file said (relative to where submit ran); report works on it
-        exp = tmp_path / "experiments" / "demo"
+        # the experiment is where submit said (relative to where it ran); report works on it
+        assert exp.is_dir() and sorted(p.name for p in earlier.iterdir()) == kept
         rep = _st("report", str(exp), "--out", str(tmp_path / "rep"), "--check-ray", env=env)
         assert rep.returncode == 0, rep.stdout + rep.stderr
         assert (tmp_path / "rep" / "report.md").read_text().count("| finished |") + \
@@ -112,6 +151,15 @@ def test_cluster_up_submit_logs_report_down_with_token_auth(tmp_path, cache_dir,
 
         info = JobSubmissionClient(url, headers={"Authorization": f"Bearer {token}"}).get_job_info(job_id)
         assert token not in json.dumps(info.runtime_env) and token not in info.entrypoint
+
+        # a job that fails on the cluster: `submit --wait` said "FAILED" and no more; now Ray's reason
+        unwritable = tmp_path / "unwritable.yaml"
+        job = yaml.safe_load((ROOT / "tune_jobs" / "jobs" / "demo.yaml").read_text())
+        job["storage_path"] = "/proc/speechtune-exp"  # the driver's first check refuses it
+        unwritable.write_text(yaml.safe_dump(job, sort_keys=False))
+        w = _st("submit", str(unwritable), "--profile", "smoke", "--address", url, "--wait", env=authed, cwd=tmp_path)
+        assert w.returncode == 1 and re.search(r"job \S+: FAILED", w.stdout), w.stdout[-3000:] + w.stderr
+        assert "reason (Ray): " in w.stderr and "exit code 2" in w.stderr and "cannot be written" in w.stderr, w.stderr
     finally:
         d = _st("cluster", "down", env=env)
     assert d.returncode == 0 and "stopped" in d.stdout, d.stdout + d.stderr

@@ -419,18 +419,45 @@ def cmd_submit(a) -> int:
     from cluster.jobs import submit
     from tune_jobs.spec import load_job
 
+    from asr_core import storage as store
+    from tune_jobs.runner import experiment_name
+
     job = load_job(a.job, profile=a.profile)  # every error names its file and line before anything is sent
+    # the name the driver will use, chosen here where the storage can be seen (object storage, or
+    # a path this machine shares), so that the path printed is the experiment's; else the driver's
+    name, _ = experiment_name(job, store.normalize(job.storage_path), resume=False)
     sid, address, exp = submit(job, address=a.address, pip=a.pip, report_dir=a.report_dir,
-                               submission_id=a.submission_id)
+                               submission_id=a.submission_id, name=name)
     print(f"submitted {sid} to {address}; experiment: {exp}")
     print(f"follow it: speechtune jobs logs {sid} --follow")
     if a.wait:
-        from cluster.jobs import logs
-
-        status = logs(sid, address=a.address, follow=True)
-        print(f"job {sid}: {status}")
-        return 0 if status == "SUCCEEDED" else 1
+        return _follow(sid, a.address, exp)
     return 0
+
+
+def _follow(sid: str, address: str | None, exp: str | None = None) -> int:
+    """Stream a job's output to its end; then its status, Ray's reason when it failed, and the
+    experiment its driver wrote (from its output). Exit 0 when it succeeded, else 1."""
+    import re
+
+    from cluster.jobs import failure_reason, logs
+
+    seen: list[str] = []
+
+    def out(text, **kw):
+        seen.append(text)
+        print(text, **kw)
+
+    status = logs(sid, address=address, follow=True, out=out)
+    print(f"job {sid}: {status}")
+    if status != "SUCCEEDED":
+        reason = failure_reason(sid, address)
+        print(f"reason (Ray): {reason}" if reason else "reason: Ray gave none (speechtune jobs logs " + sid + ")",
+              file=sys.stderr)
+    written = re.findall(r"experiment: (\S+)", "".join(seen))
+    if written or exp:
+        print(f"experiment: {written[-1] if written else exp}")
+    return 0 if status == "SUCCEEDED" else 1
 
 
 def cmd_jobs(a) -> int:
@@ -445,9 +472,10 @@ def cmd_jobs(a) -> int:
         print(f"error: jobs {a.action} needs a job ID", file=sys.stderr)
         return 2
     if a.action == "logs":
-        status = jobs.logs(a.id, address=a.address, follow=a.follow)
         if a.follow:
-            print(f"job {a.id}: {status}")
+            _follow(a.id, a.address)
+            return 0
+        jobs.logs(a.id, address=a.address)
         return 0
     print(f"stop requested for {a.id}" if jobs.stop(a.id, a.address) else f"{a.id} was not running")
     return 0

@@ -231,7 +231,7 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     phase = phase or {}
     run, manifests, params, skipped, storage = _prepare(job, cache_dir or str(default_cache_dir()), phase,
                                                         address, num_cpus, progress)
-    name, exp_uri = _experiment_name(job, storage, resume)
+    name, exp_uri = experiment_name(job, storage, resume)
     trainer = make_trainer(params, job.resources, metric=params["select_metric"], mode=params["select_mode"],
                            storage_path=storage,
                            name=name, max_failures=job.max_failures, resume_from=phase.get("init_checkpoint"),
@@ -294,7 +294,7 @@ def _prepare(job: JobSpec, cache_dir: str, phase: dict, address, num_cpus, progr
     return run, manifests, params, skipped, storage
 
 
-def _experiment_name(job: JobSpec, storage: str, resume: bool) -> tuple[str, str]:
+def experiment_name(job: JobSpec, storage: str, resume: bool) -> tuple[str, str]:
     """The experiment's name and URI: the job's, or, when one of that name exists and this is
     no resume, the job's with a timestamp (the existing one is left alone)."""
     name = job.name
