@@ -283,6 +283,24 @@ def test_job_values_are_checked_at_load_naming_line_and_key(tmp_path, line, key,
         load_job(p)
 
 
+def test_a_point_to_evaluate_is_parsed_whole_at_load(tmp_path):
+    """Each value of a point lay inside the space, but the pair failed the trial mid-search
+    (attention_heads 6 does not divide hidden_dim 100); a point is now parsed as a named trial is."""
+    p = tmp_path / "point.yaml"
+    p.write_text(textwrap.dedent("""\
+        family: conformer_aed
+        preset: cpu_small
+        data: {corpus: demo-mono}
+        params: {epochs: 1}
+        search_space: {hidden_dim: {choice: [96, 100]}, attention_heads: {choice: [4, 6]}}
+        searcher: {name: random, seed: 3, points_to_evaluate: [{hidden_dim: 96, attention_heads: 4},
+                                                            {hidden_dim: 100, attention_heads: 6}]}
+        """))
+    with pytest.raises(InputError, match=rf"{p}:6 \(searcher.points_to_evaluate\): point 1: .*attention_heads.* "
+                                         r"\(6\) must divide 'hidden_dim' \(100\)"):
+        load_job(p)
+
+
 def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
     """YAML keeps the last of two equal keys: ``family`` twice trained the second family."""
     p = _job(tmp_path, BASE + "family: seq2seq\n")

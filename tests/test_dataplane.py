@@ -71,12 +71,14 @@ def test_search_in_which_every_trial_fails_exits_nonzero_with_the_first_error(co
                                                                               ray_address):
     """A combination the trial's worker refuses: attention_heads 6 does not divide hidden_dim 100,
     though each value alone passes the job's load-time check (every value of every dimension over
-    the others' first values; a combination of two non-first values is the worker's to find). The
+    the others' first values; a combination of two non-first values is the worker's to find; a
+    point to evaluate is parsed whole at load). Seed 0 draws that combination first, and there is
+    no baseline to run before it (the preset's hidden_dim 144 is outside the choices). The
     InputError reaches the driver with its type and message, and the CLI exits 1 saying so."""
     job = tiny_job(tmp_path, corpus, cache_dir, "allfail", """\
         num_trials: 1
         search_space: {hidden_dim: {choice: [96, 100]}, attention_heads: {choice: [4, 6]}}
-        searcher: {name: random, seed: 3, points_to_evaluate: [{hidden_dim: 100, attention_heads: 6}]}
+        searcher: {name: random, seed: 0}
         """, epochs=1, edit={"family": "conformer_aed", "preset": "cpu_small"})
     p = speechtune("tune", str(job), "--address", ray_address)
     out, _ = p.communicate(timeout=400)

@@ -452,7 +452,7 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
     constraints = _constraints(data, loc, run.params, space_raw, trials)
     _check_every_value(probe, {"search_space": space_raw, "scheduler.hyperparam_mutations":
                                mutations.written if mutations is not None else {}}, constraints, run.params, loc, path)
-    _check_points(searcher, fam, space_raw, loc)
+    _check_points(searcher, fam, space_raw, loc, probe, str(path))
     num_trials, max_conc, max_failures, repeats = _counts(data, loc, path, trials, space, searcher)
     _check_scheduler(scheduler, metric_name, mode, run.train.epochs, max_conc, loc)
     init_from = str(data.get("init_from") or "")
@@ -768,8 +768,10 @@ def _constraints(data: dict, loc: Locator, merged: dict, space_raw: dict, trials
     return [str(c) for c in constraints]
 
 
-def _check_points(searcher: SearcherSpec, fam, space_raw: dict, loc: Locator) -> None:
-    """``searcher.points_to_evaluate``: presets the family has, values inside the space."""
+def _check_points(searcher: SearcherSpec, fam, space_raw: dict, loc: Locator, probe: dict, path: str) -> None:
+    """``searcher.points_to_evaluate``: presets the family has, values inside the space, and each
+    point through the run's own parser over the representative config, as named trials are (a
+    point's bad value failed its trial mid-search)."""
     for i, p in enumerate(searcher.points_to_evaluate):
         if isinstance(p, str) and (fam is None or p not in fam.presets):
             raise InputError(loc("searcher.points_to_evaluate"),
@@ -780,6 +782,10 @@ def _check_points(searcher: SearcherSpec, fam, space_raw: dict, loc: Locator) ->
             if why:
                 raise InputError(loc("searcher.points_to_evaluate"),
                                  f"point {i}{f' (preset {p})' if isinstance(p, str) else ''}: {k}={v!r} {why}")
+        if isinstance(p, dict):
+            e = _parse_error({**probe, **p}, path)
+            if e is not None:
+                raise InputError(loc("searcher.points_to_evaluate"), f"point {i}: {getattr(e, 'message', e)}")
 
 
 def _counts(data: dict, loc: Locator, path: str, trials: dict, space: SearchSpace, searcher: SearcherSpec):
