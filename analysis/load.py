@@ -27,6 +27,7 @@ NOT_METRICS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration",
                "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
                "iterations_since_restore", "config", "should_checkpoint", "experiment_tag", "epoch", "step",
                "diverged", "diverged_step", "diverged_value", "restored_from_trial", "restored_from_epoch",
+               "restore_note",
                "early_stop", "best_epoch", "cpu_s", "epoch_time_s", "utts_per_s", "lr", "model_params",
                "experiment_id", "num_nodes"}
 # statuses of a trial that is never a search's result: its values up to the failure or the
@@ -448,7 +449,10 @@ def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode:
     ``trial`` (its directory name), or else of the ranking's best trial (``rank``; but
     ``exclude``) that has one: a failed or diverged trial's earlier checkpoint is never the
     search's. Default: the runs' selection pair (the job's metric, or ``M`` for a job ranked by
-    ``M_auc``)."""
+    ``M_auc``). A checkpoint whose ``state.pt`` is missing or not the size it was written at is
+    skipped, with a warning."""
+    from asr_core.train.checkpoint_files import state_size_problem
+
     exp_dir = Path(exp_dir)
     record = read_record(exp_dir)
     metric, mode = metric or record.selection[0], mode or record.selection[1]
@@ -460,8 +464,13 @@ def best_checkpoint(exp_dir: str | os.PathLike, metric: str | None = None, mode:
         best, best_val = None, None
         for meta_path in exp_dir.glob(f"{glob.escape(name)}/checkpoint_*/meta.json"):
             try:
-                ms = json.loads(meta_path.read_text())["metrics"]
+                meta = json.loads(meta_path.read_text())
+                ms = meta["metrics"]
             except (OSError, json.JSONDecodeError, KeyError):
+                continue
+            broken = state_size_problem(meta_path.parent, meta)
+            if broken:  # a truncated checkpoint is no candidate (issue 25)
+                log.warning("%s: not a candidate for the best checkpoint", broken)
                 continue
             if not _meets(ms, record.require):
                 continue  # a checkpoint that misses a required bound cannot be the best

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
 
-from analysis.load import load_experiment
+from analysis.load import load_experiment, tune_last_results, tune_statuses
 from analysis.raycheck import compare_with_ray
 from tests.factories import TRAIN_WORKER, edited_job, ray_processes, speechtune, wait_while_running
 
@@ -23,22 +25,27 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
                                                                  ray_cluster):
     import psutil
 
-    # the demo's smoke profile with 3 epochs and no early stop: after a trial's first checkpoint at
-    # least 2 epochs of each trial remain, so the search is still running when it is frozen below
+    # the demo's smoke profile with 4 epochs and no early stop: once Tune's state names a trial's
+    # second checkpoint, 2 epochs of it remain, so the search is still running when it is frozen below
     demo = edited_job(ROOT / "tune_jobs" / "jobs" / "demo.yaml", tmp_path / "demo.yaml",
-                      {"profiles.smoke.params.epochs": 3, "profiles.smoke.scheduler.max_t": 3,
-                       "profiles.smoke.scheduler.grace_period": 3})
+                      {"profiles.smoke.params.epochs": 4, "profiles.smoke.scheduler.max_t": 4,
+                       "profiles.smoke.scheduler.grace_period": 4})
+    # the 2 best and the latest: a trial's first two checkpoints are both kept (2 keeps one when
+    # the latest is the best), for the truncation below
+    demo.write_text(demo.read_text() + "keep_checkpoints: 3\n")
     exp = tmp_path / "exp" / "demo"
     env = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "SPEECHTUNE_CACHE": str(cache_dir)}
     p = speechtune("tune", str(demo), "--profile", "smoke", "--storage", str(tmp_path / "exp"),
                    "--address", ray_cluster.address, env=env)
-    # the training workers are frozen (SIGSTOP) once a trial has checkpointed its first epoch (the
-    # worker writes it; result.json is written later, by the driver), while the live view is read
-    # and Ctrl-C is sent, so that no epoch, and no end of the search, can overtake the test
+    # the training workers are frozen (SIGSTOP) once Tune's state names a checkpoint of both running
+    # trials, the second of one, while the live view is read and Ctrl-C is sent, so that no epoch,
+    # and no end of the search, can overtake the test
     workers: list = []
 
     def frozen_mid_search() -> bool:
-        if not list(exp.glob("*/checkpoint_000000")):
+        running = {d for d, s in tune_statuses(exp).items() if s == "RUNNING"}
+        saved = [r.get("checkpoint_dir_name") or "" for d, r in tune_last_results(exp).items() if d in running]
+        if len(saved) < 2 or not all(saved) or max(saved) < "checkpoint_000001":
             return False
         workers[:] = ray_processes(ray_cluster.pid, TRAIN_WORKER)  # this head's: this search's
         for w in workers:
@@ -86,9 +93,26 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
     rows = [ln for ln in view.splitlines() if "│" in ln]
     assert any("interrupted" in ln for ln in rows) and not any("running" in ln for ln in rows), view
 
+    # between the interrupt and --resume: the latest checkpoint Tune names of one trial is truncated,
+    # every checkpoint of the other deleted (issue 25). The first resumes from its intact earlier
+    # checkpoint, the second starts again from epoch 1; each says so, and the search finishes
+    statuses = tune_statuses(exp)
+    named = {d: r["checkpoint_dir_name"] for d, r in tune_last_results(exp).items()
+             if r.get("checkpoint_dir_name") and statuses.get(d) != "TERMINATED"}
+    cut = next((d for d, c in named.items() if c > "checkpoint_000000"), None)
+    assert cut and len(named) == 2, (named, statuses)
+    gone = next(d for d in named if d != cut)
+    os.truncate(exp / cut / named[cut] / "state.pt", 500)
+    for c in (exp / gone).glob("checkpoint_*"):
+        shutil.rmtree(c)
     r = speechtune("tune", "--resume", str(exp), "--address", ray_cluster.address, env=env)
     out, _ = r.communicate(timeout=300)
     assert r.returncode == 0, out[-3000:]
+    said = [ln for ln in out.splitlines() if "WARNING tune_jobs.restarts" in ln]
+    assert any(f"{cut}/{named[cut]}/state.pt: checkpoint is broken" in ln and "resumed from" in ln
+               for ln in said), "\n".join(said)
+    assert any(f"{gone}/{named[gone]} is gone from storage and no other is left: the trial starts again "
+               "from epoch 1" in ln for ln in said), "\n".join(said)
     trials, history = load_experiment(exp)
     assert len(trials) == 2 and set(trials.status) <= {"finished", "early-stopped"}  # each planned trial once
     for tid, h in history.groupby("trial_id"):

@@ -314,6 +314,7 @@ def _new_tuner(job: JobSpec, trainer, run, name: str, storage: str, exp_uri: str
     from ray import tune
     from ray.tune import Tuner
 
+    from tune_jobs.restarts import RestartFromIntact
     from tune_jobs.progress import CompactProgress
     from tune_jobs.trial_logs import KeepTrialLogs
 
@@ -330,7 +331,9 @@ def _new_tuner(job: JobSpec, trainer, run, name: str, storage: str, exp_uri: str
                                          # the run config with presets and family defaults (constraints read it)
                                          constraints=job.constraints, fixed=run.params,
                                          max_concurrent=job.max_concurrent, repeats=job.repeats, scheduler=scheduler)
-    callbacks = [KeepTrialLogs(), *make_loggers(job.loggers, name, None if store.is_remote(exp_uri) else exp_uri)]
+    # RestartFromIntact first: KeepTrialLogs and Tune's loggers then see the checkpoint the trial restarts from
+    callbacks = [RestartFromIntact(), KeepTrialLogs(),
+                 *make_loggers(job.loggers, name, None if store.is_remote(exp_uri) else exp_uri)]
     if progress and not ray_verbose:
         callbacks.append(CompactProgress(name, job.metric, job.mode, job.num_trials, job.max_concurrent,
                                          job.tuned_keys(), run.train.epochs))

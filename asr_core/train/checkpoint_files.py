@@ -31,3 +31,18 @@ def load_edits(dirpath: str | os.PathLike) -> dict | None:
 
 def load_meta(dirpath: str | os.PathLike) -> dict:
     return json.loads((Path(dirpath) / META).read_text())
+
+
+def state_size_problem(dirpath: str | os.PathLike, meta: dict) -> str:
+    """'' when ``state.pt`` is there at the size ``meta`` recorded (or ``meta`` recorded none: a
+    checkpoint written before it did), else what is wrong: the cheap check (no read of the state)
+    that keeps a truncated checkpoint from being chosen as a search's best; loading one checks
+    its checksum too (``checkpoint.verify``)."""
+    want = (meta.get("state") or {}).get("bytes")
+    if want is None:
+        return ""
+    path = Path(dirpath) / STATE
+    if not path.is_file():
+        return f"{path} is missing"
+    size = path.stat().st_size
+    return f"{path} is {size} bytes, meta.json recorded {want}" if size != want else ""

@@ -349,6 +349,7 @@ def train_loop_per_worker(config: dict) -> None:
                         augment=run.augment)
     restored = ray.train.get_checkpoint()
     state = meta = None
+    note = ""
     if restored is not None:  # a broken one is named and skipped (issue 25's truncated checkpoint)
         state, meta, note = ckpt.restore_intact(restored)
         if note and ctx.get_world_rank() == 0:
@@ -363,8 +364,12 @@ def train_loop_per_worker(config: dict) -> None:
         nodes = gathered
     num_nodes = len(set(nodes))
 
+    # the note on what was broken goes with the first report: the driver prints it
+    # (tune_jobs.restarts; worker logs reach no driver) and result.json keeps it
+    notes = [note] if note else []
+
     def report(metrics: dict, save) -> None:
-        metrics = {**metrics, "num_nodes": num_nodes}
+        metrics = {**metrics, "num_nodes": num_nodes, **({"restore_note": notes.pop()} if notes else {})}
         if save is None:
             ray.train.report(metrics)
             return
