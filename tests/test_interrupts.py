@@ -137,3 +137,42 @@ def test_interrupt_resume_and_reports_that_keep_what_tune_learned(cache_dir, tmp
         trials2, _ = load_experiment(exp)
     assert trials2.set_index("trial").loc[finished.trial, "status"] == "finished"
     assert any("truncated" in r.message and finished.trial in r.message for r in caplog.records)
+
+
+@pytest.mark.timeout(600)
+def test_a_storage_that_fills_up_stops_the_search_resumably_and_resume_finishes_once_there_is_room(
+        cache_dir, tmp_path, ray_cluster):
+    """A 10 MB tmpfs as storage_path (mounted where the shared cluster's workers see it): a
+    checkpoint of the demo's smoke profile is 5.8 MB, so the second does not fit. The search
+    stops as at an interrupt, names the path and the bytes, exits 75; the tmpfs then grows (the
+    user freed space) and --resume finishes both trials (before: `EOFError: Ran out of input`)."""
+    import subprocess
+
+    store = tmp_path / "small"
+    store.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "none", str(store)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"a tmpfs cannot be mounted here: {mounted.stderr.strip()}")
+    try:
+        exp = store / "demo"
+        env = {"SPEECHTUNE_CACHE": str(cache_dir)}
+        p = speechtune("tune", str(ROOT / "tune_jobs" / "jobs" / "demo.yaml"), "--profile", "smoke",
+                       "--storage", str(store), "--address", ray_cluster.address, env=env)
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 75, out[-3000:]
+        said = next((ln for ln in out.splitlines() if ln.startswith("error: ")), "")
+        assert f"{exp}: the storage is full: " in said and " bytes free, a checkpoint of this search needs " in said \
+            and said.endswith(f"resume with: speechtune tune --resume {exp}"), out[-3000:]
+        assert "EOFError" not in out and "report:" not in out, out[-3000:]
+        subprocess.run(["mount", "-o", "remount,size=200m", str(store)], check=True)
+        r = speechtune("tune", "--resume", str(exp), "--address", ray_cluster.address, env=env)
+        out, _ = r.communicate(timeout=300)
+        assert r.returncode == 0, out[-3000:]
+        trials, history = load_experiment(exp)
+        assert len(trials) == 2 and set(trials.status) == {"finished"}, trials
+        for tid, h in history.groupby("trial_id"):
+            assert sorted(h.epoch) == [1, 2], (tid, list(h.epoch))
+        assert "test CER" in (exp / "report.md").read_text()
+    finally:
+        subprocess.run(["umount", "-l", str(store)], capture_output=True)

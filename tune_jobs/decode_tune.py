@@ -305,7 +305,7 @@ def format_result(out: dict) -> str:
              f"{out['dev_utterances']} dev utterances; acoustic passes: {out['acoustic_passes']} (dev) instead of "
              f"{out['acoustic_passes_from_scratch']} decoding each setting from scratch "
              f"({out['acoustic_passes_from_scratch'] - out['acoustic_passes']} saved)", "",
-             f"| rank | checkpoint (trial) | settings | dev CER [95% CI] | dev WER [95% CI] | vs best |",
+             "| rank | checkpoint (trial) | settings | dev CER [95% CI] | dev WER [95% CI] | vs best |",
              "|---|---|---|---|---|---|"]
     for i, r in enumerate(out["ranked"], start=1):
         vs = "best" if i == 1 else (f"{'**tied**' if r['tied_with_best'] else 'worse'} (P = {r['p_best_better']:.2f})")

@@ -16,6 +16,7 @@ from asr_core.errors import InputError
 from asr_core.train.config import RunConfig, split_params
 from asr_core.train.loop import train_loop_per_worker
 from cluster.local import init_ray
+from tune_jobs import full_storage
 from tune_jobs.registry import make_loggers, make_searcher
 from tune_jobs.spec import JobSpec, ResourcesSpec
 
@@ -229,6 +230,7 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     from ray.tune import Tuner
 
     phase = phase or {}
+    full_storage.SEEN.clear()
     run, manifests, params, skipped, storage = _prepare(job, cache_dir or str(default_cache_dir()), phase,
                                                         address, num_cpus, progress)
     name, exp_uri = experiment_name(job, storage, resume)
@@ -248,7 +250,13 @@ def run_tune(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     # folder, not the experiment); with Ray's legacy output and verbose 0 Ray prints neither.
     # Set for the search only: the process's environment is the caller's again afterwards
     with ray_output(progress, ray_verbose):
-        return tuner.fit(), exp_uri, manifests
+        try:
+            results = tuner.fit()
+        except Exception:  # a full storage: Ray's results cannot be read back from the errors' empty files
+            full_storage.raise_if_seen()
+            raise
+    full_storage.raise_if_seen()
+    return results, exp_uri, manifests
 
 
 def ray_output(progress: bool, ray_verbose: bool):
@@ -314,6 +322,7 @@ def _new_tuner(job: JobSpec, trainer, run, name: str, storage: str, exp_uri: str
     from ray import tune
     from ray.tune import Tuner
 
+    from tune_jobs.full_storage import StopWhenStorageIsFull
     from tune_jobs.restarts import RestartFromIntact
     from tune_jobs.progress import CompactProgress
     from tune_jobs.trial_logs import KeepTrialLogs
@@ -332,7 +341,7 @@ def _new_tuner(job: JobSpec, trainer, run, name: str, storage: str, exp_uri: str
                                          constraints=job.constraints, fixed=run.params,
                                          max_concurrent=job.max_concurrent, repeats=job.repeats, scheduler=scheduler)
     # RestartFromIntact first: KeepTrialLogs and Tune's loggers then see the checkpoint the trial restarts from
-    callbacks = [RestartFromIntact(), KeepTrialLogs(),
+    callbacks = [RestartFromIntact(), KeepTrialLogs(), StopWhenStorageIsFull(),
                  *make_loggers(job.loggers, name, None if store.is_remote(exp_uri) else exp_uri)]
     if progress and not ray_verbose:
         callbacks.append(CompactProgress(name, job.metric, job.mode, job.num_trials, job.max_concurrent,

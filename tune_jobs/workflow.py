@@ -3,7 +3,8 @@ evaluation, the report and the check against Ray's own analysis. The same steps 
 for each phase of a staged study; ``cli.py`` only parses arguments and calls in here.
 
 Interrupts: Ctrl-C (or SIGTERM, forwarded as Ctrl-C) during the search is handled by Tune, which
-saves its state and returns; the report then says "interrupted", and the exit code is 130.
+saves its state and returns; the report then says "interrupted", and the exit code is 130. A
+storage that fills up stops the search the same way (``tune_jobs.full_storage``; exit 75).
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from tune_jobs.spec import JobSpec
 
 def tune_job(job: JobSpec, address: str | None = None, num_cpus: int | None = None, resume: bool = False,
              report_dir: str | None = None, ray_verbose: bool = False) -> int:
-    """One job's search and what follows it; returns the exit code (0, 1: nothing reported, 130)."""
+    """One job's search and what follows it; returns the exit code (0, 1: nothing reported, 75: the
+    storage filled up, 130: interrupted)."""
+    from tune_jobs.full_storage import StorageFull
     from tune_jobs.runner import run_tune
 
     if resume:
@@ -35,8 +38,11 @@ def tune_job(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     t0 = time.time()
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     signal.signal(signal.SIGINT, _interrupt_before_tune)
-    results, exp_dir, manifests = run_tune(job, address=address, num_cpus=num_cpus, resume=resume,
-                                           ray_verbose=ray_verbose)
+    try:
+        results, exp_dir, manifests = run_tune(job, address=address, num_cpus=num_cpus, resume=resume,
+                                               ray_verbose=ray_verbose)
+    except StorageFull as e:
+        return _finish_storage_full(e, time.time() - t0)
     # Tune's SIGINT handler, installed for the search, puts ours back when a signal arrives and
     # not otherwise; Tune then saves its state and returns as if the search had ended
     interrupted = signal.getsignal(signal.SIGINT) is _interrupt_before_tune \
@@ -111,6 +117,24 @@ def _finish_interrupted(exp_dir: str, extra: dict, elapsed: float, report_dir: s
     print(f"search interrupted after {elapsed:.0f} s; Tune's state is saved. "
           f"Resume with: speechtune tune --resume {exp_dir}", file=sys.stderr)
     return 130
+
+
+def _finish_storage_full(e, elapsed: float) -> int:
+    """The storage filled up (``e``, a ``full_storage.StorageFull``): Tune stopped as at an
+    interrupt. The record says so when it still fits (its write is atomic: a failed one leaves
+    the old record); no report (no room for it). Exit 75 (EX_TEMPFAIL: the same command
+    continues once there is room)."""
+    from tune_jobs.runner import save_outcome
+
+    try:
+        save_outcome(e.exp, {"search wall time": f"{elapsed:.0f} s",
+                             "status": f"**interrupted**: the storage filled up after {elapsed:.0f} s "
+                                       f"({e.free:,} bytes free, a checkpoint needs {e.needed:,}). "
+                                       f"Resume: `speechtune tune --resume {e.exp}`"})
+    except OSError as w:
+        print(f"(the record could not be updated either: {w})", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
+    return 75
 
 
 def _finish_empty(job: JobSpec, n: int, errors: list, exp_dir: str, extra: dict, report_dir: str | None) -> int:
