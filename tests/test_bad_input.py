@@ -514,6 +514,27 @@ def test_a_storage_path_where_no_folder_can_be_made_is_refused_before_anything_r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
 
 
+@pytest.mark.parametrize("case", ["no endpoint", "no bucket"])
+def test_an_object_storage_that_cannot_be_written_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch,
+                                                                                 s3_server, case):
+    """`s3://` storage with no reachable endpoint, or a bucket that is not there, was a traceback
+    after Ray started and the data were checked; now exit 2 naming it, before any data are made."""
+    from tests.factories import free_port
+    from tune_jobs.cli import main
+
+    env, _ = s3_server
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if case == "no endpoint":  # nothing listens there: pyarrow's retries, then the error
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    storage = "s3://speech/exp" if case == "no endpoint" else "s3://no-such-bucket/exp"
+    job = _job(tmp_path, BASE)
+    assert main(["tune", str(job), "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert f"{job} (storage_path): {storage} cannot be written (" in err and "nothing was run" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+
+
 def test_a_read_only_storage_path_is_refused_before_anything_runs(tmp_path):
     """A read-only storage (a read-only tmpfs mounted in the command's own namespace: root writes
     through file modes) ended the search at its first checkpoint; now exit 2 naming it."""
