@@ -50,7 +50,10 @@ def checkpoint_bytes(exp: Path) -> int:
 def shortfall(exp: Path) -> tuple[int, int] | None:
     """(bytes free, bytes needed) when the storage of experiment ``exp`` cannot hold one more
     checkpoint of it, else None."""
-    free = shutil.disk_usage(exp).free
+    try:
+        free = shutil.disk_usage(exp).free
+    except OSError:  # not on this machine (a driver beside the storage, not on it): nothing to tell
+        return None
     needed = checkpoint_bytes(exp)
     return (free, needed) if free < needed else None
 
