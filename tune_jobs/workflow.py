@@ -56,6 +56,7 @@ def tune_study(job: JobSpec, address: str | None = None, num_cpus: int | None = 
     """A staged study: each phase is searched and finished like a job (test evaluation, report,
     Ray check); then the study's report."""
     from analysis.report import write_study_report
+    from tune_jobs.full_storage import StorageFull
     from tune_jobs.study import run_study, study_uri
 
     t0 = time.time()
@@ -64,7 +65,13 @@ def tune_study(job: JobSpec, address: str | None = None, num_cpus: int | None = 
     def after_phase(pj: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float) -> None:
         codes.append(finish(pj, results, exp_dir, manifests, elapsed, report_dir=None))
 
-    summaries = run_study(job, address=address, num_cpus=num_cpus, after_phase=after_phase)
+    try:
+        summaries = run_study(job, address=address, num_cpus=num_cpus, after_phase=after_phase)
+    except StorageFull as e:
+        code = _finish_storage_full(e, time.time() - t0)
+        print(f"(a phase of the study {job.path}: once there is room, `speechtune tune {job.path}` resumes it "
+              f"and runs the phases after it)", file=sys.stderr)
+        return code
     ran = [s for s in summaries if s["ran"]]
     print(f"study finished in {time.time() - t0:.0f} s: {len(ran)} phase(s) run, "
           f"{len(summaries) - len(ran)} skipped (done before)")
