@@ -514,24 +514,54 @@ def test_a_storage_path_where_no_folder_can_be_made_is_refused_before_anything_r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
 
 
-@pytest.mark.parametrize("case", ["no endpoint", "no bucket"])
+@pytest.mark.parametrize("case", ["no endpoint", "no bucket", "bad credentials"])
 def test_an_object_storage_that_cannot_be_written_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch,
                                                                                  s3_server, case):
-    """`s3://` storage with no reachable endpoint, or a bucket that is not there, was a traceback
-    after Ray started and the data were checked; now exit 2 naming it, before any data are made."""
-    from tests.factories import free_port
+    """`s3://` storage with no reachable endpoint, a bucket that is not there, or credentials the
+    server refuses, was a traceback after Ray started and the data were checked; now exit 2
+    naming it, before any data are made."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.factories import free_port, wait_for
     from tune_jobs.cli import main
 
     env, _ = s3_server
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    storage, why, server = "s3://speech/exp", "", None
     if case == "no endpoint":  # nothing listens there: pyarrow's retries, then the error
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-    storage = "s3://speech/exp" if case == "no endpoint" else "s3://no-such-bucket/exp"
-    job = _job(tmp_path, BASE)
-    assert main(["tune", str(job), "--storage", storage]) == 2
+    elif case == "no bucket":
+        storage, why = "s3://no-such-bucket/exp", "Bucket 'no-such-bucket' not found"
+    else:  # a server of its own that checks credentials (moto's IAM checks from the first request)
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  env={**env, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def accepts() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(accepts, 60, "the credential-checking S3 server")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
+        why = "ACCESS_DENIED"
+    try:
+        job = _job(tmp_path, BASE)
+        assert main(["tune", str(job), "--storage", storage]) == 2
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
     err = capsys.readouterr().err
     assert f"{job} (storage_path): {storage} cannot be written (" in err and "nothing was run" in err, err
+    assert why in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
 
 
