@@ -64,6 +64,32 @@ def raise_if_seen() -> None:
         raise StorageFull(exp, free, needed)
 
 
+def _remove_partial_checkpoints(trial) -> None:
+    """Remove what the failed write left of a checkpoint: a ``checkpoint_*`` folder of ``trial``
+    whose ``state.pt`` or ``meta.json`` is missing or short, and which Tune never registered (it
+    registers a checkpoint once it is written whole; a retry writes the same folder again). Its
+    room is what Tune's own state then needs: its final save at the stop otherwise fails too, and
+    left a stale searcher state (a resumed search then made a trial more than planned; seen on a
+    loaded machine)."""
+    from asr_core.train.checkpoint_files import META, STATE, load_meta, state_size_problem
+
+    manager = trial.run_metadata.checkpoint_manager
+    known = {r.checkpoint.path for r in manager.best_checkpoint_results}  # (``_CheckpointManager``, Ray 2.60)
+    known |= {trial.checkpoint.path} if trial.checkpoint else set()
+    for folder in Path(trial.storage.trial_fs_path).glob("checkpoint_*"):
+        if str(folder) in known:
+            continue
+        try:
+            whole = (folder / STATE).is_file() and (folder / META).is_file() \
+                and not state_size_problem(folder, load_meta(folder))
+        except (OSError, ValueError):
+            whole = False
+        if not whole:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.error("%s: removed %s, a checkpoint the full storage cut short (Tune never registered it)",
+                      trial, folder)
+
+
 class StopWhenStorageIsFull(Callback):
     def _check(self, trial) -> None:
         import pyarrow.fs as pafs
@@ -77,6 +103,7 @@ class StopWhenStorageIsFull(Callback):
         SEEN.append((str(exp), *short))
         log.error("%s failed and %s has %s bytes free, less than a checkpoint (%s bytes): the search stops "
                   "as at an interrupt", trial, exp, f"{short[0]:,}", f"{short[1]:,}")
+        _remove_partial_checkpoints(trial)
         signal.raise_signal(signal.SIGINT)  # Tune's handler: the search ends after this step, resumable
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
