@@ -5,8 +5,9 @@ while persisting it), retries it and the other trials into the same wall, and at
 cannot build its results (the errors' own files are empty: ``EOFError: Ran out of input``).
 Tune passes a failure's exception to no callback, and its error files are what cannot be
 written, so the callback below looks at the storage itself when a trial fails: with less room
-than one checkpoint of this search, it stops the search the way Ctrl-C does (Tune's own SIGINT
-handler: trials stay resumable, Tune's state is saved) and records the shortfall;
+than one checkpoint of this search, it removes the checkpoint the failed write cut short (so
+that Tune's state has room), stops the search the way Ctrl-C does (Tune's own SIGINT handler:
+trials stay resumable, Tune's state is saved) and records the shortfall;
 ``runner.run_tune`` then raises ``StorageFull``, which names the path, the bytes free and the
 bytes a checkpoint needs, and says that ``--resume`` continues once there is room. Local
 storage only: object storage reports no free space (it fails the trial as before).
