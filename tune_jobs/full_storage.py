@@ -72,7 +72,7 @@ def _remove_partial_checkpoints(trial) -> None:
     room is what Tune's own state then needs: its final save at the stop otherwise fails too, and
     left a stale searcher state (a resumed search then made a trial more than planned; seen on a
     loaded machine)."""
-    from asr_core.train.checkpoint_files import META, STATE, load_meta, state_size_problem
+    from asr_core.train.checkpoint import BrokenCheckpoint, verify
 
     manager = trial.run_metadata.checkpoint_manager
     known = {r.checkpoint.path for r in manager.best_checkpoint_results}  # (``_CheckpointManager``, Ray 2.60)
@@ -81,11 +81,8 @@ def _remove_partial_checkpoints(trial) -> None:
         if str(folder) in known:
             continue
         try:
-            whole = (folder / STATE).is_file() and (folder / META).is_file() \
-                and not state_size_problem(folder, load_meta(folder))
-        except (OSError, ValueError):
-            whole = False
-        if not whole:
+            verify(folder)  # the check a resume makes: state.pt there, at the size and checksum meta.json recorded
+        except BrokenCheckpoint:
             shutil.rmtree(folder, ignore_errors=True)
             log.error("%s: removed %s, a checkpoint the full storage cut short (Tune never registered it)",
                       trial, folder)
