@@ -55,6 +55,8 @@ demo-seeds: $(STAMP)
 	  $(VENV)/bin/speechtune tune tune_jobs/jobs/$$j.yaml --profile cpu --report-dir reports/seeds/$$j; \
 	  $(VENV)/bin/speechtune check experiments/$$j; \
 	done
+	@echo "== the closing table: each seed's bar (its job's \`bars:\`), read from its experiment"
+	$(VENV)/bin/speechtune bars $(SEEDS:%=tune_jobs/jobs/%.yaml) --profile cpu --json reports/seeds/closing.json
 
 # the HTML report test opens the report in Debian's Chromium (tests/test_analysis.py)
 CHROMIUM := /usr/bin/chromium

@@ -276,6 +276,10 @@ def test_repaired_or_replaced_audio_is_extracted_again(corpus, cache_dir, tmp_pa
      "scheduler asha refuses .*Reduction Factor not valid"),
     ("scheduler: {name: promotion, reduction_factor: 1}", "scheduler.reduction_factor",
      "scheduler promotion refuses .*reduction_factor > 1"),
+    # bars (analysis.bars): a comparison and a number, a figure the experiment holds, a real phase
+    ("bars: {val_cer: about 0.3}", "bars.val_cer", "bars.val_cer: a bar is a comparison and a number"),
+    ("bars: {val_bleu: '< 0.3'}", "bars.val_bleu", "bars.val_bleu: unknown figure 'val_bleu'"),
+    ("bars: {finetune.gain: '> 0'}", "bars.finetune.gain", "bars.finetune.gain: no phase named 'finetune'"),
 ])
 def test_job_values_are_checked_at_load_naming_line_and_key(tmp_path, line, key, message):
     p = _job(tmp_path, BASE + line + "\n")
@@ -391,6 +395,9 @@ def test_skip_bad_covers_every_row_error_prints_each_reason_grouped_and_the_repo
     assert out.count("cannot be mapped by the tokenizer") == 2
     report = (tmp_path / "exp" / "skips" / "report.md").read_text()
     assert "- rows skipped (--skip-bad): 5" in report and f"{dev}:4: utterance" in report
+    # the whole command's wall time, with the search's, in the record (`speechtune bars` reads it)
+    outcome = json.loads((tmp_path / "exp" / "skips" / "speechtune_job.json").read_text())["outcome"]
+    assert float(outcome["job wall time"].split()[0]) >= float(outcome["search wall time"].split()[0]) > 0
 
 
 def test_evaluate_skip_bad_skips_an_unknown_language_tag(corpus, cache_dir, tmp_path):

@@ -179,6 +179,73 @@ def test_staged_study_carries_the_winner_and_a_rerun_runs_nothing(corpus, cache_
     assert sorted(str(p) for p in (tmp_path / "exp").rglob("params.json")) == dirs
 
 
+def test_the_closing_table_reads_every_figure_from_the_experiment(corpus, cache_dir, tmp_path, ray_address):
+    """`speechtune bars` (make demo-seeds' closing table) after a real `speechtune tune` of a study
+    whose second phase fine-tunes the first's best checkpoint (seed 004's shape): each figure in
+    the row is the one the experiment holds (Tune's results, study.json, the command's wall time),
+    the fine-tune's gain is measured from the checkpoint it started at, the test figure is the one
+    of the decoding that did best on dev, and a bar the run cannot meet reads `not met` and exits
+    1; a job with no bars is refused."""
+    body = """\
+        max_concurrent: 2
+        phases:
+          - name: search
+            search_space: {lr: {grid: [1.0e-6, 3.0e-3]}}
+          - name: finetune
+            init_from: best
+            params: {lr: <OPT>}
+            num_trials: 1
+        """
+    met = "bars: {finetune.gain: '> -1000', search.trials: '>= 2', failed: '<= 0', val_loss: '< 1000', " \
+          "test_cer: '<= 1.5', wall_s: '< 100000'}\n"
+    job = tiny_job(tmp_path, corpus, cache_dir, "closing", body + met, epochs=2,
+                   edit={"family": "conformer_aed", "test_eval": True, "data.test_manifest": corpus["test"]})
+    p = speechtune("tune", str(job), "--address", ray_address)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    r = speechtune("bars", str(job), "--json", str(tmp_path / "closing.json"))
+    out, _ = r.communicate(timeout=120)
+    assert r.returncode == 0, out
+    [row] = json.loads((tmp_path / "closing.json").read_text())
+    assert row["job"] == "closing" and row["met"] == "met" and "| closing |" in out and out.rstrip().endswith("| met |")
+    got = {b["figure"]: b["value"] for b in row["bars"]}
+    state = json.loads((tmp_path / "exp" / "closing" / "study.json").read_text())
+    search, _ = load_experiment(state["phases"]["search"]["exp"])
+    finetune, _ = load_experiment(state["phases"]["finetune"]["exp"])
+    start = search.iloc[0].best_val_loss  # the checkpoint the fine-tune started from: the search's best
+    assert start == pytest.approx(state["phases"]["search"]["best"]["value"])
+    assert got["search.trials"] == 2 and got["failed"] == 0 and len(finetune) == 1
+    assert got["val_loss"] == pytest.approx(finetune.iloc[0].best_val_loss)
+    assert got["finetune.gain"] == pytest.approx(start - finetune.iloc[0].best_val_loss)
+    assert 0 < got["wall_s"] == float(state["wall time"].split()[0])
+    # the test figures come from the decoding that did best on dev (the checkpoint's own, greedy
+    # attention, or joint CTC/attention beam search), and the record and test_scores.json say which
+    from asr_core.evaluate import evaluate
+
+    ft = Path(state["phases"]["finetune"]["exp"])
+    scores = json.loads((ft / "test_scores.json").read_text())
+    assert got["test_cer"] == scores["best_cer"]["rate"]
+    on_dev = {mode: evaluate(scores["best"]["checkpoint"], corpus["dev"], progress=False, **over)["cer"]
+              for mode, over in (("greedy", {}), ("beam", {"decode_mode": "beam", "beam_size": 4,
+                                                           "decode_ctc_weight": 0.3}))}
+    chosen = "beam" if on_dev["beam"] < on_dev["greedy"] else "greedy"
+    assert scores["decoding"]["decode_mode"] == chosen, (on_dev, scores["decoding"])
+    said = json.loads((ft / "speechtune_job.json").read_text())["outcome"]["test decoding"]
+    assert said.startswith(f"decode_mode {chosen}") and "(chosen on dev by CER: " in said, said
+    assert f"dev CER {100 * on_dev['beam']:.2f}% with decode_mode beam, beam_size 4, decode_ctc_weight 0.3" in said
+    impossible = tmp_path / "impossible" / "closing.yaml"  # the same experiment, a bar below any loss
+    impossible.parent.mkdir()
+    impossible.write_text(job.read_text().replace(met, "bars: {val_loss: '< 0', wall_s: '< 100000'}\n"))
+    r = speechtune("bars", str(impossible))
+    out, _ = r.communicate(timeout=120)
+    assert r.returncode == 1 and out.rstrip().endswith("| not met |"), out
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(job.read_text().replace(met, ""))
+    r = speechtune("bars", str(bare))
+    out, _ = r.communicate(timeout=120)
+    assert r.returncode == 2 and f"{bare}: the job declares no bars" in out, out
+
+
 def test_a_trial_that_diverges_after_its_best_epoch_never_wins_anywhere(corpus, cache_dir, tmp_path, capsys,
                                                                         ray_start_2_cpus):
     """Phase one's `blowup` has the lowest val_loss of its phase after epoch 1, then diverges in

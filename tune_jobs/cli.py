@@ -113,9 +113,10 @@ def cmd_tune(a) -> int:
     from tune_jobs import workflow
 
     if job.phases:
-        return workflow.tune_study(job, address=a.address, num_cpus=a.num_cpus, report_dir=a.report_dir)
+        return workflow.tune_study(job, address=a.address, num_cpus=a.num_cpus, report_dir=a.report_dir,
+                                   started=a.started)
     return workflow.tune_job(job, address=a.address, num_cpus=a.num_cpus, resume=bool(a.resume),
-                             report_dir=a.report_dir, ray_verbose=a.ray_verbose)
+                             report_dir=a.report_dir, ray_verbose=a.ray_verbose, started=a.started)
 
 
 def cmd_train(a) -> int:
@@ -385,6 +386,29 @@ def cmd_check(a) -> int:
     return 0 if all([check_with_ray(e) for e in exps]) else 1
 
 
+def cmd_bars(a) -> int:
+    """The closing table: each job's bars (``bars`` in its job file) against its experiment."""
+    from analysis.bars import check, closing_row, format_closing_table, job_figures
+    from asr_core import storage as store
+    from tune_jobs.spec import load_job
+
+    rows = []
+    for path in a.jobs:
+        job = load_job(path, profile=a.profile)
+        if not job.bars:
+            raise InputError(path, f"the job declares no bars{' in profile ' + a.profile if a.profile else ''} "
+                                   f"(`bars:` maps a figure to \"OP VALUE\"; analysis.bars)")
+        root = store.local_copy(store.join(store.normalize(job.storage_path), job.name))
+        phases = [ph["name"] for ph in job.phases]
+        figures = job_figures(root, phases)
+        rows.append(closing_row(job.name, check(job.bars, figures, phases[-1] if phases else "")))
+    print(format_closing_table(rows))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
+    return 0 if all(r["met"] == "met" for r in rows) else 1
+
+
 def cmd_cluster(a) -> int:
     from cluster import head
 
@@ -618,6 +642,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("exp_dir", help="experiment (or study) directory: a path or s3:// URI")
     chk.set_defaults(fn=cmd_check)
 
+    bs = sub.add_parser("bars", help="the closing table: each job's bars (its `bars:`) against its experiment, "
+                                     "a row per job ending in met / not met; exit 1 if any is not met")
+    bs.add_argument("jobs", nargs="+", help="job files (their experiments are read from storage_path/name)")
+    bs.add_argument("--profile", help="the profile the jobs ran with (cpu, ...)")
+    bs.add_argument("--json", help="write the rows here as well")
+    bs.set_defaults(fn=cmd_bars)
+
     cl = sub.add_parser("cluster", help="a local single-node Ray head on 127.0.0.1 for testing jobs")
     cl.add_argument("action", choices=["up", "status", "down"],
                     help="up: start the head (token auth on); status: nodes and jobs; down: stop it")
@@ -651,6 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
+    # the command's start, for the wall time kept with an experiment: the process's own start for
+    # the CLI (imports and interpreter included), this call's for main() called in-process
+    import psutil
+
+    a.started = psutil.Process().create_time() if argv is None else time.time()
     if a.cmd == "train" and bool(a.train_manifest) != bool(a.dev_manifest):
         print("error: --train-manifest and --dev-manifest go together", file=sys.stderr)
         return 2

@@ -159,6 +159,8 @@ class JobSpec:
     storage_shared: bool = False
     # where trials log besides the experiment directory: tensorboard (always), mlflow, wandb
     loggers: list = field(default_factory=lambda: ["tensorboard"])
+    # what the job's author calls working, checked after the run (analysis.bars; `speechtune bars`)
+    bars: tuple = ()
     raw: dict = field(default_factory=dict, metadata=INTERNAL)  # the job as loaded (profile applied)
     space: SearchSpace | None = field(default=None, metadata=INTERNAL)  # search_space parsed at load
 
@@ -317,6 +319,10 @@ def job_from_dict(data: dict, loc: Locator, path: str, profile: str | None = Non
             sub = build_job(phase_dict(data, ph, {k: None for k in seen}), ploc, path)
             seen |= set(sub.tuned_keys()) | set(sub.params)
         job.phases = phases
+    for b in job.bars:
+        if b.phase and b.phase not in [ph["name"] for ph in phases]:
+            raise InputError(loc(f"bars.{b.name}"), f"bars.{b.name}: no phase named '{b.phase}' "
+                                                    f"(phases: {[ph['name'] for ph in phases]})")
     return job
 
 
@@ -467,6 +473,7 @@ def build_job(data: dict, loc: Locator, path: str) -> JobSpec:
         test_eval=bool(data.get("test_eval", True)), trials=trials, constraints=constraints,
         require=require, init_from=init_from, repeats=repeats, storage_shared=_bool(data, "storage_shared", loc),
         space=space, loggers=_loggers(data, loc), keep_checkpoints=_keep_checkpoints(data, loc),
+        bars=_bars(data, loc, fam),
     )
 
 
@@ -808,6 +815,24 @@ def _counts(data: dict, loc: Locator, path: str, trials: dict, space: SearchSpac
         if value < least:
             raise InputError(loc(key), f"'{key}' must be >= {least}, got {value}")
     return num_trials, max_conc, max_failures, repeats
+
+
+def _bars(data: dict, loc: Locator, fam) -> tuple:
+    """``bars``: figure -> "OP VALUE" (analysis.bars); a figure is one of ``FIGURES`` or a metric
+    the family reports. A phase qualifier (``finetune.gain``) is checked against the phases by
+    ``job_from_dict``."""
+    from analysis.bars import BarError, parse_bars
+
+    def is_metric(name: str) -> bool:
+        try:
+            return fam is None or bool(fam.metric(name))
+        except ValueError:
+            return False
+
+    try:
+        return parse_bars(data.get("bars"), lambda k: loc(f"bars.{k}" if k else "bars"), is_metric)
+    except BarError as e:
+        raise InputError(e.where, e.message) from None
 
 
 def _loggers(data: dict, loc) -> list[str]:

@@ -19,9 +19,10 @@ from tune_jobs.spec import JobSpec
 
 
 def tune_job(job: JobSpec, address: str | None = None, num_cpus: int | None = None, resume: bool = False,
-             report_dir: str | None = None, ray_verbose: bool = False) -> int:
+             report_dir: str | None = None, ray_verbose: bool = False, started: float | None = None) -> int:
     """One job's search and what follows it; returns the exit code (0, 1: nothing reported, 75: the
-    storage filled up, 130: interrupted)."""
+    storage filled up, 130: interrupted). ``started``: when the command started (the CLI's process
+    start), for the job's wall time in its record (``speechtune bars``); a resumed search has none."""
     from tune_jobs.full_storage import StorageFull
     from tune_jobs.runner import run_tune
 
@@ -48,13 +49,15 @@ def tune_job(job: JobSpec, address: str | None = None, num_cpus: int | None = No
     interrupted = signal.getsignal(signal.SIGINT) is _interrupt_before_tune \
         and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0"
     return finish(job, results, exp_dir, manifests, time.time() - t0, resumed=resume, interrupted=interrupted,
-                  report_dir=report_dir)
+                  report_dir=report_dir, started=None if resume else started)
 
 
 def tune_study(job: JobSpec, address: str | None = None, num_cpus: int | None = None,
-               report_dir: str | None = None) -> int:
+               report_dir: str | None = None, started: float | None = None) -> int:
     """A staged study: each phase is searched and finished like a job (test evaluation, report,
-    Ray check); then the study's report."""
+    Ray check); then the study's report. ``started`` as for ``tune_job``: the study's wall time is
+    kept in ``study.json`` when this command ran every phase (a rerun that skipped some has no
+    whole-study time to give)."""
     from analysis.report import write_study_report
     from tune_jobs.full_storage import StorageFull
     from tune_jobs.study import run_study, study_uri
@@ -76,13 +79,22 @@ def tune_study(job: JobSpec, address: str | None = None, num_cpus: int | None = 
     print(f"study finished in {time.time() - t0:.0f} s: {len(ran)} phase(s) run, "
           f"{len(summaries) - len(ran)} skipped (done before)")
     print(f"study report: {write_study_report(study_uri(job), report_dir)}")
+    if started is not None and len(ran) == len(summaries) and max(codes, default=0) == 0:
+        from asr_core import storage as store
+        from tune_jobs.study import STUDY_STATE
+
+        where = store.join(study_uri(job), STUDY_STATE)
+        state = json.loads(store.read_text(where))
+        state["wall time"] = f"{time.time() - started:.0f} s"  # the whole command: synthesis to report
+        store.write_text(where, json.dumps(state, indent=1, default=str))
     return max(codes, default=0)
 
 
 def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float, *, resumed: bool = False,
-           interrupted: bool = False, report_dir: str | None = None) -> int:
+           interrupted: bool = False, report_dir: str | None = None, started: float | None = None) -> int:
     """After a search: the outcome (kept in the experiment's record), the best checkpoint's test
-    figures, the report and the Ray check. Returns the exit code."""
+    figures, the report and the Ray check. Returns the exit code. ``started``: the command's
+    start; the record's outcome then holds the "job wall time", synthesis to report."""
     from analysis.report import write_report
     from asr_core.models import get_family
     from tune_jobs.runner import save_outcome
@@ -106,6 +118,10 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
     print(f"report: {write_report(exp_dir, report_dir)}")
     if tested:  # (test evaluation skipped: e.g. no trial met `require`; the report says so)
         check_with_ray(exp_dir)
+    if started is not None:
+        from tune_jobs.runner import merge_outcome
+
+        merge_outcome(exp_dir, {"job wall time": f"{time.time() - started:.0f} s"})
     return 0
 
 
@@ -177,15 +193,19 @@ def _evaluate_on_test(job: JobSpec, exp_dir: str, manifests: dict, extra: dict) 
         print(f"test evaluation skipped: {e}")
         extra["test evaluation"] = f"skipped: {e}" + (f" (required: {job.require})" if job.require else "")
         return False
-    ev = evaluate(str(best), manifests["test"], progress=False, per_utterance=True)
+    decoding, chosen = _choose_decoding(job, best, manifests)
+    ev = evaluate(str(best), manifests["test"], progress=False, per_utterance=True, **decoding)
     extra.update({"best checkpoint": f"`{best}` (epoch {ev['epoch']})",
                   "test CER": f"{100 * ev['cer']:.2f}% on {ev['utterances']} test utterances "
                               f"(unseen voices and sentences: `{manifests['test']}`)",
-                  "test WER": f"{100 * ev['wer']:.2f}%"})
-    print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
+                  "test WER": f"{100 * ev['wer']:.2f}%",
+                  # which decoder produced the test figures (the checkpoint's own decoding keys)
+                  "test decoding": _describe(ev["decoding"]) + chosen})
+    print(f"best checkpoint {best}: test CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%"
+          f"  (decoding: {extra['test decoding']})")
     hard = None
     if manifests.get("test_hard"):
-        hard = evaluate(str(best), manifests["test_hard"], progress=False)
+        hard = evaluate(str(best), manifests["test_hard"], progress=False, **decoding)
         ratio = hard["cer"] / ev["cer"] if ev["cer"] > 0 else float("nan")
         extra["test_hard CER"] = (f"{100 * hard['cer']:.2f}% on {hard['utterances']} utterances, {ratio:.2f}x the "
                                   f"test CER (unseen voices at speaking rates and noise levels beyond the "
@@ -194,16 +214,47 @@ def _evaluate_on_test(job: JobSpec, exp_dir: str, manifests: dict, extra: dict) 
         print(f"best checkpoint on test_hard: CER {100 * hard['cer']:.2f}% ({ratio:.2f}x test)  "
               f"WER {100 * hard['wer']:.2f}%")
     if "rows" in ev:
-        scores = test_against_baseline(exp_dir, job, best, ev, manifests["test"], local, hard)
+        scores = test_against_baseline(exp_dir, job, best, ev, manifests["test"], local, hard, decoding)
         print(scores["line"])
     return True
 
 
+def _describe(decoding: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in decoding.items() if v not in ("", None)) or "the family's own"
+
+
+def _choose_decoding(job: JobSpec, best, manifests: dict) -> tuple[dict, str]:
+    """The decoding the test figures come from: the checkpoint's own, or one of the family's
+    ``test_decodings`` where it does better on the dev split (by the job's unit: WER for a job
+    ranked by WER, else CER). Returns (overrides, a note of what was measured)."""
+    from asr_core.errors import InputError
+    from asr_core.evaluate import evaluate
+    from asr_core.models import get_family
+
+    others = get_family(job.family).test_decodings
+    if not others or not manifests.get("dev"):
+        return {}, ""
+    unit = "wer" if job.metric.endswith("wer") else "cer"
+    print(f"choosing the test decoding on dev by {unit.upper()}: the checkpoint's own and {len(others)} other(s)")
+    scored = []
+    for d in ({}, *others):
+        try:
+            scored.append((evaluate(str(best), manifests["dev"], progress=False, **d), d))
+        except InputError as e:  # e.g. joint CTC decoding of a checkpoint without a CTC head
+            print(f"  {_describe(d)}: not for this checkpoint ({e})")
+    for ev, d in scored:
+        print(f"  {_describe(ev['decoding'])}: dev CER {100 * ev['cer']:.2f}%  WER {100 * ev['wer']:.2f}%")
+    ev, d = min(scored, key=lambda s: s[0][unit])  # min keeps the checkpoint's own on a tie
+    note = "; ".join(f"dev {unit.upper()} {100 * e[unit]:.2f}% with {_describe(e['decoding'])}" for e, _ in scored)
+    return d, f" (chosen on dev by {unit.upper()}: {note})"
+
+
 def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manifest: str, local: Path,
-                          hard: dict | None = None) -> dict:
+                          hard: dict | None = None, decoding: dict | None = None) -> dict:
     """The best checkpoint against the baseline trial's best checkpoint on the test split: CER and
     WER with 95% intervals and the probability that the best improves on the baseline (paired
-    bootstrap, analysis.confidence). Kept as ``test_scores.json``; the report opens with it."""
+    bootstrap, analysis.confidence), both decoded alike (``decoding``: overrides of each
+    checkpoint's own). Kept as ``test_scores.json``; the report opens with it."""
     from analysis.confidence import baseline_trial, compare, edits_from_rows
     from analysis.load import best_checkpoint, load_experiment
     from analysis.record import read_record
@@ -213,7 +264,9 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
     record = read_record(local)
     trials, _ = load_experiment(local)
     base = baseline_trial(trials, record)
+    decoding = decoding or {}
     out = {"split": "test", "manifest": str(test_manifest), "baseline_source": record.baseline.source,
+           "decoding": ev["decoding"],
            "best": {"checkpoint": str(best), "epoch": ev["epoch"], "trial": Path(best).parent.name}}
     base_edits = None
     if base is not None:
@@ -234,11 +287,12 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
             out["baseline"]["is_best"] = True
             # the tuned configuration that came closest, against the baseline on test: "nothing
             # better" is itself a finding with intervals (by how much, how sure)
-            runner_up = _runner_up(local, job, base, trials, test_manifest, edits_from_rows(ev["rows"]), n)
+            runner_up = _runner_up(local, job, base, trials, test_manifest, edits_from_rows(ev["rows"]), n,
+                                   decoding)
             if runner_up is not None:
                 out["runner_up"] = runner_up
         else:
-            evb = evaluate(str(bck), test_manifest, progress=False, per_utterance=True)
+            evb = evaluate(str(bck), test_manifest, progress=False, per_utterance=True, **decoding)
             out["baseline"]["epoch"] = evb["epoch"]
             base_edits = edits_from_rows(evb["rows"])
     out.update(compare(edits_from_rows(ev["rows"]), base_edits))
@@ -256,7 +310,7 @@ def _epochs_run(trials, trial_dir: str) -> int | None:
 
 
 def _runner_up(local: Path, job: JobSpec, base, trials, test_manifest: str, best_edits: dict,
-               n: int | None) -> dict | None:
+               n: int | None, decoding: dict) -> dict | None:
     """When the baseline was the best: the ranking's next trial on test, against the baseline."""
     from analysis.confidence import compare, edits_from_rows
     from analysis.load import best_checkpoint
@@ -266,7 +320,7 @@ def _runner_up(local: Path, job: JobSpec, base, trials, test_manifest: str, best
         other = best_checkpoint(local, *job.selection(), exclude=base.trial)
     except FileNotFoundError:
         return None
-    evo = evaluate(str(other), test_manifest, progress=False, per_utterance=True)
+    evo = evaluate(str(other), test_manifest, progress=False, per_utterance=True, **decoding)
     row = trials[trials.trial == other.parent.name]
     m = _epochs_run(trials, other.parent.name)
     return {"checkpoint": str(other), "trial": other.parent.name, "epoch": evo["epoch"],

@@ -307,4 +307,6 @@ FAMILY = Family(name="conformer_aed", config_cls=ConformerAEDConfig, build=build
                 decode=decode, presets=PRESETS, default_metric="val_wer",
                 decode_keys=("decode_mode", "beam_size", "decode_ctc_weight"),
                 acoustic=acoustic, decode_cached=decode_cached, decode_space=DECODE_SPACE,
+                # joint CTC/attention beam search (a checkpoint without a CTC head keeps its own decoding)
+                test_decodings=({"decode_mode": "beam", "beam_size": 4, "decode_ctc_weight": 0.3},),
                 train_defaults={"schedule": "noam", "specaug": True})  # ESPnet's WarmupLR goes with warmup_steps
