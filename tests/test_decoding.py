@@ -120,3 +120,42 @@ def test_decoding_from_cached_acoustic_outputs_equals_decoding_the_batch(trained
         for beam, w in ((2, 0.0), (3, 0.3)):
             assert aed.decode_cached(conformer, cached, tok, beam_size=beam, decode_ctc_weight=w) == \
                 aed.decode(conformer, b, tok, beam_size=beam, decode_ctc_weight=w)
+
+
+def _conformer_checkpoint(corpus, cache_dir, out, **overrides) -> str:
+    """A tiny conformer_aed trained in-process for 3 epochs, saved as a trial's checkpoint."""
+    run = split_params(make_params(corpus, cache_dir, family="conformer_aed", epochs=3, batch_size=8, **overrides))
+    data = prepare_data(run.data, run.features, progress=False)
+    torch.manual_seed(0)
+    run_epochs(run, get_family("conformer_aed"), data, lambda metrics, save: save(str(out)), None)
+    return str(out)
+
+
+@pytest.mark.slow
+def test_the_test_figures_come_from_the_decoding_best_on_dev(corpus, cache_dir, tmp_path, capsys):
+    """After a search, `tune` scores the best checkpoint on dev with its own decoding and each of
+    its family's test_decodings (conformer_aed: joint CTC/attention beam search) and keeps the one
+    with the lower dev figure in the job's unit; the note it records names every figure. A
+    checkpoint without a CTC head keeps its own; a family without test_decodings is not measured."""
+    from tests.factories import tiny_job
+    from tune_jobs.spec import load_job
+    from tune_jobs.workflow import _choose_decoding
+
+    joint = get_family("conformer_aed").test_decodings[0]
+    assert joint == {"decode_mode": "beam", "beam_size": 4, "decode_ctc_weight": 0.3}
+    job = load_job(tiny_job(tmp_path, corpus, cache_dir, "aed", edit={"family": "conformer_aed", "metric": "val_wer"}))
+    ckpt = _conformer_checkpoint(corpus, cache_dir, tmp_path / "ctc", ctc_weight=0.3)
+    decoding, note = _choose_decoding(job, ckpt, {"dev": corpus["dev"]})
+    own, beam = (evaluate(ckpt, corpus["dev"], progress=False, **d) for d in ({}, joint))
+    assert decoding == (joint if beam["wer"] < own["wer"] else {}), (own["wer"], beam["wer"])
+    assert note == (f" (chosen on dev by WER: dev WER {100 * own['wer']:.2f}% with decode_mode greedy, beam_size 4, "
+                    f"decode_ctc_weight 0.0; dev WER {100 * beam['wer']:.2f}% with decode_mode beam, beam_size 4, "
+                    f"decode_ctc_weight 0.3)"), note
+
+    bare = _conformer_checkpoint(corpus, cache_dir, tmp_path / "bare", ctc_weight=0.0)
+    capsys.readouterr()
+    decoding, note = _choose_decoding(job, bare, {"dev": corpus["dev"]})
+    assert decoding == {} and note.count("dev WER") == 1, note
+    assert "decode_ctc_weight 0.3: not for this checkpoint" in capsys.readouterr().out
+    crnn = load_job(tiny_job(tmp_path, corpus, cache_dir, "crnn"))
+    assert _choose_decoding(crnn, "no checkpoint is read", {"dev": corpus["dev"]}) == ({}, "")
