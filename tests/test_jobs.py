@@ -225,6 +225,12 @@ def test_the_closing_table_reads_every_figure_from_the_experiment(corpus, cache_
     r = speechtune("bars", str(impossible))
     out, _ = r.communicate(timeout=120)
     assert r.returncode == 1 and out.rstrip().endswith("| not met |"), out
+    # bars are outside the phases' fingerprints: the study with other bars runs nothing again,
+    # and the wall time stays the one of the run that ran every phase
+    r = speechtune("tune", str(impossible), "--address", ray_address)
+    out, _ = r.communicate(timeout=300)
+    assert r.returncode == 0 and "0 phase(s) run, 2 skipped" in out, out[-3000:]
+    assert json.loads((tmp_path / "exp" / "closing" / "study.json").read_text())["wall time"] == state["wall time"]
     bare = tmp_path / "bare.yaml"
     bare.write_text(job.read_text().replace(met, ""))
     r = speechtune("bars", str(bare))

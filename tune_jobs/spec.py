@@ -341,7 +341,8 @@ def phase_dict(job_data: dict, ph: dict, carried: dict[str, object]) -> dict:
     from asr_core.storage import join
 
     d = {k: copy.deepcopy(v) for k, v in job_data.items()
-         if k not in ("search_space", "trials", "constraints", "phases")}
+         if k not in ("search_space", "trials", "constraints", "phases", "bars")}  # bars: the study's, and
+    # outside each phase's fingerprint (a changed bar reruns nothing)
     base = {k: v for k, v in (job_data.get("params") or {}).items() if not expr.is_opt(v)}
     carried = {**base, **carried}  # <OPT> of a key no phase chose is the job's own value
     d["name"] = ph["name"]  # each phase is an experiment under storage_path/<study name>/

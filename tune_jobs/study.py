@@ -105,6 +105,7 @@ def run_study(job: JobSpec, address: str | None = None, num_cpus: int | None = N
               + ("; carried in: " + ", ".join(f"{k}={c['value']}" for k, c in carried.items()) if carried else ""))
         resume = can_resume(exp_uri) and done.get("fingerprint") == fp
         state["phases"][ph["name"]] = {"status": "running", "fingerprint": fp, "exp": exp_uri}
+        state.pop("wall time", None)  # a whole run's time (workflow.tune_study): no longer this study's
         store.write_text(store.join(study_uri(job), STUDY_STATE), json.dumps(state, indent=1, default=str))
         t0 = time.time()
         results, exp_uri, manifests = run_tune(pj, address=address, num_cpus=num_cpus, resume=resume,
@@ -117,6 +118,6 @@ def run_study(job: JobSpec, address: str | None = None, num_cpus: int | None = N
                                        "best": best, "trials": len(results),
                                        "errors": sum(1 for r in results if r.error)}
         store.write_text(store.join(study_uri(job), STUDY_STATE), json.dumps(state, indent=1, default=str))
-        summaries.append({"phase": ph["name"], "ran": True, **state["phases"][ph["name"]]})
+        summaries.append({"phase": ph["name"], "ran": True, "resumed": resume, **state["phases"][ph["name"]]})
         prev_exp, prev_job = exp_uri, pj
     return summaries

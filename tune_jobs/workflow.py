@@ -56,8 +56,8 @@ def tune_study(job: JobSpec, address: str | None = None, num_cpus: int | None = 
                report_dir: str | None = None, started: float | None = None) -> int:
     """A staged study: each phase is searched and finished like a job (test evaluation, report,
     Ray check); then the study's report. ``started`` as for ``tune_job``: the study's wall time is
-    kept in ``study.json`` when this command ran every phase (a rerun that skipped some has no
-    whole-study time to give)."""
+    kept in ``study.json`` when this command ran every phase from its start (a rerun that skipped
+    or resumed some has no whole-study time to give)."""
     from analysis.report import write_study_report
     from tune_jobs.full_storage import StorageFull
     from tune_jobs.study import run_study, study_uri
@@ -79,7 +79,8 @@ def tune_study(job: JobSpec, address: str | None = None, num_cpus: int | None = 
     print(f"study finished in {time.time() - t0:.0f} s: {len(ran)} phase(s) run, "
           f"{len(summaries) - len(ran)} skipped (done before)")
     print(f"study report: {write_study_report(study_uri(job), report_dir)}")
-    if started is not None and len(ran) == len(summaries) and max(codes, default=0) == 0:
+    if started is not None and len(ran) == len(summaries) and not any(s["resumed"] for s in ran) \
+            and max(codes, default=0) == 0:
         from asr_core import storage as store
         from tune_jobs.study import STUDY_STATE
 
@@ -253,13 +254,13 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
                           hard: dict | None = None, decoding: dict | None = None) -> dict:
     """The best checkpoint against the baseline trial's best checkpoint on the test split: CER and
     WER with 95% intervals and the probability that the best improves on the baseline (paired
-    bootstrap, analysis.confidence), both decoded alike (``decoding``: overrides of each
-    checkpoint's own). Kept as ``test_scores.json``; the report opens with it."""
+    bootstrap, analysis.confidence), the baseline decoded as the best was (``decoding``: overrides
+    of each checkpoint's own; its own where it has no such decoding; ``test_scores.json`` says
+    which). Kept as ``test_scores.json``; the report opens with it."""
     from analysis.confidence import baseline_trial, compare, edits_from_rows
     from analysis.load import best_checkpoint, load_experiment
     from analysis.record import read_record
     from asr_core import storage as store
-    from asr_core.evaluate import evaluate
 
     record = read_record(local)
     trials, _ = load_experiment(local)
@@ -292,8 +293,9 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
             if runner_up is not None:
                 out["runner_up"] = runner_up
         else:
-            evb = evaluate(str(bck), test_manifest, progress=False, per_utterance=True, **decoding)
+            evb = _evaluate_decoded(bck, test_manifest, decoding)
             out["baseline"]["epoch"] = evb["epoch"]
+            out["baseline"]["decoding"] = evb["decoding"]
             base_edits = edits_from_rows(evb["rows"])
     out.update(compare(edits_from_rows(ev["rows"]), base_edits))
     if hard is not None:  # the best checkpoint on the harder split, beside test
@@ -302,6 +304,20 @@ def test_against_baseline(exp_dir: str, job: JobSpec, best, ev: dict, test_manif
     out["line"] = _verdict(out, "wer" if job.metric.endswith("wer") else "cer")
     store.write_text(store.join(exp_dir, "test_scores.json"), json.dumps(out, indent=1))
     return out
+
+
+def _evaluate_decoded(ckpt, manifest: str, decoding: dict) -> dict:
+    """A compared checkpoint on test with the best's decoding, or with its own where it has no
+    such decoding (joint CTC decoding of a checkpoint without a CTC head); ``decoding`` in the
+    result says which."""
+    from asr_core.errors import InputError
+    from asr_core.evaluate import evaluate
+
+    try:
+        return evaluate(str(ckpt), manifest, progress=False, per_utterance=True, **decoding)
+    except InputError as e:
+        print(f"{ckpt}: decoded with its own settings ({e})")
+        return evaluate(str(ckpt), manifest, progress=False, per_utterance=True)
 
 
 def _epochs_run(trials, trial_dir: str) -> int | None:
@@ -314,13 +330,12 @@ def _runner_up(local: Path, job: JobSpec, base, trials, test_manifest: str, best
     """When the baseline was the best: the ranking's next trial on test, against the baseline."""
     from analysis.confidence import compare, edits_from_rows
     from analysis.load import best_checkpoint
-    from asr_core.evaluate import evaluate
 
     try:
         other = best_checkpoint(local, *job.selection(), exclude=base.trial)
     except FileNotFoundError:
         return None
-    evo = evaluate(str(other), test_manifest, progress=False, per_utterance=True, **decoding)
+    evo = _evaluate_decoded(other, test_manifest, decoding)
     row = trials[trials.trial == other.parent.name]
     m = _epochs_run(trials, other.parent.name)
     return {"checkpoint": str(other), "trial": other.parent.name, "epoch": evo["epoch"],
