@@ -103,8 +103,9 @@ def _fmt(figure: str, v: float) -> str:
 
 def experiment_figures(exp_dir: str | Path, start_value: float = math.nan) -> dict[str, float]:
     """Every figure of one experiment (FIGURES and the winner's metrics). ``start_value``: the
-    ranking metric of the checkpoint the experiment started from (a phase with ``init_from``)."""
-    from analysis.load import load_experiment, lower_is_better, winner
+    previous phase's best, the start of an experiment that began from its checkpoint (a phase
+    with ``init_from: best``; ignored otherwise)."""
+    from analysis.load import as_float, load_experiment, lower_is_better, winner
     from analysis.record import read_record
 
     exp = Path(exp_dir)
@@ -124,10 +125,10 @@ def experiment_figures(exp_dir: str | Path, start_value: float = math.nan) -> di
             if col.startswith("best_") and not col.endswith("_epoch"):
                 m = col[len("best_"):]
                 v = row[m] if row is not None and m in row.index else best[col]
-                out[m] = _float(v)
+                out[m] = as_float(v)
         if "best_steps_to_target" in best:  # the first step at which the target was met, whichever epoch ranked
-            out["steps_to_target"] = _float(best["best_steps_to_target"])
-        if start_value == start_value:
+            out["steps_to_target"] = as_float(best["best_steps_to_target"])
+        if start_value == start_value and record.phase.get("init_checkpoint"):
             v = out.get(record.metric, math.nan)
             out["gain"] = (start_value - v) if lower_is_better(record.metric, record.metric, record.mode) \
                 else (v - start_value)
@@ -135,7 +136,7 @@ def experiment_figures(exp_dir: str | Path, start_value: float = math.nan) -> di
     s = json.loads(scores.read_text()) if scores.is_file() else {}
     for unit in ("cer", "wer"):
         if f"best_{unit}" in s:
-            out[f"test_{unit}"] = _float(s[f"best_{unit}"]["rate"])
+            out[f"test_{unit}"] = as_float(s[f"best_{unit}"]["rate"])
         else:  # no comparison with a baseline was made: the test figure the record's outcome keeps
             out[f"test_{unit}"] = _percent(record.outcome.get(f"test {unit.upper()}"))
     return out
@@ -144,6 +145,8 @@ def experiment_figures(exp_dir: str | Path, start_value: float = math.nan) -> di
 def job_figures(exp_root: str | Path, phases: list[str]) -> dict[str, dict[str, float]]:
     """phase -> figures ("" for a job without phases). A study's ``wall_s`` is its own (study.json),
     each phase's figures its experiment's; a phase that has not run has none."""
+    from analysis.load import as_float
+
     root = Path(exp_root)
     if not phases:
         return {"": experiment_figures(root) if root.is_dir() else {}}
@@ -158,16 +161,10 @@ def job_figures(exp_root: str | Path, phases: list[str]) -> dict[str, dict[str, 
             out[name] = {}
             prev_best = math.nan
             continue
-        out[name] = experiment_figures(exp, start_value=prev_best if _init_from_best(exp) else math.nan)
-        prev_best = _float(ph.get("best", {}).get("value", math.nan))
+        out[name] = experiment_figures(exp, start_value=prev_best)
+        prev_best = as_float(ph.get("best", {}).get("value"))
     out[""] = {"wall_s": _seconds(state.get("wall time"))}
     return out
-
-
-def _init_from_best(exp: Path) -> bool:
-    from analysis.record import read_record
-
-    return bool(read_record(exp).phase.get("init_checkpoint"))
 
 
 def check(bars: tuple[Bar, ...], figures: dict[str, dict[str, float]], last_phase: str) -> list[tuple[Bar, float]]:
@@ -214,10 +211,3 @@ def _percent(text) -> float:
     m = re.match(r"\s*([0-9.]+)%", str(text)) if text is not None else None
     return float(m.group(1)) / 100 if m else math.nan
 
-
-def _float(v) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return f

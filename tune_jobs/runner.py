@@ -384,12 +384,6 @@ def save_outcome(exp_uri: str, outcome: dict) -> None:
     store.write_text(where, record.with_outcome(outcome).to_json())
 
 
-def merge_outcome(exp_uri: str, more: dict) -> None:
-    """``save_outcome`` of the recorded outcome with ``more`` laid over it."""
-    text = store.read_text(store.join(exp_uri, JOB_RECORD))
-    old = ExperimentRecord.from_dict(json.loads(text)).outcome if text else {}
-    save_outcome(exp_uri, {**old, **more})
-
 
 def write_record(exp_uri: str, job: JobSpec, manifests: dict, params: dict, phase: dict | None = None,
                  skipped: list[str] | None = None) -> None:

@@ -119,10 +119,8 @@ def finish(job: JobSpec, results, exp_dir: str, manifests: dict, elapsed: float,
     print(f"report: {write_report(exp_dir, report_dir)}")
     if tested:  # (test evaluation skipped: e.g. no trial met `require`; the report says so)
         check_with_ray(exp_dir)
-    if started is not None:
-        from tune_jobs.runner import merge_outcome
-
-        merge_outcome(exp_dir, {"job wall time": f"{time.time() - started:.0f} s"})
+    if started is not None:  # the outcome saved above, with the whole command's time to here
+        save_outcome(exp_dir, {**extra, "job wall time": f"{time.time() - started:.0f} s"})
     return 0
 
 
